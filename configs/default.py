@@ -1,0 +1,66 @@
+"""Defaults every task config starts from; each field says what it does.
+
+Not meant to be trained directly: use configs/synthetic.py (the demo), tgs.py, carvana.py or
+camvid.py, which override what their task needs.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  # Data.
+  config.dataset = "synthetic"  # synthetic | tgs | carvana | camvid.
+  config.data_dir = "~/tensorflow_datasets"  # Where `python -m unet_jax.data.prepare` wrote data.
+  config.image_size = (64, 64)  # (height, width) the model sees.
+  config.num_classes = 1  # Output channels: 1 = binary with sigmoid, >1 = softmax classes.
+  config.ignore_index = -1  # Label value left out of loss and metrics (CamVid void = 11); -1 none.
+  config.num_workers = 0  # grain worker processes for decoding/augmenting (0 = threads only).
+  config.prefetch = 4  # Host batches prefetched ahead of the train step.
+
+  # Synthetic shapes (dataset = 'synthetic').
+  config.synthetic = ml_collections.ConfigDict()
+  config.synthetic.num_train = 2000  # Generated training images.
+  config.synthetic.num_val = 256  # Generated validation images (a different seed).
+  config.synthetic.multiclass = False  # True: 5 classes (background + 4 shape kinds).
+
+  # Augmentation, applied identically to image and mask.
+  config.augment = ml_collections.ConfigDict()
+  config.augment.hflip = True  # Random left-right flips.
+
+  # Model: unet_jax.models.UNet.
+  config.model = ml_collections.ConfigDict()
+  config.model.features = 64  # Channels of the first level (doubles per level).
+  config.model.depth = 4  # Poolings; 4 gives the classic 64 -> 1024 U-Net.
+  config.model.dropout = 0.0  # One rate, or depth + 1 per-level rates (bottleneck last).
+  config.model.norm = "batch"  # batch | none.
+  config.model.upsample = "transpose"  # transpose (2x2 up-conv) | bilinear (+ 1x1 conv).
+  config.model.padding = "SAME"  # SAME | VALID (the paper's unpadded convs, cropped skips).
+  config.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay float32).
+
+  # Loss and optimisation.
+  config.loss = "bce"  # One of unet_jax.losses.LOSSES (bce, softmax_ce, dice, bce_dice, ...).
+  config.optimizer = "adam"  # adam | adamw | sgd.
+  config.learning_rate = 1e-3  # Peak learning rate.
+  config.schedule = "constant"  # constant | warmup_cosine | one_cycle.
+  config.warmup_steps = 100  # warmup_cosine: linear warm-up steps.
+  config.one_cycle_pct_start = 0.25  # one_cycle: fraction of steps spent rising.
+  config.weight_decay = 1e-4  # adamw only.
+  config.momentum = 0.9  # sgd only (0 = plain SGD).
+  config.nesterov = False  # sgd only.
+  config.adam_eps = 1e-8  # adam/adamw epsilon.
+  config.grad_clip_norm = 0.0  # Clip gradients to this global norm (0 = off).
+
+  # Schedule of the run.
+  config.batch_size = 16  # Global batch (all devices, all hosts); must divide by device count.
+  config.eval_batch_size = 32  # Global eval batch; must divide by device count.
+  config.num_train_steps = 1000  # Optimisation steps.
+  config.log_every_steps = 50  # Train-metric lines in the log and metrics.jsonl.
+  config.eval_every_steps = 250  # Validation, checkpoints and plots.
+  config.max_checkpoints = 2  # Latest checkpoints kept (the best one is kept separately).
+  config.best_metric = "dice"  # Validation metric that picks the best checkpoint.
+  config.best_mode = "max"  # max | min for best_metric.
+  config.seed = 0  # Parameter init, dropout and data order.
+
+  return config

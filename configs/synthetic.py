@@ -1,0 +1,26 @@
+"""The embedded demo: binary segmentation of generated shapes, no download.
+
+Command:
+  python -m unet_jax.main --config configs/synthetic.py --workdir runs/demo
+Result: see README "The demo" (2-core CPU: ~2 minutes, validation Dice >= 0.90).
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.dataset = "synthetic"
+  config.image_size = (64, 64)
+  config.num_classes = 1
+  config.loss = "bce_dice"
+  config.model.features = 16
+  config.model.depth = 3
+  config.learning_rate = 3e-3
+  config.schedule = "warmup_cosine"
+  config.warmup_steps = 50
+  config.batch_size = 16
+  config.num_train_steps = 300
+  config.log_every_steps = 50
+  config.eval_every_steps = 100
+  return config

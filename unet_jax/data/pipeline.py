@@ -1,0 +1,74 @@
+"""grain input pipelines: random-access source -> shuffled, augmented, per-process batches.
+
+Batches stay uint8 on the host (4x less to copy than float32); normalisation happens on the
+device inside the jitted step. Every process reads only its own rows of each global batch, in
+an order that does not depend on the process count, so 1 host x 4 devices and 2 hosts x 2
+devices see the same global batches.
+"""
+
+import dataclasses
+
+import grain
+import numpy as np
+from unet_jax.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessShard:
+  """Which slice of every global batch this process loads."""
+
+  index: int = 0
+  count: int = 1
+
+
+def _contiguous(element: dict) -> dict:
+  return {k: np.ascontiguousarray(v) for k, v in element.items()}
+
+
+def _per_process_batches(ds: grain.MapDataset, global_batch_size: int,
+                         shard: ProcessShard) -> grain.MapDataset:
+  if global_batch_size % shard.count:
+    raise ConfigError(f"global batch size {global_batch_size} does not divide over "
+                     f"{shard.count} processes; pick a multiple of {shard.count}")
+  local_batch_size = global_batch_size // shard.count
+  ds = ds.map(_contiguous).batch(local_batch_size, drop_remainder=True)
+  # Local batch b holds global rows [b * local, (b + 1) * local): process p takes b = s*P + p.
+  return ds[shard.index::shard.count]
+
+
+def train_dataset(source, *, global_batch_size: int, seed: int, augment=None,
+                  shard: ProcessShard = ProcessShard(), num_workers: int = 0,
+                  num_threads: int = 2, prefetch: int = 4) -> grain.IterDataset:
+  """Infinite, reshuffled-every-epoch training batches as a checkpointable grain dataset."""
+  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
+  if augment is not None:
+    ds = ds.random_map(augment)
+  ds = _per_process_batches(ds, global_batch_size, shard)
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                            prefetch_buffer_size=prefetch))
+  if num_workers > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return ds
+
+
+def _with_valid_flag(source, padded_length: int) -> grain.MapDataset:
+  """Pads a split to `padded_length` with copies of element 0 flagged `valid = 0`."""
+
+  def load(index):
+    is_real = int(index) < len(source)
+    element = dict(source[int(index) if is_real else 0])
+    element["valid"] = np.float32(is_real)
+    return element
+
+  return grain.MapDataset.range(padded_length).map(load)
+
+
+def eval_batches(source, *, global_batch_size: int, shard: ProcessShard = ProcessShard(),
+                 num_threads: int = 2):
+  """One pass over a split in fixed-shape batches; padding rows carry `valid = 0`.
+
+  Every batch has the same shape, so the jitted eval step compiles once.
+  """
+  padded = -(-len(source) // global_batch_size) * global_batch_size
+  ds = _per_process_batches(_with_valid_flag(source, padded), global_batch_size, shard)
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4))

@@ -1,0 +1,32 @@
+"""Model definitions and their construction from a config."""
+
+import jax.numpy as jnp
+
+from unet_jax.errors import ConfigError
+from unet_jax.models.unet import UNet, tiny_unet
+
+__all__ = ["UNet", "tiny_unet", "from_config"]
+
+_CHOICES = {
+    "norm": ("batch", "none"),
+    "upsample": ("transpose", "bilinear"),
+    "padding": ("SAME", "VALID"),
+    "dtype": ("float32", "bfloat16", "float16"),
+}
+
+
+def from_config(config) -> UNet:
+  """The UNet described by `config.model` with `config.num_classes` outputs."""
+  model_config = config.model
+  for field, choices in _CHOICES.items():
+    if model_config[field] not in choices:
+      raise ConfigError(f"model.{field}={model_config[field]!r} is not one of {choices}; "
+                        f"set --config.model.{field} to one of them")
+  dropout = model_config.dropout
+  if not isinstance(dropout, (int, float)) and len(dropout) != model_config.depth + 1:
+    raise ConfigError(f"model.dropout has {len(dropout)} rates but depth {model_config.depth} "
+                      f"needs {model_config.depth + 1} (one per level, bottleneck last)")
+  return UNet(num_classes=config.num_classes, features=model_config.features,
+              depth=model_config.depth, dropout=dropout if isinstance(dropout, (int, float))
+              else tuple(dropout), norm=model_config.norm, upsample=model_config.upsample,
+              padding=model_config.padding, dtype=jnp.dtype(model_config.dtype))

@@ -1,0 +1,83 @@
+"""Building blocks shared by the U-Net variants (NHWC, flax.linen)."""
+
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+Padding = Literal["SAME", "VALID"]
+
+# He-normal (fan-in, untruncated normal) init for convolutions followed by ReLU.
+he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+class ConvBNReLU(nn.Module):
+  """3x3 conv -> optional BatchNorm -> ReLU. Convs are bias-free when normalised."""
+
+  features: int
+  padding: Padding = "SAME"
+  norm: Literal["batch", "none"] = "batch"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    use_bn = self.norm == "batch"
+    x = nn.Conv(self.features, (3, 3), padding=self.padding, use_bias=not use_bn,
+                kernel_init=he_normal, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+    if use_bn:
+      # Statistics and scale/shift in float32 whatever the compute dtype.
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                       dtype=self.dtype, param_dtype=self.param_dtype)(x)
+    return nn.relu(x)
+
+
+class DoubleConv(nn.Module):
+  """Two ConvBNReLU layers: the unit every U-Net level is made of."""
+
+  features: int
+  padding: Padding = "SAME"
+  norm: Literal["batch", "none"] = "batch"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    for _ in range(2):
+      x = ConvBNReLU(self.features, self.padding, self.norm, self.dtype, self.param_dtype)(x, train)
+    return x
+
+
+class UpSample(nn.Module):
+  """Doubles H and W and sets the channel count to `features`.
+
+  'transpose': 2x2 stride-2 transposed conv (the paper's "up-convolution").
+  'bilinear': bilinear resize (half-pixel centres, torch align_corners=False) + 1x1 conv.
+  """
+
+  features: int
+  mode: Literal["transpose", "bilinear"] = "transpose"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    if self.mode == "transpose":
+      return nn.ConvTranspose(self.features, (2, 2), strides=(2, 2), padding="VALID",
+                              kernel_init=he_normal, dtype=self.dtype,
+                              param_dtype=self.param_dtype)(x)
+    if self.mode == "bilinear":
+      n, h, w, c = x.shape
+      x = jax.image.resize(x, (n, 2 * h, 2 * w, c), method="bilinear")
+      return nn.Conv(self.features, (1, 1), kernel_init=he_normal, dtype=self.dtype,
+                     param_dtype=self.param_dtype)(x)
+    raise ValueError(f"upsample must be 'transpose' or 'bilinear', got {self.mode!r}")
+
+
+def center_crop(x, height: int, width: int):
+  """Crops the spatial centre of an NHWC array (the paper's cropped skip connections)."""
+  top = (x.shape[1] - height) // 2
+  left = (x.shape[2] - width) // 2
+  return x[:, top:top + height, left:left + width, :]

@@ -1,0 +1,141 @@
+"""The U-Net of Ronneberger et al. (2015), with the common modern variants as options."""
+
+import functools
+from typing import Literal, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from unet_jax.models.blocks import DoubleConv, Dtype, Padding, UpSample, center_crop, he_normal
+
+
+@functools.lru_cache(maxsize=None)
+def valid_shrink(depth: int) -> int:
+  """Pixels lost between input and output of a VALID-padding U-Net (184 for depth 4)."""
+  return 12 * 2**depth - 8
+
+
+def is_valid_input_size(size: int, depth: int) -> bool:
+  """True if every pooled feature map of a VALID U-Net has an even, positive size."""
+  for _ in range(depth):
+    size -= 4
+    if size <= 0 or size % 2:
+      return False
+    size //= 2
+  return size - 4 > 0
+
+
+def smallest_valid_input(output_size: int, depth: int) -> int:
+  """Smallest VALID-mode input size whose output covers `output_size` pixels."""
+  size = output_size + valid_shrink(depth)
+  while not is_valid_input_size(size, depth):
+    size += 1
+  return size
+
+
+def _levels(value, depth: int) -> tuple[float, ...]:
+  """Broadcasts a per-level setting to depth + 1 levels (the last is the bottleneck)."""
+  if isinstance(value, (int, float)):
+    return (float(value),) * (depth + 1)
+  value = tuple(float(v) for v in value)
+  if len(value) != depth + 1:
+    raise ValueError(f"dropout needs {depth + 1} per-level rates (depth {depth} + bottleneck), "
+                     f"got {len(value)}")
+  return value
+
+
+class UNet(nn.Module):
+  """U-Net for NHWC images; returns float32 logits of shape (N, H, W, num_classes).
+
+  Attributes:
+    num_classes: output channels (1 for binary tasks with a sigmoid).
+    features: channels of the first level; level k has features * 2**k.
+    depth: number of 2x poolings (the classic U-Net has 4: 64 -> 1024 channels).
+    dropout: one rate for all levels or depth + 1 per-level rates, bottleneck last.
+    norm: 'batch' (bias-free convs + BatchNorm) or 'none' (convs with bias).
+    upsample: 'transpose' (2x2 stride-2 up-convolution) or 'bilinear' (+ 1x1 conv).
+    padding: 'SAME' or 'VALID' (the paper's unpadded convs with centre-cropped skips).
+    overlap_tile: VALID only; mirror-pad the input (the paper's overlap-tile strategy) so the
+      output covers the input exactly. If False, return the raw smaller VALID output.
+    dtype: compute dtype (e.g. bfloat16); param_dtype: parameter dtype (float32).
+  """
+
+  num_classes: int = 1
+  features: int = 64
+  depth: int = 4
+  dropout: float | Sequence[float] = 0.0
+  norm: Literal["batch", "none"] = "batch"
+  upsample: Literal["transpose", "bilinear"] = "transpose"
+  padding: Padding = "SAME"
+  overlap_tile: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    height, width = images.shape[1:3]
+    x, crop = self._pad_input(images.astype(self.dtype))
+    x = self._unet(x, train)
+    if crop is not None:
+      top, left = crop
+      x = x[:, top:top + height, left:left + width]
+    return x
+
+  def _pad_input(self, x):
+    """Reflect-pads so every level divides evenly; returns the padded input and the crop."""
+    height, width = x.shape[1:3]
+    if self.padding == "SAME":
+      multiple = 2**self.depth
+      pad_h, pad_w = -height % multiple, -width % multiple
+      if not pad_h and not pad_w:
+        return x, None
+      top, left = pad_h // 2, pad_w // 2
+      x = jnp.pad(x, ((0, 0), (top, pad_h - top), (left, pad_w - left), (0, 0)), mode="reflect")
+      return x, (top, left)
+    if self.padding != "VALID":
+      raise ValueError(f"padding must be 'SAME' or 'VALID', got {self.padding!r}")
+    if not self.overlap_tile:
+      for size in (height, width):
+        if not is_valid_input_size(size, self.depth):
+          raise ValueError(
+              f"VALID U-Net of depth {self.depth} cannot take size {size}; the nearest that "
+              f"works is {smallest_valid_input(max(size - valid_shrink(self.depth), 1), self.depth)}"
+              " (or set overlap_tile=True)")
+      return x, None
+    pads = []
+    for size in (height, width):
+      padded = smallest_valid_input(size, self.depth)
+      out = padded - valid_shrink(self.depth)
+      before = valid_shrink(self.depth) // 2 + (out - size) // 2
+      pads.append((before, padded - size - before))
+    x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), mode="reflect")
+    out_h = x.shape[1] - valid_shrink(self.depth)
+    out_w = x.shape[2] - valid_shrink(self.depth)
+    return x, ((out_h - height) // 2, (out_w - width) // 2)
+
+  def _unet(self, x, train: bool):
+    dropout = _levels(self.dropout, self.depth)
+    conv = functools.partial(DoubleConv, padding=self.padding, norm=self.norm, dtype=self.dtype,
+                             param_dtype=self.param_dtype)
+    skips = []
+    for level in range(self.depth):
+      x = conv(self.features * 2**level, name=f"encoder_{level}")(x, train)
+      x = nn.Dropout(dropout[level], deterministic=not train)(x)
+      skips.append(x)
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = conv(self.features * 2**self.depth, name="bottleneck")(x, train)
+    x = nn.Dropout(dropout[self.depth], deterministic=not train)(x)
+    for level in reversed(range(self.depth)):
+      features = self.features * 2**level
+      x = UpSample(features, self.upsample, self.dtype, self.param_dtype, name=f"up_{level}")(x)
+      skip = center_crop(skips[level], x.shape[1], x.shape[2])
+      x = jnp.concatenate([skip, x], axis=-1)
+      x = conv(features, name=f"decoder_{level}")(x, train)
+    # The 1x1 head runs in float32 so logits and the loss never see bfloat16 rounding.
+    return nn.Conv(self.num_classes, (1, 1), kernel_init=he_normal, dtype=jnp.float32,
+                   param_dtype=self.param_dtype, name="head")(x.astype(jnp.float32))
+
+
+def tiny_unet(num_classes: int = 1, **overrides) -> UNet:
+  """A 4-channel, depth-2 U-Net that compiles and runs in well under a second (for tests)."""
+  return UNet(**{"num_classes": num_classes, "features": 4, "depth": 2, **overrides})

@@ -1,0 +1,81 @@
+"""matplotlib figures: training curves and image / truth / prediction grids."""
+
+import json
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+
+
+def read_metrics(path) -> list[dict]:
+  """The records of a metrics.jsonl file."""
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(metrics_path, out_path) -> None:
+  """Loss curves (train and val) beside the validation scores, against the step."""
+  records = read_metrics(metrics_path)
+  train = [r for r in records if r.get("split") == "train"]
+  val = [r for r in records if r.get("split") == "val"]
+  fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(11, 4))
+  if train:
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
+  if val:
+    ax_loss.plot([r["step"] for r in val], [r["loss"] for r in val], "o-", label="val")
+    for name in ("dice", "iou", "pixel_accuracy"):
+      if name in val[0]:
+        ax_score.plot([r["step"] for r in val], [r[name] for r in val], "o-", label=f"val {name}")
+  ax_loss.set(xlabel="step", ylabel="loss", title="Loss", yscale="log")
+  ax_score.set(xlabel="step", ylabel="score", title="Validation", ylim=(0, 1.02))
+  for ax in (ax_loss, ax_score):
+    ax.grid(alpha=0.3)
+    if ax.lines:
+      ax.legend()
+  fig.tight_layout()
+  _save(fig, out_path)
+
+
+def _label_image(labels, num_classes: int):
+  if num_classes <= 2:
+    return labels, {"cmap": "gray", "vmin": 0, "vmax": 1}
+  return labels, {"cmap": "tab20", "vmin": 0, "vmax": 19, "interpolation": "nearest"}
+
+
+def plot_predictions(images, masks, predictions, out_path, num_classes: int,
+                     overlay: bool = False, max_rows: int = 6) -> None:
+  """One row per example: image, ground truth, prediction (or the prediction overlaid)."""
+  rows = min(len(images), max_rows)
+  columns = 2 if overlay else 3
+  fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+  for row in range(rows):
+    image = np.asarray(images[row])
+    image = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+    truth, style = _label_image(np.asarray(masks[row]), num_classes)
+    predicted, _ = _label_image(np.asarray(predictions[row]), num_classes)
+    axes[row, 0].imshow(image, cmap="gray" if image.ndim == 2 else None)
+    if overlay:
+      axes[row, 1].imshow(image, cmap="gray" if image.ndim == 2 else None)
+      axes[row, 1].imshow(np.ma.masked_equal(predicted, 0), alpha=0.5, **style)
+    else:
+      axes[row, 1].imshow(truth, **style)
+      axes[row, 2].imshow(predicted, **style)
+  titles = ["image", "prediction over image"] if overlay else ["image", "truth", "prediction"]
+  for col, title in enumerate(titles):
+    axes[0, col].set_title(title)
+  for ax in axes.ravel():
+    ax.axis("off")
+  fig.tight_layout()
+  _save(fig, out_path)
+
+
+def _save(fig, out_path) -> None:
+  out_path = pathlib.Path(out_path)
+  out_path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = out_path.with_suffix(".tmp.png")
+  fig.savefig(tmp, dpi=90)
+  plt.close(fig)
+  tmp.replace(out_path)  # Never leave a half-written PNG where a good one was.

@@ -1,0 +1,94 @@
+"""Train state and the jitted train, eval and predict steps."""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from unet_jax import losses, metrics
+
+
+class TrainState(train_state.TrainState):
+  """params, opt_state and step (from flax) plus BatchNorm statistics and the dropout RNG."""
+
+  batch_stats: Any
+  rng: jax.Array
+
+
+def normalize_images(images):
+  """uint8 (N, H, W[, C]) -> float32 in [-1, 1] with a channel axis; runs on the device."""
+  images = images.astype(jnp.float32)
+  if images.ndim == 3:
+    images = images[..., None]
+  return images / 127.5 - 1.0
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, sample_images,
+                       seed: int) -> TrainState:
+  """Initialises parameters from `seed` on a sample batch (shape only matters)."""
+  init_rng, dropout_rng = jax.random.split(jax.random.key(seed))
+  variables = model.init(init_rng, normalize_images(sample_images), train=False)
+  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                           batch_stats=variables.get("batch_stats", {}),
+                           rng=jax.random.key_data(dropout_rng))
+
+
+def _variables(state: TrainState, params=None):
+  variables = {"params": state.params if params is None else params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  return variables
+
+
+def train_step(state: TrainState, batch: dict, *, loss_fn, ignore_index: int | None):
+  """One optimisation step; returns the new state and device-side scalar metrics."""
+  images = normalize_images(batch["image"])
+  weights = losses.pixel_weights(batch["mask"], ignore_index)
+  dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+  def compute_loss(params):
+    logits, updates = state.apply_fn(_variables(state, params), images, train=True,
+                                     rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+    return loss_fn(logits, batch["mask"], weights), updates
+
+  (loss, updates), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads,
+                                    batch_stats=updates.get("batch_stats", state.batch_stats))
+  return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+
+def eval_step(state: TrainState, batch: dict, *, loss_fn, ignore_index: int | None,
+              num_classes: int):
+  """Sums for one eval batch: weighted loss, weight, and the confusion matrix."""
+  images = normalize_images(batch["image"])
+  weights = losses.pixel_weights(batch["mask"], ignore_index, batch.get("valid"))
+  logits = state.apply_fn(_variables(state), images, train=False)
+  predictions = metrics.predicted_labels(logits)
+  weight_sum = jnp.sum(weights)
+  return {
+      "loss_sum": loss_fn(logits, batch["mask"], weights) * weight_sum,
+      "weight_sum": weight_sum,
+      "confusion": metrics.confusion_matrix(predictions, batch["mask"], weights,
+                                            max(num_classes, 2)),
+  }
+
+
+def predict_probabilities(state: TrainState, images):
+  """Per-pixel probabilities (N, H, W, C): sigmoid for one channel, softmax otherwise."""
+  logits = state.apply_fn(_variables(state), normalize_images(images), train=False)
+  return jax.nn.sigmoid(logits) if logits.shape[-1] == 1 else jax.nn.softmax(logits)
+
+
+def jit_steps(config):
+  """The three steps jitted for `config`; train_step donates the old state."""
+  loss_fn = losses.get_loss(config.loss)
+  ignore_index = config.ignore_index if config.ignore_index >= 0 else None
+  train = jax.jit(functools.partial(train_step, loss_fn=loss_fn, ignore_index=ignore_index),
+                  donate_argnums=0)
+  evaluate = jax.jit(functools.partial(eval_step, loss_fn=loss_fn, ignore_index=ignore_index,
+                                       num_classes=config.num_classes))
+  return train, evaluate, jax.jit(predict_probabilities)
