@@ -1,0 +1,56 @@
+"""Shared fixtures: the real-data samples path and small configs."""
+
+import os
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# One overridable path to the real samples (TGS, Carvana, CamVid in their original layouts).
+SHARED_DATA = pathlib.Path(os.environ.get("UNET_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_data_dir(name: str) -> pathlib.Path:
+  """../shared/data/<name>, or skip the test saying where the samples were looked for."""
+  path = SHARED_DATA / name
+  if not path.is_dir():
+    pytest.skip(f"real {name} samples not found at {path} (set UNET_JAX_SHARED_DATA)")
+  return path
+
+
+@pytest.fixture
+def tgs_dir():
+  return shared_data_dir("tgs")
+
+
+@pytest.fixture
+def carvana_dir():
+  return shared_data_dir("carvana")
+
+
+@pytest.fixture
+def camvid_dir():
+  return shared_data_dir("camvid")
+
+
+def tiny_config(**overrides):
+  """The synthetic config shrunk to a 4-channel depth-2 U-Net on 16x16 images, a few steps."""
+  from configs import synthetic  # pylint: disable=import-outside-toplevel
+  config = synthetic.get_config()
+  config.image_size = (16, 16)
+  config.synthetic.num_train = 64
+  config.synthetic.num_val = 16
+  config.model.features = 4
+  config.model.depth = 2
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.num_train_steps = 4
+  config.log_every_steps = 2
+  config.eval_every_steps = 4
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return config
