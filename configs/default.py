@@ -40,7 +40,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay float32).
 
   # Loss and optimisation.
-  config.loss = "bce"  # One of unet_jax.losses.LOSSES (bce, softmax_ce, dice, bce_dice, ...).
+  config.loss = "bce"  # losses.LOSSES: bce softmax_ce dice bce_dice focal lovasz_hinge/_softmax.
+  config.weight_map = False  # Weight pixels by the 2015 paper's boundary map (BoundaryWeights).
+  config.weight_map_w0 = 10.0  # Boundary map: peak extra weight between two objects (paper: 10).
+  config.weight_map_sigma = 5.0  # Boundary map: decay in pixels of the border term (paper: 5).
   config.optimizer = "adam"  # adam | adamw | sgd.
   config.learning_rate = 1e-3  # Peak learning rate.
   config.schedule = "constant"  # constant | warmup_cosine | one_cycle.

@@ -10,7 +10,10 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from scipy import ndimage
+
 from unet_jax.errors import ConfigError
 
 LossFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
@@ -73,11 +76,87 @@ def bce_dice(logits, labels, weights):
   return sigmoid_bce(logits, labels, weights) + soft_dice(logits, labels, weights)
 
 
+def focal(logits, labels, weights, gamma: float = 2.0):
+  """Focal loss (Lin et al. 2017): cross-entropy scaled by (1 - p_true)**gamma."""
+  if logits.shape[-1] == 1:
+    targets = (labels > 0).astype(jnp.float32)
+    per_pixel = optax.sigmoid_binary_cross_entropy(logits[..., 0], targets)
+  else:
+    per_pixel = optax.softmax_cross_entropy_with_integer_labels(
+        logits, _safe_labels(labels, logits.shape[-1]))
+  return _weighted_mean((-jnp.expm1(-per_pixel)) ** gamma * per_pixel, weights)  # (1-p)^g
+
+
+def lovasz_grad(sorted_targets):
+  """Gradient of the Lovasz extension of the Jaccard loss for targets sorted by error."""
+  total = jnp.sum(sorted_targets)
+  intersection = total - jnp.cumsum(sorted_targets)
+  union = total + jnp.cumsum(1.0 - sorted_targets)
+  jaccard = 1.0 - intersection / union
+  return jnp.concatenate([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+
+
+def _sorted_by_error(errors, targets, counted):
+  """Sorts by decreasing error; pixels that do not count go last, so they change nothing."""
+  keys = jnp.where(counted, errors, -jnp.inf)
+  _, errors, targets, counted = jax.lax.sort(
+      (-keys, errors, targets, counted.astype(jnp.float32)), num_keys=1)
+  return errors * counted, targets * counted
+
+
+def _lovasz_hinge_flat(logits, targets, counted):
+  signs = 2.0 * targets - 1.0
+  errors, targets = _sorted_by_error(1.0 - logits * signs, targets, counted)
+  return jnp.dot(jax.nn.relu(errors), jax.lax.stop_gradient(lovasz_grad(targets)))
+
+
+def lovasz_hinge(logits, labels, weights, per_image: bool = True):
+  """Binary Lovasz hinge (Berman et al. 2018) on the logits, per image then averaged.
+
+  Weights act as a mask only (> 0 counts): the Lovasz extension has no per-pixel weights.
+  """
+  targets = (labels > 0).astype(jnp.float32)
+  counted = weights > 0
+  if not per_image:
+    return _lovasz_hinge_flat(logits[..., 0].ravel(), targets.ravel(), counted.ravel())
+  n = logits.shape[0]
+  per = jax.vmap(_lovasz_hinge_flat)(logits[..., 0].reshape(n, -1), targets.reshape(n, -1),
+                                     counted.reshape(n, -1))
+  has_pixels = jnp.any(counted.reshape(n, -1), axis=1)
+  return jnp.sum(per * has_pixels) / jnp.maximum(jnp.sum(has_pixels), 1)
+
+
+def lovasz_softmax(logits, labels, weights):
+  """Lovasz-softmax (Berman et al. 2018) over the batch, mean over classes present.
+
+  One channel is treated as the two classes (background, foreground) of a sigmoid.
+  """
+  probs, targets = _probabilities_and_targets(logits, labels)
+  if logits.shape[-1] == 1:
+    probs = jnp.concatenate([1.0 - probs, probs], axis=-1)
+    targets = jnp.concatenate([1.0 - targets, targets], axis=-1)
+  num_classes = probs.shape[-1]
+  probs, targets = probs.reshape(-1, num_classes), targets.reshape(-1, num_classes)
+  counted = weights.ravel() > 0
+
+  def class_loss(class_probs, class_targets):
+    errors, sorted_targets = _sorted_by_error(jnp.abs(class_targets - class_probs),
+                                              class_targets, counted)
+    return jnp.dot(errors, jax.lax.stop_gradient(lovasz_grad(sorted_targets)))
+
+  per_class = jax.vmap(class_loss, in_axes=1)(probs, targets)
+  present = jnp.sum(targets * counted[:, None], axis=0) > 0
+  return jnp.sum(per_class * present) / jnp.maximum(jnp.sum(present), 1)
+
+
 LOSSES: dict[str, LossFn] = {
     "bce": sigmoid_bce,
     "softmax_ce": softmax_cross_entropy,
     "dice": soft_dice,
     "bce_dice": bce_dice,
+    "focal": focal,
+    "lovasz_hinge": lovasz_hinge,
+    "lovasz_softmax": lovasz_softmax,
 }
 
 
@@ -86,3 +165,46 @@ def get_loss(name: str) -> LossFn:
   if name not in LOSSES:
     raise ConfigError(f"unknown loss {name!r}; choose one of {', '.join(sorted(LOSSES))}")
   return LOSSES[name]
+
+
+def boundary_weight_map(mask, w0: float = 10.0, sigma: float = 5.0, ignore_index=None):
+  """The 2015 U-Net paper's weight map (eq. 2), float32 (H, W), computed on the host.
+
+  w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))**2 / (2 sigma**2)) on background pixels, where
+  d1, d2 are the distances to the nearest and second-nearest object (connected component of
+  the foreground) and w_c balances class frequencies (weights of a class sum to
+  pixels / classes present). Ignored pixels get weight 0.
+  """
+  mask = np.asarray(mask)
+  counted = np.ones(mask.shape, bool) if ignore_index is None else mask != ignore_index
+  classes, counts = np.unique(mask[counted], return_counts=True)
+  weights = np.zeros(mask.shape, np.float64)
+  for value, count in zip(classes, counts):
+    weights[(mask == value) & counted] = counted.sum() / (len(classes) * count)
+  objects, num_objects = ndimage.label((mask > 0) & counted)
+  if num_objects >= 2:
+    distances = np.stack([ndimage.distance_transform_edt(objects != k)
+                          for k in range(1, num_objects + 1)])
+    nearest_two = np.partition(distances, 1, axis=0)[:2]
+    border = w0 * np.exp(-(nearest_two[0] + nearest_two[1]) ** 2 / (2.0 * sigma**2))
+    weights += border * ((objects == 0) & counted)
+  return (weights * counted).astype(np.float32)
+
+
+class BoundaryWeights:
+  """Per-element transform adding `weight`: boundary_weight_map of the element's mask."""
+
+  def __init__(self, w0: float = 10.0, sigma: float = 5.0, ignore_index=None):
+    self.w0, self.sigma, self.ignore_index = w0, sigma, ignore_index
+
+  def __call__(self, element: dict) -> dict:
+    weight = boundary_weight_map(element["mask"], self.w0, self.sigma, self.ignore_index)
+    return {**element, "weight": weight}
+
+
+def weight_map_transform(config):
+  """BoundaryWeights for `config` if config.weight_map is on, else None."""
+  if not config.get("weight_map", False):
+    return None
+  ignore_index = config.ignore_index if config.ignore_index >= 0 else None
+  return BoundaryWeights(config.weight_map_w0, config.weight_map_sigma, ignore_index)

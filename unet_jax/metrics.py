@@ -52,3 +52,56 @@ def scores_from_confusion(confusion) -> dict[str, float]:
     scores["miou"] = scores["iou"]
     scores.update({f"iou_class_{c}": float(v) for c, v in enumerate(iou) if present[c]})
   return scores
+
+
+# The TGS Salt metric: IoU thresholds 0.50, 0.55, ..., 0.95 as (10 + k) / 20, compared exactly
+# in integers: IoU > t  <=>  20 * intersection > (10 + k) * union.
+TGS_THRESHOLD_NUMERATORS = tuple(range(10, 20))
+
+
+def tgs_image_precision(predictions, labels, weights):
+  """Per-image TGS score (N,): the precision averaged over IoU thresholds 0.50:0.05:0.95.
+
+  An image holds at most one object, so the precision at t is 1 if IoU > t else 0; an empty
+  truth scores 1 if the prediction is empty too and 0 otherwise (the competition's rule).
+  Pixels with weight 0 do not count.
+  """
+  counted = weights > 0
+  predicted = (predictions > 0) & counted
+  truth = (labels > 0) & counted
+  axes = tuple(range(1, labels.ndim))
+  intersection = jnp.sum(predicted & truth, axis=axes, dtype=jnp.int32)
+  union = jnp.sum(predicted | truth, axis=axes, dtype=jnp.int32)
+  numerators = jnp.asarray(TGS_THRESHOLD_NUMERATORS, jnp.int32)
+  hits = 20 * intersection[:, None] > numerators[None, :] * union[:, None]
+  return jnp.where(union == 0, 1.0, jnp.mean(hits.astype(jnp.float32), axis=1))
+
+
+def tgs_sums(predictions, labels, weights, example_valid=None) -> dict:
+  """Sum of per-image TGS scores and the image count, to be summed over a split."""
+  per_image = tgs_image_precision(predictions, labels, weights)
+  valid = jnp.ones_like(per_image) if example_valid is None else example_valid
+  return {"tgs_precision_sum": jnp.sum(per_image * valid), "image_count": jnp.sum(valid)}
+
+
+def threshold_sweep_sums(foreground_probabilities, labels, weights, thresholds,
+                         example_valid=None) -> dict:
+  """Binary confusion matrices (T, 2, 2) and TGS sums (T,) for each threshold."""
+
+  def at(threshold):
+    predictions = (foreground_probabilities > threshold).astype(jnp.int32)
+    sums = tgs_sums(predictions, labels, weights, example_valid)
+    sums["confusion"] = confusion_matrix(predictions, labels, weights, 2)
+    return sums
+
+  return jax.lax.map(at, jnp.asarray(thresholds, jnp.float32))
+
+
+def scores_from_sums(totals) -> dict[str, float]:
+  """Scores of a split from its summed eval sums (confusion, loss, TGS metric)."""
+  scores = scores_from_confusion(totals["confusion"])
+  if "loss_sum" in totals:
+    scores["loss"] = float(totals["loss_sum"] / max(float(totals["weight_sum"]), 1e-6))
+  if "tgs_precision_sum" in totals:
+    scores["tgs_map"] = float(totals["tgs_precision_sum"] / max(float(totals["image_count"]), 1))
+  return scores

@@ -48,6 +48,8 @@ def train_step(state: TrainState, batch: dict, *, loss_fn, ignore_index: int | N
   """One optimisation step; returns the new state and device-side scalar metrics."""
   images = normalize_images(batch["image"])
   weights = losses.pixel_weights(batch["mask"], ignore_index)
+  if "weight" in batch:  # Per-pixel loss weights, e.g. losses.BoundaryWeights.
+    weights = weights * batch["weight"]
   dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
   def compute_loss(params):
@@ -63,18 +65,22 @@ def train_step(state: TrainState, batch: dict, *, loss_fn, ignore_index: int | N
 
 def eval_step(state: TrainState, batch: dict, *, loss_fn, ignore_index: int | None,
               num_classes: int):
-  """Sums for one eval batch: weighted loss, weight, and the confusion matrix."""
+  """Sums for one eval batch: weighted loss, weight, the confusion matrix and, for binary
+  tasks, the TGS metric's per-image sums."""
   images = normalize_images(batch["image"])
   weights = losses.pixel_weights(batch["mask"], ignore_index, batch.get("valid"))
   logits = state.apply_fn(_variables(state), images, train=False)
   predictions = metrics.predicted_labels(logits)
   weight_sum = jnp.sum(weights)
-  return {
+  sums = {
       "loss_sum": loss_fn(logits, batch["mask"], weights) * weight_sum,
       "weight_sum": weight_sum,
       "confusion": metrics.confusion_matrix(predictions, batch["mask"], weights,
                                             max(num_classes, 2)),
   }
+  if num_classes == 1:
+    sums.update(metrics.tgs_sums(predictions, batch["mask"], weights, batch.get("valid")))
+  return sums
 
 
 def predict_probabilities(state: TrainState, images):

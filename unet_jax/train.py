@@ -13,7 +13,7 @@ from tqdm import tqdm
 from unet_jax import checkpoints, data, models, optim, parallel, plots, steps
 from unet_jax.data import augment, pipeline
 from unet_jax.errors import WorkdirError
-from unet_jax.metrics import scores_from_confusion
+from unet_jax.metrics import scores_from_sums
 
 
 def prepare_workdir(workdir) -> pathlib.Path:
@@ -55,10 +55,7 @@ def evaluate(state, eval_step, source, config, mesh) -> dict:
                                      shard=parallel.process_shard()):
     sums = eval_step(state, parallel.shard_batch(batch, mesh))
     totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-  totals = jax.device_get(totals)
-  scores = scores_from_confusion(totals["confusion"])
-  scores["loss"] = float(totals["loss_sum"] / max(totals["weight_sum"], 1e-6))
-  return scores
+  return scores_from_sums(jax.device_get(totals))
 
 
 def save_prediction_grid(state, predict_fn, source, config, mesh, path) -> None:
@@ -136,10 +133,10 @@ def _evaluate_and_checkpoint(step, state, train_iterator, ctx) -> dict:
 
 def train_and_evaluate(config, workdir) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final scores."""
-  workdir = prepare_workdir(workdir)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh, "batch_size")
   parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  workdir = prepare_workdir(workdir)
   train_source = data.load_split(config, "train")
   val_source = data.load_split(config, "val")
   _, state = _initial_state(config, mesh, train_source)
