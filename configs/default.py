@@ -13,6 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Data.
   config.dataset = "synthetic"  # synthetic | tgs | carvana | camvid.
   config.data_dir = "~/tensorflow_datasets"  # Where `python -m unet_jax.data.prepare` wrote data.
+  config.data_resolution = "native"  # Prepared size: native | HxW | "" = image_size.
   config.image_size = (64, 64)  # (height, width) the model sees.
   config.num_classes = 1  # Output channels: 1 = binary with sigmoid, >1 = softmax classes.
   config.ignore_index = -1  # Label value left out of loss and metrics (CamVid void = 11); -1 none.
@@ -28,6 +29,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Augmentation, applied identically to image and mask.
   config.augment = ml_collections.ConfigDict()
   config.augment.hflip = True  # Random left-right flips.
+  config.augment.rotation_degrees = 0.0  # Max rotation in +-degrees (Keras' 0.01 = 3.6).
+  config.augment.scale = 0.0  # Max random zoom-in (random crop + resize): zoom in [1, 1 + scale].
+  config.augment.brightness = 0.0  # Max random brightness shift, as a fraction of 0..255.
+  config.augment.contrast = 0.0  # Max random contrast change around the channel mean (Keras 0.2).
 
   # Model: unet_jax.models.UNet.
   config.model = ml_collections.ConfigDict()
@@ -65,5 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.best_metric = "dice"  # Validation metric that picks the best checkpoint.
   config.best_mode = "max"  # max | min for best_metric.
   config.seed = 0  # Parameter init, dropout and data order.
+  # Persistent XLA compilation cache shared by runs ('' = off): a rerun skips compilation.
+  config.compilation_cache_dir = "~/.cache/unet_jax/xla"
 
   return config

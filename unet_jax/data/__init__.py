@@ -1,21 +1,11 @@
-"""Datasets: each maps a config to random-access train/val sources of {image, mask} dicts."""
+"""Datasets: each maps a config to random-access train/val sources of {image, mask} dicts.
+
+Real datasets are read from `config.data_dir`, where `python -m unet_jax.data.prepare` built
+them from the original downloads (see unet_jax/data/sources.py).
+"""
 
 from unet_jax.data import synthetic
-from unet_jax.errors import ConfigError, MissingDataError
-
-
-_DOWNLOADS = {
-    "tgs": "the Kaggle 'tgs-salt-identification-challenge' files (train.zip, train.csv, depths.csv)",
-    "carvana": "the Kaggle 'carvana-image-masking-challenge' files (train.zip, train_masks.zip)",
-    "camvid": "CamVid in the SegNet layout (train/, trainannot/, val/, valannot/)",
-}
-
-
-def _real_dataset(config, split: str):
-  del split  # The TFDS builders for the real downloads plug in here.
-  raise MissingDataError(
-      f"dataset {config.dataset!r} needs {_DOWNLOADS[config.dataset]}: put them in "
-      f"~/Downloads/{config.dataset}; reading them is not implemented yet in this version")
+from unet_jax.errors import ConfigError
 
 
 def load_split(config, split: str):
@@ -27,5 +17,6 @@ def load_split(config, split: str):
     return synthetic.SyntheticShapes(size, tuple(config.image_size), seed,
                                      multiclass=config.synthetic.multiclass)
   if config.dataset in ("tgs", "carvana", "camvid"):
-    return _real_dataset(config, split)
+    from unet_jax.data import sources  # pylint: disable=import-outside-toplevel  # Imports TFDS.
+    return sources.load_prepared(config, split)
   raise ConfigError(f"unknown dataset {config.dataset!r}; choose synthetic, tgs, carvana or camvid")

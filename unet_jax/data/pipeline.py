@@ -8,9 +8,13 @@ devices see the same global batches.
 
 import dataclasses
 
+from absl import flags
 import grain
 import numpy as np
 from unet_jax.errors import ConfigError
+
+
+_STREAM_LENGTH = 2**62  # Positions of the endless training stream (epochs of the source).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +26,8 @@ class ProcessShard:
 
 
 def _contiguous(element: dict) -> dict:
-  return {k: np.ascontiguousarray(v) for k, v in element.items()}
+  """C-contiguous arrays (flips are views); scalars stay 0-d, so they batch to (N,)."""
+  return {k: np.ascontiguousarray(v) if np.ndim(v) else np.asarray(v) for k, v in element.items()}
 
 
 def _per_process_batches(ds: grain.MapDataset, global_batch_size: int,
@@ -36,17 +41,45 @@ def _per_process_batches(ds: grain.MapDataset, global_batch_size: int,
   return ds[shard.index::shard.count]
 
 
+class _EpochShuffled:
+  """Reads position i of the endless stream: epoch i // n, in that epoch's own permutation.
+
+  Each epoch's order is numpy's permutation for (seed, epoch), drawn once and cached, so an
+  element costs O(1) for any n (grain's index_shuffle costs ~1 ms per element below ~200).
+  """
+
+  def __init__(self, source, seed: int):
+    self.source, self.seed = source, seed
+    self._order = (-1, None)  # (epoch, permutation) of the epoch read last.
+
+  def __call__(self, position) -> dict:
+    epoch, offset = divmod(int(position), len(self.source))
+    order = self._order  # One read: a thread that swaps it meanwhile does no harm.
+    if order[0] != epoch:
+      order = (epoch, np.random.default_rng((self.seed, epoch)).permutation(len(self.source)))
+      self._order = order
+    return self.source[int(order[1][offset])]
+
+
 def train_dataset(source, *, global_batch_size: int, seed: int, augment=None,
                   shard: ProcessShard = ProcessShard(), num_workers: int = 0,
                   num_threads: int = 2, prefetch: int = 4) -> grain.IterDataset:
-  """Infinite, reshuffled-every-epoch training batches as a checkpointable grain dataset."""
-  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
+  """Infinite, reshuffled-every-epoch training batches as a checkpointable grain dataset.
+
+  Element i of the stream depends only on (seed, i); augmentation draws from grain's per-element
+  rng of (seed, i), so a seed and a step fix every batch, whatever the threads or workers.
+  """
+  if not len(source):
+    raise ConfigError("the training split is empty; prepare the dataset again")
+  ds = grain.MapDataset.range(_STREAM_LENGTH).map(_EpochShuffled(source, seed)).seed(seed)
   if augment is not None:
     ds = ds.random_map(augment)
   ds = _per_process_batches(ds, global_batch_size, shard)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                             prefetch_buffer_size=prefetch))
   if num_workers > 0:
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; a plain script has none.
+      flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return ds
 
