@@ -13,9 +13,9 @@ from unet_jax.data.pipeline import ProcessShard
 from unet_jax.errors import ConfigError
 
 
-def make_mesh() -> Mesh:
-  """A 1-D mesh named 'data' over all devices (all hosts)."""
-  return Mesh(np.asarray(jax.devices()), ("data",))
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh named 'data' over `devices` (default: all devices of all hosts)."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), ("data",))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

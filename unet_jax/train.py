@@ -131,8 +131,16 @@ def _evaluate_and_checkpoint(step, state, train_iterator, ctx) -> dict:
   return scores
 
 
+def enable_compilation_cache(cache_dir: str) -> None:
+  """Persists compiled XLA programs in `cache_dir` so later runs skip compilation."""
+  if cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache_dir))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def train_and_evaluate(config, workdir) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final scores."""
+  enable_compilation_cache(config.compilation_cache_dir)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh, "batch_size")
   parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")

@@ -1,0 +1,48 @@
+"""Runs the same train steps on 1 and on all (4 forced CPU) devices; prints JSON results.
+
+Launched by test_data_parallel.py in a subprocess, because the device count is fixed by
+XLA_FLAGS before JAX starts.
+"""
+
+import json
+import sys
+
+import jax
+import numpy as np
+
+from tests.conftest import tiny_config
+from unet_jax import data, parallel, steps, train
+from unet_jax.data import pipeline
+
+
+def run(devices, config, num_steps: int):
+  mesh = parallel.make_mesh(devices)
+  source = data.load_split(config, "train")
+  _, state = train._initial_state(config, mesh, source)  # pylint: disable=protected-access
+  train_step, _, _ = steps.jit_steps(config)
+  batches = iter(pipeline.train_dataset(source, global_batch_size=config.batch_size,
+                                        seed=config.seed))
+  losses, shard_shapes = [], None
+  for _ in range(num_steps):
+    batch = parallel.shard_batch(next(batches), mesh)
+    shard_shapes = [list(s.data.shape) for s in batch["image"].addressable_shards]
+    state, metrics = train_step(state, batch)
+    losses.append(float(metrics["loss"]))
+  leaves = jax.tree.leaves(jax.device_get({"params": state.params,
+                                           "batch_stats": state.batch_stats}))
+  return {"losses": losses, "shard_shapes": shard_shapes,
+          "spec": list(batch["image"].sharding.spec),
+          "leaves": [np.asarray(x).ravel().tolist() for x in leaves]}
+
+
+def main():
+  config = tiny_config()
+  config.model.dropout = 0.0
+  devices = jax.devices()
+  results = {"device_count": len(devices),
+             "one": run(devices[:1], config, 3), "all": run(devices, config, 3)}
+  json.dump(results, sys.stdout)
+
+
+if __name__ == "__main__":
+  main()

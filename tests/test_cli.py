@@ -1,0 +1,54 @@
+"""The training CLI fails with one clear line and a nonzero exit on bad input."""
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def _main(*args) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "unet_jax.main", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300, check=False,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+def _only_error_line(proc) -> str:
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1, proc.stderr
+  assert lines[0].startswith("error: ")
+  return lines[0]
+
+
+def test_unknown_config_key(tmp_path):
+  proc = _main("--config=configs/synthetic.py", f"--workdir={tmp_path}",
+               "--config.model.featurs=8")
+  assert proc.returncode == 2
+  line = _only_error_line(proc)
+  assert "'featurs'" in line and "--config.model.featurs" in line and '"features"' in line
+
+
+def test_missing_config_file(tmp_path):
+  proc = _main("--config=configs/nope.py", f"--workdir={tmp_path}")
+  assert proc.returncode == 2
+  assert "configs/nope.py" in _only_error_line(proc)
+
+
+def test_workdir_that_cannot_be_created(tmp_path):
+  if os.geteuid() == 0:  # root ignores permission bits; /proc refuses new directories.
+    workdir = "/proc/unet_jax_test/run"
+  else:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    workdir = str(locked / "run")
+  proc = _main("--config=configs/synthetic.py", f"--workdir={workdir}")
+  assert proc.returncode == 2
+  line = _only_error_line(proc)
+  assert workdir in line and "--workdir" in line
+
+
+def test_real_dataset_without_its_data_says_what_is_missing(tmp_path):
+  proc = _main("--config=configs/synthetic.py", f"--workdir={tmp_path}",
+               "--config.dataset=carvana", f"--config.data_dir={tmp_path / 'none'}")
+  assert proc.returncode == 2
+  assert "carvana" in _only_error_line(proc)

@@ -1,0 +1,105 @@
+"""UNet shapes, parameter counts, dtypes and padding behaviour."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from unet_jax import UNet, tiny_unet
+from unet_jax.models import unet as unet_lib
+
+
+def _param_count(model, shape):
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
+
+
+def _analytic_unet_params(in_channels, num_classes, features, depth, bias):
+  """Counts conv weights by hand: 3x3 double convs, 2x2 up-convs (with bias), 1x1 head."""
+  total, channels = 0, in_channels
+  def conv(cin, cout, k, with_bias):
+    return cin * cout * k * k + (cout if with_bias else 0)
+  bn = 0 if bias else 1  # BatchNorm scale + bias per channel when convs have no bias.
+  for level in range(depth + 1):
+    out = features * 2**level
+    total += conv(channels, out, 3, bias) + conv(out, out, 3, bias) + 2 * bn * 2 * out
+    channels = out
+  for level in reversed(range(depth)):
+    out = features * 2**level
+    total += conv(channels, out, 2, True)
+    total += conv(2 * out, out, 3, bias) + conv(out, out, 3, bias) + 2 * bn * 2 * out
+    channels = out
+  return total + conv(channels, num_classes, 1, True)
+
+
+def test_classic_unet_has_the_papers_31_million_parameters():
+  # The paper's U-Net: 1 input channel, 2 classes, convs with bias, transposed-conv decoder.
+  paper = UNet(num_classes=2, features=64, depth=4, norm="none")
+  count = _param_count(paper, (1, 64, 64, 1))
+  assert count == _analytic_unet_params(1, 2, 64, 4, bias=True)
+  assert round(count / 1e6, 1) == 31.0
+  with_bn = _param_count(UNet(num_classes=2), (1, 64, 64, 3))
+  assert with_bn == _analytic_unet_params(3, 2, 64, 4, bias=False)
+  assert round(with_bn / 1e6, 1) == 31.0
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+@pytest.mark.parametrize("size", [(16, 16), (101, 101), (17, 30)])
+def test_output_covers_the_input_for_any_size(padding, size):
+  model = UNet(num_classes=3, features=2, depth=3, padding=padding)
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(2, *size, 1)), jnp.float32)
+  logits, _ = model.init_with_output(jax.random.key(0), images)
+  assert logits.shape == (2, *size, 3)
+  assert logits.dtype == jnp.float32
+  assert bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_valid_without_overlap_tile_matches_the_paper_572_to_388():
+  model = UNet(num_classes=2, features=2, depth=4, padding="VALID", overlap_tile=False)
+  logits = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0),
+                                                         jnp.zeros((1, 572, 572, 1)))[0])
+  assert logits.shape == (1, 388, 388, 2)
+  with pytest.raises(ValueError, match="cannot take size 570"):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 570, 570, 1))))
+
+
+def test_valid_size_helpers_agree_with_the_paper():
+  assert unet_lib.valid_shrink(4) == 572 - 388
+  assert unet_lib.is_valid_input_size(572, 4)
+  assert not unet_lib.is_valid_input_size(570, 4)
+  assert unet_lib.smallest_valid_input(388, 4) == 572
+
+
+def test_padding_does_not_leak_between_examples():
+  """Cropped-back output for an odd size depends only on its own example."""
+  model = tiny_unet(num_classes=1)
+  rng = np.random.default_rng(1)
+  a, b = (jnp.asarray(rng.normal(size=(1, 13, 21, 1)), jnp.float32) for _ in range(2))
+  variables = model.init(jax.random.key(0), a)
+  both = model.apply(variables, jnp.concatenate([a, b]))
+  np.testing.assert_allclose(both[:1], model.apply(variables, a), rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+  model = tiny_unet(num_classes=2, dtype=jnp.bfloat16)
+  logits, variables = model.init_with_output(jax.random.key(0), jnp.ones((2, 16, 16, 3)))
+  assert logits.dtype == jnp.float32
+  assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+
+
+@pytest.mark.parametrize("upsample", ["transpose", "bilinear"])
+def test_upsample_modes_and_dropout_train_and_run(upsample):
+  model = tiny_unet(num_classes=1, upsample=upsample, dropout=(0.0, 0.3, 0.3))
+  images = jnp.ones((2, 16, 16, 1))
+  variables = model.init(jax.random.key(0), images)
+  out_a, _ = model.apply(variables, images, train=True, rngs={"dropout": jax.random.key(1)},
+                         mutable=["batch_stats"])
+  out_b, _ = model.apply(variables, images, train=True, rngs={"dropout": jax.random.key(2)},
+                         mutable=["batch_stats"])
+  assert not np.allclose(out_a, out_b)  # Dropout is active in training...
+  np.testing.assert_array_equal(model.apply(variables, images), model.apply(variables, images))
+
+
+def test_wrong_number_of_dropout_rates_is_rejected():
+  with pytest.raises(ValueError, match="needs 3 per-level rates"):
+    tiny_unet(dropout=(0.1, 0.2)).init(jax.random.key(0), jnp.ones((1, 16, 16, 1)))
