@@ -26,7 +26,7 @@ def plot_curves(metrics_path, out_path) -> None:
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
   if val:
     ax_loss.plot([r["step"] for r in val], [r["loss"] for r in val], "o-", label="val")
-    for name in ("dice", "iou", "pixel_accuracy"):
+    for name in ("dice", "iou", "pixel_accuracy", "tgs_map"):
       if name in val[0]:
         ax_score.plot([r["step"] for r in val], [r[name] for r in val], "o-", label=f"val {name}")
   ax_loss.set(xlabel="step", ylabel="loss", title="Loss", yscale="log")
@@ -68,6 +68,22 @@ def plot_predictions(images, masks, predictions, out_path, num_classes: int,
     axes[0, col].set_title(title)
   for ax in axes.ravel():
     ax.axis("off")
+  fig.tight_layout()
+  _save(fig, out_path)
+
+
+def plot_threshold_search(rows: list[dict], metric_names, out_path) -> None:
+  """Validation scores against the sigmoid threshold, the best of each marked."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  thresholds = [row["threshold"] for row in rows]
+  for name in metric_names:
+    values = [row[name] for row in rows]
+    line, = ax.plot(thresholds, values, ".-", label=name)
+    best = int(np.argmax(values))
+    ax.plot(thresholds[best], values[best], "o", color=line.get_color())
+  ax.set(xlabel="threshold", ylabel="score", title="Threshold search", ylim=(0, 1.02))
+  ax.grid(alpha=0.3)
+  ax.legend()
   fig.tight_layout()
   _save(fig, out_path)
 

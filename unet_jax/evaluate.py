@@ -1,0 +1,134 @@
+"""Evaluates a run's best checkpoint on a split: metrics table (JSON + markdown) and plots.
+
+  python -m unet_jax.evaluate --workdir runs/tgs [--split val] [--threshold_search]
+
+Writes workdir/eval/<split>_metrics.{json,md} and <split>_predictions.png. The optional
+threshold search (binary tasks) scores 19 sigmoid thresholds 0.05..0.95 in one pass; it is tuned
+on the split it reports, so report it on a split you did not tune on.
+"""
+
+import functools
+import json
+import logging
+import pathlib
+
+import jax
+import numpy as np
+from absl import flags
+
+from unet_jax import cli, data, inference, losses, metrics, parallel, plots, steps, train
+from unet_jax.data import pipeline
+from unet_jax.errors import ConfigError
+
+SWEEP_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 0.951, 0.05), 2))
+SWEEP_METRICS = ("tgs_map", "dice", "iou", "pixel_accuracy")
+
+
+def _sweep_step(state, batch, *, thresholds, ignore_index):
+  valid = batch.get("valid")
+  weights = losses.pixel_weights(batch["mask"], ignore_index, valid)
+  foreground = steps.predict_probabilities(state, batch["image"])[..., 0]
+  return metrics.threshold_sweep_sums(foreground, batch["mask"], weights, thresholds, valid)
+
+
+def threshold_search(model: inference.TrainedModel, source,
+                     thresholds=SWEEP_THRESHOLDS) -> list[dict]:
+  """Scores at each sigmoid threshold over the whole split (binary tasks)."""
+  config = model.config
+  ignore_index = config.ignore_index if config.ignore_index >= 0 else None
+  sweep = jax.jit(functools.partial(_sweep_step, thresholds=tuple(thresholds),
+                                    ignore_index=ignore_index))
+  totals = None
+  for batch in pipeline.eval_batches(source, global_batch_size=config.eval_batch_size,
+                                     shard=parallel.process_shard()):
+    sums = sweep(model.state, parallel.shard_batch(batch, model.mesh))
+    totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+  totals = jax.device_get(totals)
+  rows = []
+  for i, threshold in enumerate(thresholds):
+    scores = metrics.scores_from_sums({k: v[i] for k, v in totals.items()})
+    rows.append({"threshold": threshold, **{k: scores[k] for k in SWEEP_METRICS}})
+  return rows
+
+
+def _prediction_grid(model, source, path, overlay: bool, threshold: float = 0.5) -> None:
+  count = min(len(source), 6)
+  examples = [source[i] for i in range(count)]
+  images = np.stack([np.asarray(e["image"]) for e in examples])
+  probabilities = np.asarray(jax.device_get(
+      jax.jit(steps.predict_probabilities)(model.state, images)))
+  if model.is_binary:
+    predicted = (probabilities[..., 0] > threshold).astype(np.int32)
+  else:
+    predicted = probabilities.argmax(-1)
+  plots.plot_predictions(images, [e["mask"] for e in examples], predicted, path,
+                         num_classes=max(model.config.num_classes, 2), overlay=overlay)
+
+
+def markdown_table(report: dict) -> str:
+  """The report as markdown: the scores, then the threshold search if any."""
+  lines = [f"# {report['workdir']}: split {report['split']}, step {report['step']}, "
+           f"{report['examples']} examples", "", "| metric | value |", "|---|---|"]
+  lines += [f"| {name} | {value:.4f} |" for name, value in report["scores"].items()]
+  search = report.get("threshold_search")
+  if search:
+    best = search["best"]
+    lines += ["", f"## Threshold search: best {search['metric']} {best[search['metric']]:.4f} "
+              f"at threshold {best['threshold']:.2f}", "",
+              "| threshold | " + " | ".join(SWEEP_METRICS) + " |",
+              "|---" * (len(SWEEP_METRICS) + 1) + "|"]
+    lines += [f"| {row['threshold']:.2f} | " + " | ".join(f"{row[k]:.4f}" for k in SWEEP_METRICS)
+              + " |" for row in search["rows"]]
+  return "\n".join(lines) + "\n"
+
+
+def evaluate_run(workdir, split: str = "val", search: bool = False, overlay: bool = False,
+                 output_dir=None) -> dict:
+  """Scores the best checkpoint of `workdir` on `split`; writes JSON, markdown and a grid."""
+  model = inference.load(workdir)
+  config = model.config
+  if search and not model.is_binary:
+    raise ConfigError(f"--threshold_search needs a binary task, this run has "
+                      f"{config.num_classes} classes; leave the flag out")
+  source = data.load_split(config, split)
+  _, eval_step, _ = steps.jit_steps(config)
+  scores = train.evaluate(model.state, eval_step, source, config, model.mesh)
+  report = {"workdir": str(pathlib.Path(workdir).expanduser().absolute()), "split": split,
+            "step": model.step, "examples": len(source), "scores": scores}
+  if search:
+    rows = threshold_search(model, source)
+    metric = config.best_metric if config.best_metric in SWEEP_METRICS else "dice"
+    report["threshold_search"] = {"metric": metric, "rows": rows,
+                                  "best": max(rows, key=lambda row: row[metric])}
+  output_dir = pathlib.Path(output_dir or pathlib.Path(report["workdir"]) / "eval")
+  output_dir.mkdir(parents=True, exist_ok=True)
+  (output_dir / f"{split}_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+  (output_dir / f"{split}_metrics.md").write_text(markdown_table(report))
+  _prediction_grid(model, source, output_dir / f"{split}_predictions.png", overlay)
+  if search:
+    plots.plot_threshold_search(report["threshold_search"]["rows"], SWEEP_METRICS,
+                                output_dir / f"{split}_thresholds.png")
+  logging.info("wrote %s_metrics.json, .md and plots to %s", split, output_dir)
+  return report
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("workdir", None, "Training run to evaluate (best checkpoint).",
+                      required=True)
+  flags.DEFINE_string("split", "val", "Split of the run's dataset: val or train.")
+  flags.DEFINE_bool("threshold_search", False, "Binary tasks: also score thresholds 0.05..0.95.")
+  flags.DEFINE_bool("overlay", False, "Predictions grid: overlay the prediction on the image.")
+  flags.DEFINE_string("output", None, "Folder for the results (default workdir/eval).")
+
+
+def main(argv):
+  cli.reject_extra_args(argv)
+  f = flags.FLAGS
+  with cli.exit_on_user_error():
+    report = evaluate_run(f.workdir, f.split, f.threshold_search, f.overlay, f.output)
+  print(markdown_table(report), end="")
+
+
+if __name__ == "__main__":
+  define_flags()
+  cli.run(main)
