@@ -70,6 +70,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.best_metric = "dice"  # Validation metric that picks the best checkpoint.
   config.best_mode = "max"  # max | min for best_metric.
   config.seed = 0  # Parameter init, dropout and data order.
+  config.early_stopping_patience = 0  # Stop after this many evals without improvement (0 = off).
+  config.early_stopping_metric = "loss"  # Validation metric watched by early stopping.
+  config.early_stopping_mode = "min"  # min | max for early_stopping_metric.
+  config.nan_policy = "skip"  # Non-finite loss/gradient: skip (the update) | stop (the run).
+  config.restart = False  # True: wipe this workdir's run and start fresh instead of resuming.
   # Persistent XLA compilation cache shared by runs ('' = off): a rerun skips compilation.
   config.compilation_cache_dir = "~/.cache/unet_jax/xla"
 

@@ -12,6 +12,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from unet_jax import resilience
+
 
 class Checkpoints:
   """Saves and restores (train state, data iterator) under `workdir/checkpoints`."""
@@ -24,9 +26,13 @@ class Checkpoints:
                                   reverse=best_mode == "min", n=1,
                                   keep_checkpoints_without_metrics=False),
     ])
+    # Saves are asynchronous and atomic: written to a temporary directory, renamed when
+    # complete. A run killed mid-save leaves the earlier checkpoints as they were, and the
+    # next start removes the temporary leftovers.
     options = ocp.CheckpointManagerOptions(preservation_policy=policy,
                                            best_fn=lambda metrics: metrics[best_metric],
-                                           best_mode=best_mode, create=True)
+                                           best_mode=best_mode, create=True,
+                                           cleanup_tmp_directories=True)
     self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -36,22 +42,34 @@ class Checkpoints:
   def best_step(self) -> int | None:
     return self.manager.best_step()
 
-  def save(self, step: int, state, data_iterator, metrics: dict | None = None) -> None:
-    """Starts an (asynchronous) save; the previous checkpoints stay until it completes."""
+  def save(self, step: int, state, data_iterator, metrics: dict | None = None,
+           progress: dict | None = None) -> None:
+    """Starts an asynchronous save of the train state, the data iterator position and the
+    run's progress record (best metric, early stopping); earlier checkpoints stay intact."""
     args = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    if progress is not None:
+      args["progress"] = ocp.args.JsonSave(progress)
     self.manager.save(step, args=ocp.args.Composite(**args), metrics=metrics, force=True)
+    if resilience.injected_fault("kill_during_save", step):  # Crash tests only.
+      resilience.die_now()
 
   def restore(self, step: int, state_template, data_iterator=None):
-    """Restores `step` into the shapes and shardings of `state_template`."""
+    """Restores `step` into the shapes and shardings of `state_template`.
+
+    Returns (state, data_iterator or None, progress dict or None).
+    """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)
     args = {"state": ocp.args.StandardRestore(abstract)}
     if data_iterator is not None:
       args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    if (self.directory / str(step) / "progress").exists():
+      args["progress"] = ocp.args.JsonRestore()
     restored = self.manager.restore(step, args=ocp.args.Composite(**args))
     logging.info("restored checkpoint of step %d from %s", step, self.directory)
-    return restored["state"], restored.get("data") if data_iterator is not None else None
+    return (restored["state"], restored.get("data") if data_iterator is not None else None,
+            restored.get("progress") if "progress" in args else None)
 
   def close(self) -> None:
     self.manager.wait_until_finished()

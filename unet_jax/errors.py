@@ -15,3 +15,7 @@ class MissingDataError(UserError, FileNotFoundError):
 
 class WorkdirError(UserError, OSError):
   """The workdir cannot be created or written."""
+
+
+class NonFiniteError(UserError, FloatingPointError):
+  """Training met a non-finite loss or gradient under nan_policy='stop'."""

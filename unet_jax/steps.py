@@ -13,10 +13,13 @@ from unet_jax import losses, metrics
 
 
 class TrainState(train_state.TrainState):
-  """params, opt_state and step (from flax) plus BatchNorm statistics and the dropout RNG."""
+  """params, opt_state and step (from flax) plus BatchNorm statistics, the dropout RNG and
+  the record of skipped non-finite updates (kept on device: checking costs no host sync)."""
 
   batch_stats: Any
   rng: jax.Array
+  nonfinite_steps: jax.Array  # How many updates were skipped for a non-finite loss/gradient.
+  first_nonfinite_step: jax.Array  # The first such step, or -1.
 
 
 def normalize_images(images):
@@ -40,7 +43,9 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, sampl
   variables = model.init(init_rng, normalize_images(sample_images), train=False)
   return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                            batch_stats=variables.get("batch_stats", {}),
-                           rng=jax.random.key_data(dropout_rng))
+                           rng=jax.random.key_data(dropout_rng),
+                           nonfinite_steps=jnp.zeros((), jnp.int32),
+                           first_nonfinite_step=jnp.full((), -1, jnp.int32))
 
 
 def _variables(state: TrainState, params=None):
@@ -64,9 +69,27 @@ def train_step(state: TrainState, batch: dict, *, loss_fn, ignore_index: int | N
     return loss_fn(logits, batch["mask"], weights), updates
 
   (loss, updates), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
-  new_state = state.apply_gradients(grads=grads,
-                                    batch_stats=updates.get("batch_stats", state.batch_stats))
-  return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+  grad_norm = optax.tree.norm(grads)
+  updated = state.apply_gradients(grads=grads,
+                                  batch_stats=updates.get("batch_stats", state.batch_stats))
+  new_state = _keep_finite_update(jnp.isfinite(loss) & jnp.isfinite(grad_norm), updated, state)
+  foreground = jnp.sum((batch["mask"] > 0) * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+  return new_state, {"loss": loss, "grad_norm": grad_norm, "foreground_fraction": foreground,
+                     "nonfinite_steps": new_state.nonfinite_steps,
+                     "first_nonfinite_step": new_state.first_nonfinite_step}
+
+
+def _keep_finite_update(finite, updated: TrainState, old: TrainState) -> TrainState:
+  """`updated` if the step was finite; otherwise the old weights with the step advanced and
+  the skip recorded, so a NaN never reaches parameters, BatchNorm statistics or a checkpoint."""
+  keep = lambda new, prev: jnp.where(finite, new, prev)
+  first = jnp.where(~finite & (old.first_nonfinite_step < 0), updated.step,
+                    old.first_nonfinite_step)
+  return updated.replace(params=jax.tree.map(keep, updated.params, old.params),
+                         opt_state=jax.tree.map(keep, updated.opt_state, old.opt_state),
+                         batch_stats=jax.tree.map(keep, updated.batch_stats, old.batch_stats),
+                         nonfinite_steps=old.nonfinite_steps + (~finite).astype(jnp.int32),
+                         first_nonfinite_step=first)
 
 
 def eval_step(state: TrainState, batch: dict, *, loss_fn, ignore_index: int | None,

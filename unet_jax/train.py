@@ -1,5 +1,6 @@
 """The training loop: data -> sharded jitted steps -> metrics, checkpoints and plots."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -7,12 +8,13 @@ import pathlib
 import time
 
 import jax
+import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from unet_jax import checkpoints, data, models, optim, parallel, plots, steps
+from unet_jax import checkpoints, data, models, optim, parallel, plots, resilience, steps
 from unet_jax.data import augment, pipeline
-from unet_jax.errors import WorkdirError
+from unet_jax.errors import ConfigError, NonFiniteError, WorkdirError
 from unet_jax.metrics import scores_from_sums
 
 
@@ -46,6 +48,15 @@ class MetricsLog:
       record = {"step": step, "split": split, **{k: float(v) for k, v in values.items()}}
       with open(self.path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+
+  def truncate_after(self, step: int) -> None:
+    """Drops records past `step` (written by a run that died before its next checkpoint)."""
+    if self.enabled and self.path.exists():
+      lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+      kept = [l for l in lines if l.strip() and json.loads(l)["step"] <= step]
+      tmp = self.path.with_suffix(".tmp")
+      tmp.write_text("".join(kept), encoding="utf-8")
+      tmp.replace(self.path)
 
 
 def evaluate(state, eval_step, source, config, mesh) -> dict:
@@ -103,7 +114,7 @@ class TrainLogger:
     """Records that every step up to `step` has finished now (e.g. after an eval)."""
     self.mark = (step, time.perf_counter())
 
-  def write(self, step: int, metrics) -> None:
+  def write(self, step: int, metrics) -> dict:
     values = jax.device_get(metrics)  # Step `step` is done; the next one is already queued.
     now = time.perf_counter()
     if self.mark is not None and step > self.mark[0]:
@@ -115,20 +126,15 @@ class TrainLogger:
     if "images_per_second" in values:
       postfix["img/s"] = f"{values['images_per_second']:.0f}"
     self.bar.set_postfix(postfix)  # The full record is in metrics.jsonl.
+    return values
 
 
-def _evaluate_and_checkpoint(step, state, train_iterator, ctx) -> dict:
-  config, mesh, val_source, workdir = ctx["config"], ctx["mesh"], ctx["val"], ctx["workdir"]
-  scores = evaluate(state, ctx["eval_step"], val_source, config, mesh)
-  ctx["log"].write(step, "val", scores)
-  logging.info("step %d: validation %s", step,
-               ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if "class" not in k))
-  ctx["checkpoints"].save(step, state, train_iterator, metrics=scores)
-  if jax.process_index() == 0:
-    plots.plot_curves(workdir / "metrics.jsonl", workdir / "plots" / "loss.png")
-    save_prediction_grid(state, ctx["predict"], val_source, config, mesh,
-                         workdir / "plots" / "predictions.png")
-  return scores
+def _check_choices(config) -> None:
+  if config.nan_policy not in ("skip", "stop"):
+    raise ConfigError(f"nan_policy={config.nan_policy!r}; set --config.nan_policy to skip or stop")
+  for name in ("best_mode", "early_stopping_mode"):
+    if config[name] not in ("min", "max"):
+      raise ConfigError(f"{name}={config[name]!r}; set --config.{name} to min or max")
 
 
 def enable_compilation_cache(cache_dir: str) -> None:
@@ -138,55 +144,167 @@ def enable_compilation_cache(cache_dir: str) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def train_and_evaluate(config, workdir) -> dict:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final scores."""
+@dataclasses.dataclass
+class Run:
+  """Everything the loop needs besides the train state and the data iterator."""
+
+  config: ml_collections.ConfigDict
+  workdir: pathlib.Path
+  mesh: jax.sharding.Mesh
+  val_source: object
+  checkpoints: checkpoints.Checkpoints
+  log: MetricsLog
+  eval_step: object
+  predict: object
+  early_stopping: resilience.EarlyStopping
+  best: resilience.EarlyStopping  # Tracks best_metric only; never stops the run.
+  skipped_seen: int = 0
+
+  def progress(self) -> dict:
+    return {"early_stopping": self.early_stopping.to_json(), "best": self.best.to_json()}
+
+  def check_finite(self, metrics) -> None:
+    """Reports updates skipped for a non-finite loss/gradient; raises under nan_policy=stop."""
+    count = int(metrics["nonfinite_steps"])
+    if count <= self.skipped_seen:
+      return
+    first = int(metrics["first_nonfinite_step"])
+    self.skipped_seen = count
+    if self.config.nan_policy == "stop":
+      latest = self.checkpoints.latest_step()
+      raise NonFiniteError(
+          f"non-finite loss or gradient at step {first}; its update was not applied and "
+          f"training stopped (nan_policy=stop); the last checkpoint (step {latest}) is intact; "
+          "lower the learning rate or set --config.grad_clip_norm, then rerun to resume")
+    logging.warning("skipped the update of %d step(s) with a non-finite loss or gradient, "
+                    "the first at step %d (nan_policy=skip)", count, first)
+
+  def evaluate_and_checkpoint(self, step, state, train_iterator) -> tuple[dict, bool]:
+    """Validation, best/early-stopping bookkeeping, checkpoint, plots; True means stop."""
+    scores = evaluate(state, self.eval_step, self.val_source, self.config, self.mesh)
+    self.log.write(step, "val", scores)
+    logging.info("step %d: validation %s", step,
+                 ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if "class" not in k))
+    self.best.update(step, scores)
+    stop = self.early_stopping.update(step, scores)
+    self.checkpoints.save(step, state, train_iterator, metrics=scores, progress=self.progress())
+    if jax.process_index() == 0:
+      plots.plot_curves(self.workdir / "metrics.jsonl", self.workdir / "plots" / "loss.png")
+      save_prediction_grid(state, self.predict, self.val_source, self.config, self.mesh,
+                           self.workdir / "plots" / "predictions.png")
+    if stop:
+      es = self.early_stopping
+      logging.info("early stopping at step %d: validation %s has not improved for %d "
+                   "evaluations (best %.4f at step %d)", step, es.metric,
+                   es.evals_without_improvement, es.best_value, es.best_step)
+    return scores, stop
+
+  def finish(self) -> None:
+    """Waits for pending saves and records the best checkpoint in workdir/best.json."""
+    self.checkpoints.close()
+    if jax.process_index() == 0 and self.best.best_value is not None:
+      record = {"step": self.best.best_step, "metric": self.best.metric,
+                "value": self.best.best_value}
+      (self.workdir / "best.json").write_text(json.dumps(record) + "\n")
+
+
+def _restore_or_start(run: Run, state, train_iterator):
+  start_step = run.checkpoints.latest_step() or 0
+  if start_step:
+    state, train_iterator, progress = run.checkpoints.restore(start_step, state, train_iterator)
+    if progress is not None:
+      run.early_stopping.load(progress["early_stopping"])
+      run.best.load(progress["best"])
+    run.log.truncate_after(start_step)  # Drop records a killed run wrote past its checkpoint.
+    logging.info("resuming from the checkpoint of step %d in %s", start_step,
+                 run.checkpoints.directory)
+  return state, train_iterator, start_step
+
+
+def _setup(config, workdir):
   enable_compilation_cache(config.compilation_cache_dir)
+  _check_choices(config)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh, "batch_size")
   parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
   workdir = prepare_workdir(workdir)
+  resilience.claim_workdir(workdir, config)
   train_source = data.load_split(config, "train")
   val_source = data.load_split(config, "val")
   _, state = _initial_state(config, mesh, train_source)
   train_iterator = _make_train_iterator(config, train_source)
-  ckpts = checkpoints.Checkpoints(workdir, max_to_keep=config.max_checkpoints,
-                                  best_metric=config.best_metric, best_mode=config.best_mode)
-  start_step = ckpts.latest_step() or 0
-  if start_step:
-    state, train_iterator = ckpts.restore(start_step, state, train_iterator)
-    logging.info("resuming from the checkpoint of step %d in %s", start_step, ckpts.directory)
+  _, eval_step, predict = steps.jit_steps(config)
+  run = Run(config=config, workdir=workdir, mesh=mesh, val_source=val_source,
+            checkpoints=checkpoints.Checkpoints(workdir, max_to_keep=config.max_checkpoints,
+                                                best_metric=config.best_metric,
+                                                best_mode=config.best_mode),
+            log=MetricsLog(workdir / "metrics.jsonl"), eval_step=eval_step, predict=predict,
+            early_stopping=resilience.EarlyStopping(config.early_stopping_patience,
+                                                    config.early_stopping_metric,
+                                                    config.early_stopping_mode),
+            best=resilience.EarlyStopping(0, config.best_metric, config.best_mode))
+  state, train_iterator, start_step = _restore_or_start(run, state, train_iterator)
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  train_step, eval_step, predict = steps.jit_steps(config)
-  log = MetricsLog(workdir / "metrics.jsonl")
-  ctx = {"config": config, "mesh": mesh, "val": val_source, "workdir": workdir, "log": log,
-         "eval_step": eval_step, "predict": predict, "checkpoints": ckpts}
   logging.info("%d devices, global batch %d (%d per device), %d train / %d val examples",
                mesh.devices.size, config.batch_size, config.batch_size // mesh.devices.size,
                len(train_source), len(val_source))
+  return run, state, train_iterator, start_step
 
+
+def _next_batch(train_iterator, step: int, mesh):
+  local = next(train_iterator)
+  if resilience.injected_fault("nan", step):  # Crash tests: a batch that yields NaN.
+    local = dict(local, image=np.full(local["image"].shape, np.nan, np.float32))
+  return parallel.shard_batch(local, mesh)
+
+
+def _train_loop(run: Run, state, train_iterator, start_step: int, stop) -> dict:
+  config = run.config
+  train_step = steps.jit_steps(config)[0]
   scores = {}
   bar = tqdm(range(start_step + 1, config.num_train_steps + 1), initial=start_step,
              total=config.num_train_steps, desc="train", disable=jax.process_index() != 0,
              dynamic_ncols=True)
-  logger = TrainLogger(log, bar, config.batch_size)
+  logger = TrainLogger(run.log, bar, config.batch_size)
   previous = None  # (step, metrics) of the step before, read once this one is queued.
   for step in bar:
-    batch = parallel.shard_batch(next(train_iterator), mesh)
-    state, metrics = train_step(state, batch)
+    if resilience.injected_fault("kill", step):
+      resilience.die_now()
+    state, metrics = train_step(state, _next_batch(train_iterator, step, run.mesh))
     if previous is not None and previous[0] % config.log_every_steps == 0:
-      logger.write(*previous)
+      run.check_finite(logger.write(*previous))
     previous = (step, metrics)
     if step % config.eval_every_steps == 0 or step == config.num_train_steps:
-      if step % config.log_every_steps == 0:
-        logger.write(step, metrics)
-      scores = _evaluate_and_checkpoint(step, state, train_iterator, ctx)
+      values = logger.write(step, metrics) if step % config.log_every_steps == 0 else metrics
+      run.check_finite(jax.device_get(values))  # Before the save: never checkpoint past a NaN.
+      scores, early_stop = run.evaluate_and_checkpoint(step, state, train_iterator)
       logger.synced(step)
       previous = None
+      if early_stop:
+        break
+    elif stop.signal_name:
+      run.check_finite(jax.device_get(metrics))
+      run.checkpoints.save(step, state, train_iterator, progress=run.progress())
+      logging.info("%s at step %d: checkpoint saved; resume with the same command",
+                   stop.signal_name, step)
+      break
   bar.close()
-  if not scores and start_step:  # Resumed a finished run: report its latest scores.
-    scores = evaluate(state, eval_step, val_source, config, mesh)
-  ckpts.close()
-  logging.info("done: validation %s; metrics, checkpoints and plots are in %s",
-               ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if "class" not in k), workdir)
+  return scores
+
+
+def train_and_evaluate(config, workdir) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final scores."""
+  run, state, train_iterator, start_step = _setup(config, workdir)
+  try:
+    with resilience.StopRequests() as stop:
+      scores = _train_loop(run, state, train_iterator, start_step, stop)
+  finally:
+    run.finish()
+  if not scores and start_step >= config.num_train_steps:  # Resumed a finished run.
+    scores = evaluate(state, run.eval_step, run.val_source, config, run.mesh)
+  if scores:
+    logging.info("done: validation %s; metrics, checkpoints and plots are in %s",
+                 ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if "class" not in k),
+                 run.workdir)
   return scores
