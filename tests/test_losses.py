@@ -10,6 +10,7 @@ import optax
 import pytest
 import torch
 
+from tests.conftest import tiny_config
 from unet_jax import losses, steps
 from unet_jax.errors import ConfigError
 
@@ -213,6 +214,9 @@ def test_boundary_weight_map():
   assert len(np.unique(weights[1:])) == 2
   element = losses.BoundaryWeights()({"image": np.zeros((20, 30, 3)), "mask": mask})
   assert element["weight"].shape == (20, 30)
+  assert losses.weight_map_transform(tiny_config()) is None
+  transform = losses.weight_map_transform(tiny_config(weight_map=True, weight_map_w0=3.0))
+  assert transform.w0 == 3.0 and transform.sigma == 5.0
 
 
 class _PixelConv(nn.Module):

@@ -4,12 +4,15 @@ import subprocess
 import sys
 import zipfile
 
+import jax
 import numpy as np
+import optax
 import pytest
 from PIL import Image
 
 from tests._trained_run import trained_workdir
-from unet_jax import inference, predict, rle
+from tests.conftest import tiny_config
+from unet_jax import checkpoints, inference, models, predict, rle, steps
 from unet_jax.errors import ConfigError, MissingDataError
 
 
@@ -69,13 +72,16 @@ def test_odd_sizes_zip_input_and_one_compile(model, tmp_path):
       Image.fromarray(rng.integers(0, 256, (*size, 3), np.uint8)).save(path)
       z.write(path, f"nested/{name}.png")
     z.writestr("notes.txt", "not an image, ignored")
-  predictor = predict.Predictor(model, predict.Options(batch_size=2))
+  options = predict.Options(batch_size=2)
+  predictor = predict.Predictor(model, options)
   out = tmp_path / "out"
   out.mkdir()
+  to_mask = predict._to_mask  # pylint: disable=protected-access
   shapes = predictor.run(predict.list_inputs(archive),
-                         lambda name, size, p: (name, predict._to_mask(  # pylint: disable=protected-access
-                             p, size, model, predictor.options).shape))
+                         lambda name, size, p: (name, to_mask(p, size, model, options).shape))
   assert dict(shapes) == {f"{name}.png": size for name, size in sizes.items()}
+  modes = {name: predict.fit_mode(model.config, size) for name, size in sizes.items()}
+  assert modes == {"a": "resize", "b": "resize", "c": "pad", "d": "same", "e": "resize"}
   assert predictor.predict_fn._cache_size() == 1  # pylint: disable=protected-access
 
 
@@ -114,3 +120,32 @@ def test_cli_unreadable_image_is_one_line(tmp_path):
   assert result.returncode == 2, result.stderr
   assert result.stderr.strip().splitlines()[-1].startswith("error: cannot read image bad.jpg")
   assert "Traceback" not in result.stderr
+
+
+def test_one_channel_model_without_batchnorm(tgs_dir, tmp_path):
+  """A TGS-style run: gray 101x101 mirrored to 128x128 and cropped back, no BatchNorm."""
+  config = tiny_config(image_size=(128, 128), data_resolution="native",
+                       **{"model.norm": "none"})
+  (tmp_path / "config.json").write_text(config.to_json_best_effort())
+  model = models.from_config(config)
+  sample = np.zeros((1, 128, 128, 1), np.uint8)
+  state = jax.jit(lambda x: steps.create_train_state(model, optax.sgd(0.1), x, 0))(sample)
+  saver = checkpoints.Checkpoints(tmp_path, max_to_keep=1, best_metric="dice", best_mode="max")
+  saver.save(3, state, None, metrics={"dice": 0.5})
+  saver.close()
+  loaded = inference.load(tmp_path)
+  assert (loaded.input_channels, loaded.step, loaded.state.batch_stats) == (1, 3, {})
+  folder = tmp_path / "in"
+  folder.mkdir()
+  for path in sorted((tgs_dir / "train" / "images").glob("*.png"))[:5]:
+    (folder / path.name).write_bytes(path.read_bytes())
+  predict.predict(tmp_path, folder, tmp_path / "out", predict.Options(
+      submission=str(tmp_path / "s.csv"), format="tgs"))
+  ids = {p.stem: (101, 101) for p in folder.glob("*.png")}
+  assert len(validate_submission(tmp_path / "s.csv", "tgs", ids, tmp_path / "out")) == 5
+  first = sorted(folder.glob("*.png"))[0]  # By hand: pad by mirroring, predict, crop.
+  gray = np.asarray(Image.open(first).convert("L"))
+  padded = np.pad(gray, [(13, 14), (13, 14)], mode="reflect")[None, ..., None]
+  probabilities = inference.make_predict_fn()(loaded.state, padded)[0, 13:114, 13:114, 0]
+  written = np.asarray(Image.open(tmp_path / "out" / first.name)) > 0
+  np.testing.assert_array_equal(written, np.asarray(probabilities) > 0.5)

@@ -9,27 +9,37 @@ import functools
 import json
 import logging
 import pathlib
+from typing import Any, Callable
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from jax.sharding import Mesh
 
-from unet_jax import checkpoints, models, optim, parallel, steps
+from unet_jax import checkpoints, models, parallel, steps, train
 from unet_jax.errors import WorkdirError
 
 CANDIDATE_CHANNELS = (1, 3, 4, 2)  # Input channels tried against a checkpoint's shapes.
 
 
+@flax.struct.dataclass
+class InferenceState:
+  """What prediction needs of a TrainState (apply_fn, params, batch_stats) and no more."""
+
+  apply_fn: Callable = flax.struct.field(pytree_node=False)
+  params: Any = None
+  batch_stats: Any = None
+
+
 @dataclasses.dataclass
 class TrainedModel:
-  """A restored train state with what is needed to feed it."""
+  """Restored weights with what is needed to feed them."""
 
   config: ml_collections.ConfigDict
-  state: steps.TrainState
+  state: InferenceState
   step: int
   input_channels: int
   mesh: Mesh
@@ -64,31 +74,61 @@ def saved_steps(workdir) -> list[int]:
   return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def _stored_param_shapes(step_dir: pathlib.Path):
+def _stored_param_shapes(state_dir: pathlib.Path):
   verbosity = absl_logging.get_verbosity()
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns about a missing metadata file.
   try:
-    tree = ocp.StandardCheckpointer().metadata(step_dir / "state").item_metadata.tree
+    tree = ocp.StandardCheckpointer().metadata(state_dir).item_metadata.tree
   finally:
     absl_logging.set_verbosity(verbosity)
   return jax.tree.map(lambda leaf: tuple(leaf.shape), tree["params"])
 
 
-def infer_input_channels(model, config, step_dir: pathlib.Path) -> int:
+def _abstract_variables(model, config, channels: int):
+  sample = jax.ShapeDtypeStruct((1, *config.image_size, channels), jnp.float32)
+  return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), sample)
+
+
+def infer_input_channels(model, config, state_dir: pathlib.Path) -> int:
   """The channel count whose initial parameters have the checkpoint's shapes."""
-  stored = _stored_param_shapes(step_dir)
-  height, width = config.image_size
+  stored = _stored_param_shapes(state_dir)
   for channels in CANDIDATE_CHANNELS:
-    sample = jnp.zeros((1, height, width, channels), jnp.float32)
-    shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), sample)
-    if jax.tree.map(lambda leaf: tuple(leaf.shape), shapes["params"]) == stored:
+    shapes = _abstract_variables(model, config, channels)["params"]
+    if jax.tree.map(lambda leaf: tuple(leaf.shape), shapes) == stored:
       return channels
-  raise WorkdirError(f"the checkpoint in {step_dir} does not match config.json's model; "
+  raise WorkdirError(f"the checkpoint in {state_dir} does not match config.json's model; "
                      "was config.json edited after training?")
 
 
+def restore_variables(state_dir: pathlib.Path, abstract_variables: dict, mesh: Mesh) -> dict:
+  """params and batch_stats of a saved TrainState, replicated over `mesh`.
+
+  A partial restore: the optimizer state is never read (no memory for it), and fields added
+  to TrainState later do not break loading older checkpoints.
+  """
+  item = {"params": abstract_variables["params"]}
+  if abstract_variables.get("batch_stats"):
+    item["batch_stats"] = abstract_variables["batch_stats"]
+  replicated = parallel.replicated(mesh)
+  restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(
+      sharding=replicated, global_shape=x.shape, dtype=x.dtype), item)
+  return ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+      item=item, restore_args=restore_args, partial_restore=True))
+
+
+def _pick_step(ckpts: checkpoints.Checkpoints, which: str, available: list[int], workdir) -> int:
+  if which == "latest":
+    return ckpts.latest_step()
+  if which == "best":
+    return ckpts.best_step() or ckpts.latest_step()
+  if str(which).isdigit() and int(which) in available:
+    return int(which)
+  raise WorkdirError(f"checkpoint {which!r} not in {workdir}; use best, latest or one of the "
+                     f"steps {available}")
+
+
 def load(workdir, which: str = "best") -> TrainedModel:
-  """The state of the best (or 'latest', or a step number) checkpoint of a training run."""
+  """The weights of the best (or 'latest', or a step number) checkpoint of a training run."""
   workdir = pathlib.Path(workdir).expanduser().absolute()
   config = load_config(workdir)
   available = saved_steps(workdir)
@@ -99,31 +139,18 @@ def load(workdir, which: str = "best") -> TrainedModel:
   ckpts = checkpoints.Checkpoints(workdir, max_to_keep=config.max_checkpoints,
                                   best_metric=config.best_metric, best_mode=config.best_mode)
   try:
-    if which == "latest":
-      step = ckpts.latest_step()
-    elif which == "best":
-      step = ckpts.best_step() or ckpts.latest_step()
-    elif str(which).isdigit() and int(which) in available:
-      step = int(which)
-    else:
-      raise WorkdirError(f"checkpoint {which!r} not in {workdir}; use best, latest or one of "
-                         f"the steps {available}")
-    model = models.from_config(config)
-    channels = infer_input_channels(model, config, ckpts.directory / str(step))
-    mesh = parallel.make_mesh()
-    tx = optim.make_optimizer(config, config.num_train_steps)
-    sample = np.zeros((1, *config.image_size, channels), np.uint8)
-    # Shapes only: initialising for real would compile the init for nothing.
-    abstract = jax.eval_shape(lambda s: steps.create_train_state(model, tx, s, config.seed),
-                              sample)
-    replicated = parallel.replicated(mesh)
-    template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                            abstract)
-    state, _ = ckpts.restore(step, template)
+    step = _pick_step(ckpts, which, available, workdir)
   finally:
     ckpts.close()
+  train.enable_compilation_cache(config.get("compilation_cache_dir", ""))
+  model = models.from_config(config)
+  state_dir = ckpts.directory / str(step) / "state"
+  channels = infer_input_channels(model, config, state_dir)
+  mesh = parallel.make_mesh()
+  variables = restore_variables(state_dir, _abstract_variables(model, config, channels), mesh)
   logging.info("loaded the checkpoint of step %d from %s (%d input channels)", step, workdir,
                channels)
+  state = InferenceState(model.apply, variables["params"], variables.get("batch_stats", {}))
   return TrainedModel(config, state, step, channels, mesh)
 
 

@@ -45,6 +45,16 @@ def _label_image(labels, num_classes: int):
   return labels, {"cmap": "tab20", "vmin": 0, "vmax": 19, "interpolation": "nearest"}
 
 
+def _overlay(ax, image, truth, predicted, style, num_classes: int) -> None:
+  """The prediction as a translucent fill (red if binary), the truth's outline in lime."""
+  ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
+  if num_classes <= 2:
+    style = {"cmap": matplotlib.colors.ListedColormap(["red"]), "vmin": 0, "vmax": 1}
+  ax.imshow(np.ma.masked_equal(predicted, 0), alpha=0.45, **style)
+  if (truth > 0).any() and not (truth > 0).all():
+    ax.contour(truth > 0, levels=[0.5], colors="lime", linewidths=1)
+
+
 def plot_predictions(images, masks, predictions, out_path, num_classes: int,
                      overlay: bool = False, max_rows: int = 6) -> None:
   """One row per example: image, ground truth, prediction (or the prediction overlaid)."""
@@ -58,12 +68,12 @@ def plot_predictions(images, masks, predictions, out_path, num_classes: int,
     predicted, _ = _label_image(np.asarray(predictions[row]), num_classes)
     axes[row, 0].imshow(image, cmap="gray" if image.ndim == 2 else None)
     if overlay:
-      axes[row, 1].imshow(image, cmap="gray" if image.ndim == 2 else None)
-      axes[row, 1].imshow(np.ma.masked_equal(predicted, 0), alpha=0.5, **style)
+      _overlay(axes[row, 1], image, truth, predicted, style, num_classes)
     else:
       axes[row, 1].imshow(truth, **style)
       axes[row, 2].imshow(predicted, **style)
-  titles = ["image", "prediction over image"] if overlay else ["image", "truth", "prediction"]
+  titles = (["image", "prediction, truth outlined"] if overlay
+            else ["image", "truth", "prediction"])
   for col, title in enumerate(titles):
     axes[0, col].set_title(title)
   for ax in axes.ravel():

@@ -4,8 +4,10 @@
       --tta flip --submission submission.csv --format tgs
 
 Batches have a fixed shape (the last one is padded), so the jitted model compiles once.
-Images whose size differs from config.image_size are resized to it and the predictions
-resized back to the original size (Carvana's 1918x1280) unless --noresize_back.
+Each image is brought to config.image_size as in training (--fit auto): centred and padded by
+mirroring when config.data_resolution is 'native' and it fits (TGS 101 -> 128), the
+prediction cropped back; otherwise resized, the prediction resized back to the original size
+(Carvana's 1918x1280) unless --noresize_back.
 """
 
 import collections
@@ -85,6 +87,32 @@ def _resize(array: np.ndarray, size: tuple[int, int], resample) -> np.ndarray:
   return np.stack(out, axis=-1).reshape(*size, *array.shape[2:])
 
 
+def _pad_reflect(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Centres (H, W, C) in `size` with mirrored borders, as data.sources.pad_to does."""
+  extra_h, extra_w = size[0] - array.shape[0], size[1] - array.shape[1]
+  pads = [(extra_h // 2, extra_h - extra_h // 2), (extra_w // 2, extra_w - extra_w // 2), (0, 0)]
+  return np.pad(array, pads, mode="reflect" if min(array.shape[:2]) > 1 else "edge")
+
+
+def _crop_centre(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  top, left = (array.shape[0] - size[0]) // 2, (array.shape[1] - size[1]) // 2
+  return array[top:top + size[0], left:left + size[1]]
+
+
+def fit_mode(config, image_shape, fit: str = "auto") -> str:
+  """'same', 'pad' or 'resize': how an image of `image_shape` reaches config.image_size."""
+  size = tuple(config.image_size)
+  if tuple(image_shape[:2]) == size:
+    return "same"
+  fits = image_shape[0] <= size[0] and image_shape[1] <= size[1]
+  if fit == "pad" or (fit == "auto" and config.get("data_resolution") == "native" and fits):
+    if not fits:
+      raise ConfigError(f"--fit=pad: a {image_shape[0]}x{image_shape[1]} image does not fit in "
+                        f"image_size {size[0]}x{size[1]}; use --fit=resize or auto")
+    return "pad"
+  return "resize"
+
+
 def _ordered_map(pool, fn, items, ahead: int):
   """pool.map with at most `ahead` items in flight (bounded memory for 100k images)."""
   futures = collections.deque()
@@ -102,6 +130,7 @@ class Options:
   threshold: float = 0.5
   batch_size: int | None = None  # None: config.eval_batch_size.
   resize_back: bool = True
+  fit: str = "auto"  # auto | pad | resize: how images reach config.image_size (see above).
   skip_unreadable: bool = False
   submission: str | None = None
   format: str | None = None  # tgs | carvana; None: config.dataset if it is one of them.
@@ -122,6 +151,9 @@ def _submission_format(model, options: Options) -> str | None:
 
 def _to_mask(probabilities: np.ndarray, original_size, model, options: Options) -> np.ndarray:
   """uint8 mask (H, W): {0, 1} for binary, class indices otherwise, at the output size."""
+  mode = fit_mode(model.config, original_size, options.fit)
+  if mode == "pad":
+    probabilities = _crop_centre(probabilities, original_size)
   size = tuple(original_size) if options.resize_back else probabilities.shape[:2]
   if model.is_binary:
     foreground = _resize(probabilities[..., 0].astype(np.float32), size, Image.BILINEAR)
@@ -148,7 +180,10 @@ class Predictor:
       logging.warning("skipping %s", e)
       self.skipped.append(item.name)
       return None
-    return item.name, image.shape[:2], _resize(image, self.model.image_size, Image.BILINEAR)
+    size = self.model.image_size
+    mode = fit_mode(self.model.config, image.shape, self.options.fit)
+    fitted = _pad_reflect(image, size) if mode == "pad" else _resize(image, size, Image.BILINEAR)
+    return item.name, image.shape[:2], fitted
 
   def _batches(self, items, pool):
     batch = []
@@ -205,7 +240,7 @@ def predict(workdir, input_path, output_dir, options: Options = Options()) -> di
   def finish(name, original_size, probabilities):
     mask = _to_mask(probabilities, original_size, model, options)
     Image.fromarray(mask * 255 if model.is_binary else mask).save(
-        output_dir / f"{pathlib.Path(name).stem}.png")
+        output_dir / f"{pathlib.Path(name).stem}.png", compress_level=1)  # Fast; masks compress.
     if fmt is None:
       return None
     return (pathlib.Path(name).stem if fmt == "tgs" else name), rle.encode(mask, fmt)
@@ -231,6 +266,9 @@ def define_flags() -> None:
   flags.DEFINE_enum("tta", "none", ["none", "flip"], "flip: average with the mirrored pass.")
   flags.DEFINE_float("threshold", 0.5, "Binary: foreground if probability > this.")
   flags.DEFINE_integer("batch_size", None, "Images per batch (default config.eval_batch_size).")
+  flags.DEFINE_enum("fit", "auto", ["auto", "pad", "resize"], "How images reach "
+                    "config.image_size: auto pads (mirrored) like training when "
+                    "data_resolution is 'native' and the image fits, else resizes.")
   flags.DEFINE_bool("resize_back", True, "Resize masks back to each image's original size.")
   flags.DEFINE_bool("skip_unreadable", False, "Unreadable images: by default the run stops with "
                     "an error naming the file; with this flag it warns, names it, skips it and "
@@ -244,7 +282,8 @@ def main(argv):
   f = flags.FLAGS
   with cli.exit_on_user_error():
     predict(f.workdir, f.input, f.output, Options(
-        tta=f.tta, threshold=f.threshold, batch_size=f.batch_size, resize_back=f.resize_back,
+        tta=f.tta, threshold=f.threshold, batch_size=f.batch_size, fit=f.fit,
+        resize_back=f.resize_back,
         skip_unreadable=f.skip_unreadable, submission=f.submission, format=f.format))
 
 
