@@ -1,0 +1,1 @@
+"""Throughput benchmarks: the JAX U-Net next to a PyTorch twin (see throughput.py)."""
