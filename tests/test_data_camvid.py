@@ -70,3 +70,18 @@ def test_label_out_of_range_names_the_file(manual_dir, tmp_path):
     prepare.prepare("camvid", manual, tmp_path / "tfds")
   assert str(victim) in str(excinfo.value) and "255" in str(excinfo.value)
   assert not list((tmp_path / "tfds").rglob("dataset_info.json"))
+
+
+@pytest.mark.parametrize("shape", [(101, 101), (101, 101, 3), (360, 480, 3)])
+@pytest.mark.parametrize("value", [None, camvid.VOID])
+def test_pad_to_is_numpys_centred_pad_and_crop_to_undoes_it(shape, value):
+  from unet_jax.data import sources  # pylint: disable=import-outside-toplevel
+  array = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+  size = (128, 128) if shape[0] == 101 else (368, 480)
+  extra = [size[0] - shape[0], size[1] - shape[1]]
+  pads = [(e // 2, e - e // 2) for e in extra] + [(0, 0)] * (len(shape) - 2)
+  want = (np.pad(array, pads, mode="reflect") if value is None
+          else np.pad(array, pads, constant_values=value))
+  padded = sources.pad_to(array, size, value)
+  np.testing.assert_array_equal(padded, want)
+  np.testing.assert_array_equal(sources.crop_to(padded, shape[:2]), array)

@@ -37,6 +37,12 @@ def pad_to(array: np.ndarray, size: tuple[int, int], value: int | None = None) -
     return array
   pads = [(extra_h // 2, extra_h - extra_h // 2), (extra_w // 2, extra_w - extra_w // 2)]
   pads += [(0, 0)] * (array.ndim - 2)
+  if imaging.cv2 is not None and (array.ndim == 2 or array.shape[-1] <= 4):
+    (top, bottom), (left, right) = pads[:2]
+    border = imaging.cv2.BORDER_REFLECT_101 if value is None else imaging.cv2.BORDER_CONSTANT
+    padded = imaging.cv2.copyMakeBorder(array, top, bottom, left, right, border,
+                                        value=0 if value is None else (value,) * 4)
+    return padded.reshape(size + array.shape[2:])  # OpenCV drops a trailing 1-channel axis.
   if value is None:
     return np.pad(array, pads, mode="reflect")
   return np.pad(array, pads, mode="constant", constant_values=value)
