@@ -136,7 +136,8 @@ def grain_rate(dataset_name: str, data_dir, seconds: float, augment: str, worker
                threads: int) -> float:
   """images/s of the grain training stream; augment 'config' (the recipe) or 'flip'."""
   from unet_jax import data  # pylint: disable=import-outside-toplevel
-  from unet_jax.data import augment as augment_lib, pipeline  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from unet_jax.data import augment as augment_lib, pipeline
   config = training_config(dataset_name, data_dir)
   if augment == "flip":
     config.augment.update(rotation_degrees=0.0, scale=0.0, brightness=0.0, contrast=0.0)
@@ -154,7 +155,8 @@ def train_step_rate(dataset_name: str, data_dir, batch_size: int, steps: int = 2
   On a CPU the step is so slow that a small batch is timed (the rate per image barely moves).
   """
   import jax  # pylint: disable=import-outside-toplevel
-  from unet_jax import data, models, optim, steps as steps_lib  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from unet_jax import data, models, optim, steps as steps_lib
   config = training_config(dataset_name, data_dir)
   config.batch_size = batch_size
   source = data.load_split(config, "train")

@@ -117,8 +117,8 @@ def pair(images: dict[str, Member], masks: dict[str, Member], mask_pattern: Patt
   if missing:
     raise MissingDataError(
         f"image {images[missing[0]]} has no mask ({mask_pattern.example} with <id> = "
-        f"{missing[0]}; {len(missing)} images lack one); restore the masks from the original "
-        "download, or delete the images that have none")
+        f"{missing[0]}; {len(missing)} of {len(images)} images lack one); restore the masks "
+        "from the original download, or delete the images that have none")
   return [(key, images[key], masks[key]) for key in sorted(images)]
 
 

@@ -24,9 +24,9 @@ def open_image(data: bytes, name, draft_size: tuple[int, int] | None = None,
   """
   try:
     image = Image.open(io.BytesIO(data))
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-    raise BadDataError(f"cannot decode {name} ({e}); the file is corrupt: restore it from the "
-                       "original download") from None
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+    raise BadDataError(f"cannot decode {name}: not a readable image; the file is corrupt: "
+                       "restore it from the original download") from None
   if same_size_as is not None:
     check_same_size(image, same_size_as[0], name, same_size_as[1])
   try:
