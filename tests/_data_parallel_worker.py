@@ -36,8 +36,9 @@ def run(devices, config, num_steps: int):
 
 
 def main():
-  config = tiny_config()
-  config.model.dropout = 0.0
+  # SGD: Adam's m / sqrt(v) turns float reduction-order noise in near-zero gradients into
+  # full-size update differences; SGD keeps them at rounding level, so the check is tight.
+  config = tiny_config(optimizer="sgd", learning_rate=0.05, schedule="constant")
   devices = jax.devices()
   results = {"device_count": len(devices),
              "one": run(devices[:1], config, 3), "all": run(devices, config, 3)}

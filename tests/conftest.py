@@ -54,3 +54,16 @@ def tiny_config(**overrides):
       target = target[parent]
     target[leaf] = value
   return config
+
+
+def restore_saved_state(workdir, step: int) -> dict:
+  """A checkpoint's train state as numpy-backed arrays on this process's first device,
+  whatever the device topology that saved it."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  state_dir = pathlib.Path(workdir) / "checkpoints" / str(step) / "state"
+  checkpointer = ocp.StandardCheckpointer()
+  stored = checkpointer.metadata(state_dir).item_metadata.tree
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored)
+  return checkpointer.restore(state_dir, target)

@@ -9,10 +9,9 @@ import sys
 import time
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, restore_saved_state
 from unet_jax import plots, resilience
 
 
@@ -35,7 +34,7 @@ def _checkpoint_steps(workdir) -> list[int]:
 
 
 def _params(workdir, step):
-  state = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
+  state = restore_saved_state(workdir, step)
   return {"params": state["params"], "batch_stats": state["batch_stats"]}
 
 

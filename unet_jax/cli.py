@@ -5,8 +5,10 @@ import os
 import re
 import sys
 
+import jax
 from absl import app, flags, logging
 
+from unet_jax import parallel
 from unet_jax.errors import UserError
 
 
@@ -16,13 +18,23 @@ def _one_line(message: str) -> str:
 
 @contextlib.contextmanager
 def exit_on_user_error():
-  """Turns a UserError into `error: <message>` on stderr and exit status 2."""
+  """Turns a UserError into `error: <message>` on stderr and exit status 2; in a
+  multi-process run, a failed collective (a peer died) into one line and exit status 3."""
   try:
     yield
   except UserError as e:
     logging.flush()
     sys.stderr.write(f"error: {_one_line(e)}\n")
     sys.exit(2)
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+    sys.stderr.write(f"error: process {jax.process_index()} lost contact with the other "
+                     f"processes of this run ({first_line}); rerun every process with the "
+                     "same command to resume from the last checkpoint\n")
+    sys.stderr.flush()
+    os._exit(3)  # The orderly shutdown would wait on the dead peer, then abort.
 
 
 def reject_extra_args(argv) -> None:
@@ -69,3 +81,22 @@ def run(main) -> None:
   """app.run with one-line flag errors and INFO logs (ours) on stderr."""
   logging.get_absl_handler().python_handler.addFilter(_OwnInfoOnly())
   app.run(main, flags_parser=_flags_parser)
+
+
+def define_distributed_flags() -> None:
+  """Flags that join a multi-process run (several hosts, or several processes per host)."""
+  flags.DEFINE_bool("distributed", False, "Join a multi-process run, detecting the cluster "
+                    "(SLURM, TPU pod, MPI) from its environment.")
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0's coordinator.")
+  flags.DEFINE_integer("num_processes", None, "Number of processes in the run.")
+  flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes - 1.")
+  flags.DEFINE_integer("heartbeat_timeout_seconds", 100, "A process whose peer stops "
+                       "answering for this long exits with an error instead of hanging.")
+
+
+def maybe_initialize_distributed() -> None:
+  """Calls jax.distributed.initialize when the flags ask for a multi-process run."""
+  f = flags.FLAGS
+  if f.distributed or f.coordinator_address or f.num_processes:
+    parallel.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id,
+                                    f.heartbeat_timeout_seconds)

@@ -8,11 +8,13 @@ from unet_jax import cli, train
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.", required=True)
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/synthetic.py.",
                                 lock_config=True)
+cli.define_distributed_flags()
 
 
 def main(argv):
   cli.reject_extra_args(argv)
   with cli.exit_on_user_error():
+    cli.maybe_initialize_distributed()
     train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 
 

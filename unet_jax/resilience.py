@@ -7,8 +7,10 @@ import pathlib
 import shutil
 import signal
 
+import jax
 from absl import logging
 
+from unet_jax import parallel
 from unet_jax.errors import WorkdirError
 
 # Fields that may change between a run and its resumption without changing what is trained.
@@ -37,17 +39,23 @@ def config_differences(saved: dict, current: dict) -> list[str]:
           for k in keys if saved.get(k) != current.get(k)]
 
 
+def _clear_run(workdir: pathlib.Path) -> None:
+  for name in ("checkpoints", "plots"):
+    shutil.rmtree(workdir / name, ignore_errors=True)
+  for name in ("metrics.jsonl", "config.json", "best.json"):
+    (workdir / name).unlink(missing_ok=True)
+  (workdir / "plots").mkdir(parents=True, exist_ok=True)
+  logging.info("restart=True: cleared the previous run in %s", workdir)
+
+
 def claim_workdir(workdir: pathlib.Path, config) -> None:
   """Refuses a workdir that holds a different run; with restart=True, clears it first."""
-  saved_path = workdir / "config.json"
   if config.restart:
-    for name in ("checkpoints", "plots"):
-      shutil.rmtree(workdir / name, ignore_errors=True)
-    for name in ("metrics.jsonl", "config.json", "best.json"):
-      (workdir / name).unlink(missing_ok=True)
-    (workdir / "plots").mkdir(parents=True, exist_ok=True)
-    logging.info("restart=True: cleared the previous run in %s", workdir)
+    if jax.process_index() == 0:
+      _clear_run(workdir)
+    parallel.sync("claim_workdir")  # The others wait until process 0 has cleared it.
     return
+  saved_path = workdir / "config.json"
   if not saved_path.exists():
     return
   current = json.loads(config.to_json_best_effort())

@@ -66,7 +66,7 @@ def evaluate(state, eval_step, source, config, mesh) -> dict:
                                      shard=parallel.process_shard()):
     sums = eval_step(state, parallel.shard_batch(batch, mesh))
     totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-  return scores_from_sums(jax.device_get(totals))
+  return scores_from_sums(parallel.to_host(totals))
 
 
 def save_prediction_grid(state, predict_fn, source, config, mesh, path) -> None:
@@ -74,8 +74,10 @@ def save_prediction_grid(state, predict_fn, source, config, mesh, path) -> None:
   count = min(len(source), config.eval_batch_size)
   examples = [source[i] for i in range(count)]
   images = np.stack([e["image"] for e in examples])
-  probabilities = jax.device_get(predict_fn(
-      state, jax.device_put(images, parallel.replicated(mesh))))
+  # Every process computes (the arrays span all of them); process 0 draws.
+  probabilities = parallel.to_host(predict_fn(state, parallel.replicate(images, mesh)))
+  if jax.process_index() != 0:
+    return
   if probabilities.shape[-1] == 1:
     predicted = (probabilities[..., 0] > 0.5).astype(np.int32)
   else:
@@ -87,9 +89,10 @@ def save_prediction_grid(state, predict_fn, source, config, mesh, path) -> None:
 def _initial_state(config, mesh, train_source):
   model = models.from_config(config)
   tx = optim.make_optimizer(config, config.num_train_steps)
+  # The sample only gives shapes; as a closed-over constant it needs no cross-process input.
   sample = np.asarray(train_source[0]["image"])[None]
-  state = jax.jit(lambda s: steps.create_train_state(model, tx, s, config.seed),
-                  out_shardings=parallel.replicated(mesh))(sample)
+  state = jax.jit(lambda: steps.create_train_state(model, tx, sample, config.seed),
+                  out_shardings=parallel.replicated(mesh))()
   return model, state
 
 
@@ -115,7 +118,7 @@ class TrainLogger:
     self.mark = (step, time.perf_counter())
 
   def write(self, step: int, metrics) -> dict:
-    values = jax.device_get(metrics)  # Step `step` is done; the next one is already queued.
+    values = parallel.to_host(metrics)  # Step `step` is done; the next one is queued.
     now = time.perf_counter()
     if self.mark is not None and step > self.mark[0]:
       step_time = (now - self.mark[1]) / (step - self.mark[0])
@@ -190,8 +193,8 @@ class Run:
     self.checkpoints.save(step, state, train_iterator, metrics=scores, progress=self.progress())
     if jax.process_index() == 0:
       plots.plot_curves(self.workdir / "metrics.jsonl", self.workdir / "plots" / "loss.png")
-      save_prediction_grid(state, self.predict, self.val_source, self.config, self.mesh,
-                           self.workdir / "plots" / "predictions.png")
+    save_prediction_grid(state, self.predict, self.val_source, self.config, self.mesh,
+                         self.workdir / "plots" / "predictions.png")
     if stop:
       es = self.early_stopping
       logging.info("early stopping at step %d: validation %s has not improved for %d "
@@ -259,6 +262,13 @@ def _next_batch(train_iterator, step: int, mesh):
   return parallel.shard_batch(local, mesh)
 
 
+def _stop_requested(stop, step: int, log_every_steps: int) -> bool:
+  """A SIGTERM/SIGINT seen by any process; with several processes, agreed at log steps."""
+  if jax.process_count() == 1:
+    return stop.signal_name is not None
+  return step % log_every_steps == 0 and parallel.any_process(stop.signal_name is not None)
+
+
 def _train_loop(run: Run, state, train_iterator, start_step: int, stop) -> dict:
   config = run.config
   train_step = steps.jit_steps(config)[0]
@@ -277,17 +287,17 @@ def _train_loop(run: Run, state, train_iterator, start_step: int, stop) -> dict:
     previous = (step, metrics)
     if step % config.eval_every_steps == 0 or step == config.num_train_steps:
       values = logger.write(step, metrics) if step % config.log_every_steps == 0 else metrics
-      run.check_finite(jax.device_get(values))  # Before the save: never checkpoint past a NaN.
+      run.check_finite(parallel.to_host(values))  # Before the save: never checkpoint a NaN.
       scores, early_stop = run.evaluate_and_checkpoint(step, state, train_iterator)
       logger.synced(step)
       previous = None
       if early_stop:
         break
-    elif stop.signal_name:
-      run.check_finite(jax.device_get(metrics))
+    elif _stop_requested(stop, step, config.log_every_steps):
+      run.check_finite(parallel.to_host(metrics))
       run.checkpoints.save(step, state, train_iterator, progress=run.progress())
       logging.info("%s at step %d: checkpoint saved; resume with the same command",
-                   stop.signal_name, step)
+                   stop.signal_name or "stop request", step)
       break
   bar.close()
   return scores
