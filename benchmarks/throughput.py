@@ -1,0 +1,277 @@
+"""Train-step throughput: the JAX U-Net next to its PyTorch twin, in one run.
+
+  python benchmarks/throughput.py --preset tgs        # or classic, carvana
+  python benchmarks/throughput.py --preset tgs --timed-steps 3 --repeats 1   # quick look
+
+Every variant (benchmarks.variants.VARIANTS) lives in its own process: it is built and run
+once (compile / first step, reported separately), warmed up, then timed in blocks of
+`timed_steps` steps, `repeats` times, the variants taking turns (in a rotated order each
+round) so that machine drift hits every one of them. Writes
+benchmarks/results/<device-slug>/<preset>.{json,md,png}; the device is detected.
+"""
+
+import argparse
+import datetime
+import multiprocessing
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+if __package__ in (None, ""):  # `python benchmarks/throughput.py` from anywhere.
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from benchmarks import flops, machine, report, variants  # pylint: disable=wrong-import-position
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+SCHEMA_VERSION = 1
+_MODEL = {"dropout": 0.0, "norm": "batch", "upsample": "transpose", "padding": "SAME"}
+# Timing counts chosen so both CPU presets fit in ~15 minutes on 2 cores.
+_CPU_PROTOCOL = {"warmup_steps": 2, "timed_steps": 20, "repeats": 3}
+_GPU_PROTOCOL = {"warmup_steps": 20, "timed_steps": 100, "repeats": 5}
+
+
+def _carvana_spec():
+  from configs import carvana  # pylint: disable=import-outside-toplevel
+  config = carvana.get_config()
+  height, width = config.image_size
+  return {"features": config.model.features, "depth": config.model.depth,
+          "dropout": config.model.dropout if isinstance(config.model.dropout, (int, float))
+          else tuple(config.model.dropout), "norm": config.model.norm,
+          "upsample": config.model.upsample, "padding": config.model.padding,
+          "height": height, "width": width, "batch": config.batch_size, "in_channels": 3}
+
+
+def preset_spec(name: str, platform: str) -> dict:
+  """Model and batch of a preset on `platform` ('cpu' or 'gpu')."""
+  if name == "tgs":
+    spec = {**_MODEL, "features": 16, "depth": 3, "height": 128, "width": 128, "batch": 64,
+            "in_channels": 1}
+  elif name == "classic":
+    size = (96, 128) if platform == "cpu" else (256, 256)
+    spec = {**_MODEL, "features": 64, "depth": 4, "height": size[0], "width": size[1],
+            "batch": 8, "in_channels": 3}
+  elif name == "carvana":
+    spec = _carvana_spec()
+  elif name == "tiny":  # For the unit tests: compiles and runs in seconds.
+    spec = {**_MODEL, "features": 4, "depth": 2, "height": 16, "width": 16, "batch": 2,
+            "in_channels": 1}
+  else:
+    raise ValueError(f"unknown preset {name!r}; choose tgs, classic, carvana or tiny")
+  return {**spec, "seed": 0}
+
+
+class Worker:
+  """One variant in its own spawned process, driven over a pipe."""
+
+  def __init__(self, context, name: str, spec: dict):
+    self.name = name
+    self.conn, child = context.Pipe()
+    self.process = context.Process(target=variants.worker, args=(child, name, spec),
+                                   daemon=True)
+    self.process.start()
+    self.info, self.error = None, None
+
+  def wait_ready(self, timeout: float):
+    if not self.conn.poll(timeout):
+      self.error = f"no first step within {timeout:.0f} s"
+      return
+    status, payload = self.conn.recv()
+    if status == "ready":
+      self.info = payload
+    else:
+      self.error = payload
+
+  def call(self, *command):
+    self.conn.send(command)
+    status, payload = self.conn.recv()
+    if status != "ok":
+      raise RuntimeError(f"{self.name}: {payload}")
+    return payload
+
+  def stop(self):
+    if self.error is None and self.process.is_alive():
+      try:
+        self.call("stop")
+      except (RuntimeError, EOFError, OSError):
+        pass
+    self.process.join(timeout=30)
+    if self.process.is_alive():
+      self.process.kill()
+
+
+def _matmul_peak(workers, size: int) -> dict:
+  """Best measured matmul GFLOP/s per dtype over the frameworks (for CPU MFU)."""
+  measured = {}
+  for framework in ("jax", "torch"):
+    for worker in workers:
+      if worker.info is not None and variants.VARIANTS[worker.name][0] == framework:
+        measured[framework] = worker.call("matmul_peak", size)
+        break
+  best = {dtype: max((m[dtype] for m in measured.values()), default=None)
+          for dtype in ("fp32", "bf16")}
+  return {"measured_gflops": measured, "peak_gflops": best,
+          "method": f"best-of-8 {size}x{size} square matmul, fp32 and bf16, per framework"}
+
+
+def _time_rounds(workers, protocol, spec, log) -> dict[str, list[float]]:
+  """Interleaved timed blocks: `repeats` rounds, each a rotation of the variant order."""
+  runs = {worker.name: [] for worker in workers}
+  live = [worker for worker in workers if worker.error is None]
+  for worker in live:
+    worker.call("run", protocol["warmup_steps"])
+  for round_index in range(protocol["repeats"]):
+    shift = round_index % max(len(live), 1)
+    for worker in live[shift:] + live[:shift]:
+      seconds = worker.call("run", protocol["timed_steps"])
+      runs[worker.name].append(protocol["timed_steps"] * spec["batch"] / seconds)
+      log(f"  round {round_index + 1}: {worker.name:24s} {runs[worker.name][-1]:8.2f} img/s")
+  return runs
+
+
+def _variant_result(worker, img_per_s, train_flops, peak, spec) -> dict:
+  framework, label, options = variants.VARIANTS[worker.name]
+  dtype = "bf16" if options.get("bf16") or options.get("autocast") else "fp32"
+  result = {"variant": worker.name, "framework": framework, "label": label,
+            "compute_dtype": dtype, "status": "ok" if worker.error is None else "failed"}
+  if worker.error is not None:
+    return {**result, "error": worker.error.strip().splitlines()[-1], "traceback": worker.error}
+  median = statistics.median(img_per_s)
+  peak_gflops = peak.get(dtype)
+  achieved = median * train_flops / 1e9
+  memory_mib, memory_method = worker.call("memory")
+  result.update({
+      "compile_s": worker.info.get("compile_s"),
+      "first_step_s": worker.info["first_step_s"],
+      "img_per_s": {"median": median, "min": min(img_per_s), "max": max(img_per_s),
+                    "runs": img_per_s},
+      "step_ms_median": 1e3 * spec["batch"] / median,
+      "achieved_gflops": achieved,
+      "mfu": achieved / peak_gflops if peak_gflops else None,
+      "peak_memory_mib": memory_mib, "peak_memory_method": memory_method,
+      "worker_info": worker.info,
+  })
+  return result
+
+
+def _summary(results) -> dict:
+  def best(framework):
+    done = [r for r in results if r["framework"] == framework and r["status"] == "ok"]
+    return max(done, key=lambda r: r["img_per_s"]["median"]) if done else None
+  best_jax, best_torch = best("jax"), best("torch")
+  summary = {"best_jax": best_jax and best_jax["variant"],
+             "best_torch": best_torch and best_torch["variant"], "ratio_jax_to_best_torch": None}
+  if best_jax and best_torch:
+    summary["ratio_jax_to_best_torch"] = (best_jax["img_per_s"]["median"] /
+                                          best_torch["img_per_s"]["median"])
+    jax_fp32 = next((r for r in results if r["variant"] == "jax_fp32" and r["status"] == "ok"),
+                    None)
+    if jax_fp32:
+      summary["ratio_jax_fp32_to_best_torch"] = (jax_fp32["img_per_s"]["median"] /
+                                                 best_torch["img_per_s"]["median"])
+  return summary
+
+
+def run(preset: str = "tgs", out_dir=None, warmup_steps=None, timed_steps=None, repeats=None,
+        variant_names=None, ready_timeout: float = 1800.0, spec_overrides=None,
+        quiet: bool = False) -> dict:
+  """Runs the benchmark, writes <out_dir>/<slug>/<preset>.{json,md,png}, returns the report."""
+  log = (lambda *_: None) if quiet else (lambda text: print(text, flush=True))
+  device = machine.detect_device()
+  environment_start = machine.environment()
+  protocol = dict(_GPU_PROTOCOL if device["platform"] == "gpu" else _CPU_PROTOCOL)
+  protocol["matmul_size"] = 512 if preset == "tiny" else 2048
+  for key, value in (("warmup_steps", warmup_steps), ("timed_steps", timed_steps),
+                     ("repeats", repeats)):
+    if value is not None:
+      protocol[key] = value
+  spec = {**preset_spec(preset, device["platform"]), **(spec_overrides or {}),
+          "threads": device["cores"]}
+  names = list(variant_names or variants.VARIANTS)
+  log(f"{preset} on {device['name']} ({device['slug']}), load {environment_start['loadavg']}")
+  started, clock = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
+
+  context = multiprocessing.get_context("spawn")
+  workers = []
+  try:
+    for name in names:  # One at a time, so compile times are not inflated by each other.
+      worker = Worker(context, name, spec)
+      worker.wait_ready(ready_timeout)
+      workers.append(worker)
+      log(f"  built {name}: " + (f"first step {worker.info['first_step_s']:.1f} s"
+                                 if worker.error is None else "FAILED " +
+                                 worker.error.strip().splitlines()[-1]))
+    peak = _matmul_peak(workers, protocol["matmul_size"])
+    if device["platform"] == "gpu" and machine.gpu_peak_tflops(device["name"]):
+      spec_peak = machine.gpu_peak_tflops(device["name"])
+      peak.update(peak_gflops={k: v * 1e3 for k, v in spec_peak.items()},
+                  method="vendor data-sheet dense peak (measured matmul kept for reference)")
+    runs = _time_rounds(workers, protocol, spec, log)
+    train = flops.train_flops(spec["height"], spec["width"], spec["in_channels"],
+                              spec["features"], spec["depth"], spec["padding"], spec["upsample"])
+    results = [_variant_result(w, runs[w.name], train, peak["peak_gflops"], spec)
+               for w in workers]
+  finally:
+    for worker in workers:
+      worker.stop()
+
+  xla = next((w.info.get("xla_flops_per_step") for w in workers
+              if w.name == "jax_fp32" and w.info), None)
+  xla_per_image = xla / spec["batch"] if xla else None
+  forward, _ = flops.forward_flops(spec["height"], spec["width"], spec["in_channels"],
+                                   spec["features"], spec["depth"], spec["padding"],
+                                   spec["upsample"])
+  torch_info = next((w.info for w in workers if w.info and "torch_threads" in w.info), {})
+  data = {
+      "schema_version": SCHEMA_VERSION,
+      "preset": preset,
+      "config": {**{k: v for k, v in spec.items() if k != "threads"}, "num_classes": 1,
+                 "loss": "sigmoid BCE with logits, mean over pixels",
+                 "optimizer": f"Adam(lr={variants.LEARNING_RATE}, eps=1e-8)",
+                 "batch_norm": "train mode, flax momentum 0.9 = torch momentum 0.1, eps 1e-5",
+                 "input": "float32 images in [0, 255], x / 127.5 - 1 inside the step"},
+      "device": device,
+      "environment": {
+          "started_utc": started.isoformat(timespec="seconds"),
+          "wall_s": time.perf_counter() - clock,
+          "loadavg_start": environment_start["loadavg"],
+          "loadavg_end": list(os.getloadavg()),
+          "versions": machine.versions(),
+          "env": environment_start["env"],
+          "threads": {"torch_intra_op": torch_info.get("torch_threads"),
+                      "torch_interop": torch_info.get("torch_interop_threads"),
+                      "jax_xla_cpu": "XLA default (one intra-op thread per usable core)",
+                      "usable_cores": device["cores"]},
+          "command": " ".join(sys.argv),
+      },
+      "protocol": {**protocol, "interleaved": True, "process_per_variant": True},
+      "flops": {"train_per_image": train, "forward_per_image": forward,
+                "formula": "3 * forward conv FLOPs - first conv forward (benchmarks/flops.py)",
+                "xla_cost_analysis_per_image": xla_per_image,
+                "xla_to_formula": xla_per_image / train if xla_per_image else None},
+      "peak": peak,
+      "results": results,
+  }
+  data["summary"] = _summary(results)
+  paths = report.write(data, pathlib.Path(out_dir or RESULTS) / device["slug"])
+  log(report.markdown(data))
+  log(f"wrote {', '.join(str(p) for p in paths)}")
+  return data
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--preset", default="tgs", choices=("tgs", "classic", "carvana", "tiny"))
+  parser.add_argument("--out-dir", default=None, help=f"default {RESULTS}")
+  parser.add_argument("--warmup-steps", type=int)
+  parser.add_argument("--timed-steps", type=int)
+  parser.add_argument("--repeats", type=int)
+  parser.add_argument("--variants", nargs="+", choices=list(variants.VARIANTS))
+  args = parser.parse_args(argv)
+  run(args.preset, args.out_dir, args.warmup_steps, args.timed_steps, args.repeats,
+      args.variants)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,218 @@
+"""The train steps being timed, one builder per variant, and the worker that hosts one.
+
+Each variant runs in its own spawned process so that its peak memory is its own and the two
+frameworks' thread pools never share an address space. Both sides time the same step on the
+same float batch: x / 127.5 - 1, the U-Net in train mode (BatchNorm batch statistics),
+sigmoid BCE-with-logits averaged over pixels, backward, Adam(lr=1e-3, eps=1e-8).
+"""
+
+import os
+import time
+import traceback
+
+VARIANTS = {
+    # name: (framework, label, options)
+    "jax_fp32": ("jax", "JAX fp32", {"bf16": False}),
+    "jax_bf16": ("jax", "JAX bf16 compute", {"bf16": True}),
+    "torch_eager_nchw": ("torch", "PyTorch eager NCHW fp32", {}),
+    "torch_eager_cl": ("torch", "PyTorch eager channels_last fp32", {"channels_last": True}),
+    "torch_autocast_bf16_cl": ("torch", "PyTorch autocast bf16 channels_last",
+                               {"channels_last": True, "autocast": True}),
+    "torch_compile": ("torch", "PyTorch torch.compile fp32 channels_last",
+                      {"channels_last": True, "compile": True}),
+}
+LEARNING_RATE = 1e-3
+
+
+def _rss_mib(field: str) -> float:
+  """VmRSS / VmHWM of this process in MiB (Linux)."""
+  with open("/proc/self/status") as status:
+    for line in status:
+      if line.startswith(field + ":"):
+        return int(line.split()[1]) / 1024
+  return float("nan")
+
+
+def _batch(spec):
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(spec["seed"])
+  shape = (spec["batch"], spec["height"], spec["width"])
+  images = rng.uniform(0, 255, shape + (spec["in_channels"],)).astype(np.float32)
+  masks = (rng.uniform(size=shape) > 0.5).astype(np.uint8)
+  return images, masks
+
+
+def _model_kwargs(spec):
+  keys = ("features", "depth", "dropout", "norm", "upsample", "padding")
+  return {key: spec[key] for key in keys}
+
+
+def build_jax(spec, bf16: bool):
+  """The project's own train step (unet_jax.steps.train_step), jitted with donation."""
+  import functools  # pylint: disable=import-outside-toplevel
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from unet_jax import losses, steps
+  from unet_jax.models import UNet
+
+  model = UNet(num_classes=1, dtype=jnp.bfloat16 if bf16 else jnp.float32,
+               **_model_kwargs(spec))
+  images, masks = _batch(spec)
+  batch = jax.device_put({"image": images, "mask": masks})
+  state = steps.create_train_state(model, optax.adam(LEARNING_RATE, eps=1e-8), images,
+                                   spec["seed"])
+  train = jax.jit(functools.partial(steps.train_step, loss_fn=losses.sigmoid_bce,
+                                    ignore_index=None), donate_argnums=0)
+  start = time.perf_counter()
+  compiled = train.lower(state, batch).compile()
+  info = {"compile_s": time.perf_counter() - start}
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  info["xla_flops_per_step"] = float(cost.get("flops", float("nan"))) if cost else None
+  memory = compiled.memory_analysis()
+  if memory is not None:
+    info["xla_temp_mib"] = memory.temp_size_in_bytes / 2**20
+  device = jax.devices()[0]
+  info["device_name"] = f"{device.platform}:{device.device_kind}"
+  holder = {"state": state}
+
+  def step(count: int):
+    state = holder["state"]
+    for _ in range(count):
+      state, _ = compiled(state, batch)
+    holder["state"] = jax.block_until_ready(state)
+
+  def peak_memory_mib():
+    stats = device.memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+      return stats["peak_bytes_in_use"] / 2**20, "device peak_bytes_in_use"
+    return None
+
+  return step, peak_memory_mib, info
+
+
+def build_torch(spec, channels_last=False, autocast=False, compile=False):  # pylint: disable=redefined-builtin
+  """An eager / autocast / torch.compile'd step of the torch twin (benchmarks.torch_reference)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import torch.nn.functional as F
+  from benchmarks import torch_reference
+
+  cuda = torch.cuda.is_available()
+  device = torch.device("cuda" if cuda else "cpu")
+  torch.backends.cudnn.benchmark = True
+  torch.manual_seed(spec["seed"])
+  model = torch_reference.UNet(in_channels=spec["in_channels"], num_classes=1,
+                               **_model_kwargs(spec)).to(device).train()
+  memory_format = torch.channels_last if channels_last else torch.contiguous_format
+  model = model.to(memory_format=memory_format)
+  optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, eps=1e-8)
+  images, masks = _batch(spec)
+  images = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
+  images = images.contiguous(memory_format=memory_format)
+  targets = torch.from_numpy(masks > 0).float()[:, None].to(device)
+  forward = model
+  if compile:
+    forward = torch.compile(model, mode="max-autotune" if cuda else "default")
+
+  def train_step():
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+      logits = forward(images / 127.5 - 1.0)
+    loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+  def step(count: int):
+    for _ in range(count):
+      train_step()
+    if cuda:
+      torch.cuda.synchronize()
+
+  def peak_memory_mib():
+    if cuda:
+      return torch.cuda.max_memory_allocated() / 2**20, "torch.cuda.max_memory_allocated"
+    return None
+
+  info = {"device_name": torch.cuda.get_device_name() if cuda else "cpu",
+          "torch_threads": torch.get_num_threads(),
+          "torch_interop_threads": torch.get_num_interop_threads()}
+  return step, peak_memory_mib, info
+
+
+def matmul_peak_gflops(framework: str, size: int = 2048, repeats: int = 8) -> dict:
+  """Best-of-`repeats` square matmul throughput (GFLOP/s) in fp32 and bf16."""
+  results = {}
+  flops = 2 * size**3
+  for dtype_name in ("fp32", "bf16"):
+    if framework == "jax":
+      import jax  # pylint: disable=import-outside-toplevel
+      import jax.numpy as jnp
+      dtype = jnp.float32 if dtype_name == "fp32" else jnp.bfloat16
+      a = jnp.ones((size, size), dtype)
+      matmul = jax.jit(lambda x: x @ x)
+      run = lambda: matmul(a).block_until_ready()  # pylint: disable=cell-var-from-loop
+    else:
+      import torch  # pylint: disable=import-outside-toplevel
+      dtype = torch.float32 if dtype_name == "fp32" else torch.bfloat16
+      device = "cuda" if torch.cuda.is_available() else "cpu"
+      a = torch.ones((size, size), dtype=dtype, device=device)
+      sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+      run = lambda: (a @ a, sync())  # pylint: disable=cell-var-from-loop
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+      start = time.perf_counter()
+      run()
+      best = min(best, time.perf_counter() - start)
+    results[dtype_name] = flops / best / 1e9
+  return results
+
+
+def _build(name: str, spec):
+  framework, _, options = VARIANTS[name]
+  if framework == "jax":
+    return build_jax(spec, **options)
+  import torch  # pylint: disable=import-outside-toplevel
+  torch.set_num_threads(spec["threads"])
+  return build_torch(spec, **options)
+
+
+def worker(conn, name: str, spec) -> None:
+  """Builds one variant, reports its first step, then answers ('run', n) / ('peak',) / ('stop',)."""
+  try:
+    if VARIANTS[name][0] == "jax":
+      import jax  # pylint: disable=import-outside-toplevel,unused-import
+    else:
+      from benchmarks import torch_reference  # pylint: disable=import-outside-toplevel,unused-import
+    baseline = _rss_mib("VmRSS")
+    start = time.perf_counter()
+    step, device_peak, info = _build(name, spec)
+    step(1)
+    info["first_step_s"] = time.perf_counter() - start
+    info["baseline_rss_mib"] = baseline
+    info["pid"] = os.getpid()
+    conn.send(("ready", info))
+  except Exception:  # pylint: disable=broad-except
+    conn.send(("error", traceback.format_exc(limit=8)))
+    return
+  while True:
+    command, *args = conn.recv()
+    try:
+      if command == "run":
+        start = time.perf_counter()
+        step(args[0])
+        conn.send(("ok", time.perf_counter() - start))
+      elif command == "matmul_peak":
+        conn.send(("ok", matmul_peak_gflops(VARIANTS[name][0], args[0])))
+      elif command == "memory":
+        peak = device_peak()
+        if peak is None:
+          peak = (_rss_mib("VmHWM") - baseline, "process peak RSS minus RSS after imports")
+        conn.send(("ok", peak))
+      elif command == "stop":
+        conn.send(("ok", None))
+        return
+    except Exception:  # pylint: disable=broad-except
+      conn.send(("error", traceback.format_exc(limit=8)))

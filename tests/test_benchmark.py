@@ -1,0 +1,73 @@
+"""The throughput benchmark, run for one tiny step on CPU: its report has the promised shape.
+
+The benchmark itself is a script (benchmarks/throughput.py), never a timed test.
+"""
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+throughput = pytest.importorskip("benchmarks.throughput")
+from benchmarks import flops, machine, report  # pylint: disable=wrong-import-position
+
+RESULT_KEYS = {"variant", "framework", "label", "compute_dtype", "status", "compile_s",
+               "first_step_s", "img_per_s", "step_ms_median", "achieved_gflops", "mfu",
+               "peak_memory_mib", "peak_memory_method", "worker_info"}
+
+
+def test_one_tiny_step_writes_json_markdown_and_chart(tmp_path):
+  data = throughput.run("tiny", out_dir=tmp_path, warmup_steps=0, timed_steps=1, repeats=1,
+                        variant_names=["jax_fp32", "torch_eager_cl"], quiet=True)
+  slug = machine.detect_device()["slug"]
+  directory = tmp_path / slug
+  assert {p.name for p in directory.iterdir()} == {"tiny.json", "tiny.md", "tiny.png"}
+  assert json.loads((directory / "tiny.json").read_text()) == json.loads(json.dumps(data))
+
+  assert data["schema_version"] == throughput.SCHEMA_VERSION
+  assert {"preset", "config", "device", "environment", "protocol", "flops", "peak", "results",
+          "summary"} <= data.keys()
+  assert data["device"]["slug"] == slug and data["device"]["platform"] in ("cpu", "gpu")
+  assert len(data["environment"]["loadavg_start"]) == 3
+  assert data["environment"]["versions"]["jax"] and data["environment"]["versions"]["torch"]
+  assert data["protocol"]["timed_steps"] == 1 and data["protocol"]["repeats"] == 1
+  assert data["flops"]["train_per_image"] > 0 and data["flops"]["xla_cost_analysis_per_image"] > 0
+  assert data["peak"]["peak_gflops"]["fp32"] > 0
+
+  assert [r["variant"] for r in data["results"]] == ["jax_fp32", "torch_eager_cl"]
+  for result in data["results"]:
+    assert result["status"] == "ok", result.get("traceback")
+    assert RESULT_KEYS <= result.keys()
+    assert result["img_per_s"]["min"] <= result["img_per_s"]["median"] <= result["img_per_s"]["max"]
+    assert 0 < result["mfu"] < 1.5
+  assert data["summary"]["best_torch"] == "torch_eager_cl"
+  assert data["summary"]["ratio_jax_to_best_torch"] > 0
+
+  markdown = (directory / "tiny.md").read_text()
+  assert "| JAX fp32 |" in markdown and "**JAX / best PyTorch = " in markdown
+  assert (directory / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert "JAX fp32" in report.readme_block(tmp_path)
+
+
+def test_flops_formula_counts_every_conv():
+  # depth 1, SAME, 8x8, 1 -> 2 channels, transpose, 1 class, by hand (multiply-add = 2 FLOPs):
+  encoder = 2 * 64 * 9 * (1 * 2 + 2 * 2)
+  bottleneck = 2 * 16 * 9 * (2 * 4 + 4 * 4)
+  up = 2 * 16 * 4 * 4 * 2
+  decoder = 2 * 64 * 9 * (4 * 2 + 2 * 2)
+  head = 2 * 64 * 2 * 1
+  forward = encoder + bottleneck + up + decoder + head
+  assert flops.forward_flops(8, 8, 1, 2, 1) == (forward, 2 * 64 * 9 * 2)
+  assert flops.train_flops(8, 8, 1, 2, 1) == 3 * forward - 2 * 64 * 9 * 2
+
+
+def test_device_slug_is_detected_and_path_safe():
+  device = machine.detect_device()
+  assert device["slug"].startswith(("cpu-", "gpu-"))
+  assert device["slug"].replace("-", "").isalnum()
+  assert machine.slugify("AMD EPYC 9B45 96-Core Processor") == "amd-epyc-9b45"
+
+
+def test_unknown_preset_is_refused():
+  with pytest.raises(ValueError, match="unknown preset"):
+    throughput.preset_spec("huge", "cpu")
