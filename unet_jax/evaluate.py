@@ -24,9 +24,59 @@ SWEEP_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 0.951, 0.05)
 SWEEP_METRICS = ("tgs_map", "dice", "iou", "pixel_accuracy")
 
 
+class CentreWindow:
+  """A source whose elements get `weight` 1 in the centred (h, w) window, 0 outside.
+
+  TGS trains on 101x101 images mirrored into 128x128; scoring only the window scores the
+  original pixels, as Kaggle does, instead of the mirrored border.
+  """
+
+  def __init__(self, source, window: tuple[int, int]):
+    self.source, self.window = source, tuple(window)
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index) -> dict:
+    element = dict(self.source[index])
+    height, width = element["mask"].shape[:2]
+    top, left = (height - self.window[0]) // 2, (width - self.window[1]) // 2
+    weight = np.zeros((height, width), np.float32)
+    weight[top:top + self.window[0], left:left + self.window[1]] = 1.0
+    element["weight"] = weight * element.get("weight", 1.0)
+    return element
+
+
+def native_window(source, config) -> tuple[int, int] | None:
+  """The stored image size when training padded smaller images into image_size, else None."""
+  if config.get("data_resolution") != "native" or not hasattr(source, "data_source"):
+    return None
+  from unet_jax.data import imaging  # pylint: disable=import-outside-toplevel
+  shape = imaging.decode_array(source.data_source[0]["image"]).shape[:2]
+  return tuple(shape) if tuple(shape) != tuple(config.image_size) else None
+
+
+def _parse_window(crop: str, source, config) -> tuple[int, int] | None:
+  if crop == "auto":
+    return native_window(source, config)
+  if crop == "none":
+    return None
+  try:
+    height, width = (int(v) for v in crop.lower().split("x"))
+  except ValueError:
+    raise ConfigError(f"--crop={crop!r} is not auto, none or HEIGHTxWIDTH like 101x101; "
+                      "fix the flag") from None
+  if height > config.image_size[0] or width > config.image_size[1]:
+    raise ConfigError(f"--crop={crop} is larger than image_size {tuple(config.image_size)}; "
+                      "pass a smaller window")
+  return height, width
+
+
 def _sweep_step(state, batch, *, thresholds, ignore_index):
   valid = batch.get("valid")
   weights = losses.pixel_weights(batch["mask"], ignore_index, valid)
+  if "weight" in batch:
+    weights = weights * batch["weight"]
   foreground = steps.predict_probabilities(state, batch["image"])[..., 0]
   return metrics.threshold_sweep_sums(foreground, batch["mask"], weights, thresholds, valid)
 
@@ -67,8 +117,10 @@ def _prediction_grid(model, source, path, overlay: bool, threshold: float = 0.5)
 
 def markdown_table(report: dict) -> str:
   """The report as markdown: the scores, then the threshold search if any."""
+  window = report.get("scored_window")
+  scored = f", scored on the centred {window[0]}x{window[1]}" if window else ""
   lines = [f"# {report['workdir']}: split {report['split']}, step {report['step']}, "
-           f"{report['examples']} examples", "", "| metric | value |", "|---|---|"]
+           f"{report['examples']} examples{scored}", "", "| metric | value |", "|---|---|"]
   lines += [f"| {name} | {value:.4f} |" for name, value in report["scores"].items()]
   search = report.get("threshold_search")
   if search:
@@ -83,21 +135,31 @@ def markdown_table(report: dict) -> str:
 
 
 def evaluate_run(workdir, split: str = "val", search: bool = False, overlay: bool = False,
-                 output_dir=None) -> dict:
-  """Scores the best checkpoint of `workdir` on `split`; writes JSON, markdown and a grid."""
+                 output_dir=None, crop: str = "auto", threshold_metric: str = "") -> dict:
+  """Scores the best checkpoint of `workdir` on `split`; writes JSON, markdown and a grid.
+
+  crop: 'auto' scores only the original pixels of images that training padded (TGS), 'none'
+  the whole image_size, 'HxW' the centred window.
+  """
   model = inference.load(workdir)
   config = model.config
   if search and not model.is_binary:
     raise ConfigError(f"--threshold_search needs a binary task, this run has "
                       f"{config.num_classes} classes; leave the flag out")
   source = data.load_split(config, split)
+  window = _parse_window(crop, source, config)
+  scored = CentreWindow(source, window) if window else source
   _, eval_step, _ = steps.jit_steps(config)
-  scores = train.evaluate(model.state, eval_step, source, config, model.mesh)
+  scores = train.evaluate(model.state, eval_step, scored, config, model.mesh)
   report = {"workdir": str(pathlib.Path(workdir).expanduser().absolute()), "split": split,
-            "step": model.step, "examples": len(source), "scores": scores}
+            "step": model.step, "examples": len(source), "scored_window": window,
+            "scores": scores}
   if search:
-    rows = threshold_search(model, source)
-    metric = config.best_metric if config.best_metric in SWEEP_METRICS else "dice"
+    rows = threshold_search(model, scored)
+    metric = threshold_metric or (config.best_metric if config.best_metric in SWEEP_METRICS
+                                  else "dice")
+    if metric not in SWEEP_METRICS:
+      raise ConfigError(f"--threshold_metric={metric!r}; choose one of {', '.join(SWEEP_METRICS)}")
     report["threshold_search"] = {"metric": metric, "rows": rows,
                                   "best": max(rows, key=lambda row: row[metric])}
   output_dir = pathlib.Path(output_dir or pathlib.Path(report["workdir"]) / "eval")
@@ -119,13 +181,18 @@ def define_flags() -> None:
   flags.DEFINE_bool("threshold_search", False, "Binary tasks: also score thresholds 0.05..0.95.")
   flags.DEFINE_bool("overlay", False, "Predictions grid: overlay the prediction on the image.")
   flags.DEFINE_string("output", None, "Folder for the results (default workdir/eval).")
+  flags.DEFINE_string("crop", "auto", "Score only the centred HxW window: auto = the original "
+                      "size of images training padded (TGS 101x101 in 128x128), none, or HxW.")
+  flags.DEFINE_string("threshold_metric", "", "Metric the threshold search maximises "
+                      "(tgs_map, dice, iou, pixel_accuracy; default config.best_metric).")
 
 
 def main(argv):
   cli.reject_extra_args(argv)
   f = flags.FLAGS
   with cli.exit_on_user_error():
-    report = evaluate_run(f.workdir, f.split, f.threshold_search, f.overlay, f.output)
+    report = evaluate_run(f.workdir, f.split, f.threshold_search, f.overlay, f.output,
+                          f.crop, f.threshold_metric)
   print(markdown_table(report), end="")
 
 

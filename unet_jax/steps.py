@@ -98,6 +98,8 @@ def eval_step(state: TrainState, batch: dict, *, loss_fn, ignore_index: int | No
   tasks, the TGS metric's per-image sums."""
   images = normalize_images(batch["image"])
   weights = losses.pixel_weights(batch["mask"], ignore_index, batch.get("valid"))
+  if "weight" in batch:  # E.g. 0 on padding that is not part of the original image.
+    weights = weights * batch["weight"]
   logits = state.apply_fn(_variables(state), images, train=False)
   predictions = metrics.predicted_labels(logits)
   weight_sum = jnp.sum(weights)
