@@ -1,13 +1,14 @@
 """Predicts masks for a folder or .zip of images; writes mask PNGs and a Kaggle RLE CSV.
 
-  python -m unet_jax.predict --workdir runs/tgs --input test/images --output runs/tgs/test \
-      --tta flip --submission submission.csv --format tgs
+  python -m unet_jax.predict --workdir runs/tgs --input test.zip --output runs/tgs/test
+      --tta flip --submission submission.csv --format tgs   (one command line)
 
 Batches have a fixed shape (the last one is padded), so the jitted model compiles once.
 Each image is brought to config.image_size as in training (--fit auto): centred and padded by
 mirroring when config.data_resolution is 'native' and it fits (TGS 101 -> 128), the
 prediction cropped back; otherwise resized, the prediction resized back to the original size
-(Carvana's 1918x1280) unless --noresize_back.
+(Carvana's 1918x1280) unless --noresize_back. An unreadable image stops the run with an
+error naming it, before any CSV is written; --skip_unreadable warns, skips it and goes on.
 """
 
 import collections
@@ -250,11 +251,12 @@ def predict(workdir, input_path, output_dir, options: Options = Options()) -> di
   if fmt is not None:
     rle.write_submission(options.submission, rows, fmt)
     logging.info("wrote %d rows to %s", len(rows), options.submission)
-  summary = {"predicted": len(items) - len(predictor.skipped), "skipped": predictor.skipped,
+  skipped = sorted(predictor.skipped)  # Appended from loader threads, in any order.
+  summary = {"predicted": len(items) - len(skipped), "skipped": skipped,
              "output": str(output_dir), "submission": options.submission, "step": model.step}
   logging.info("predicted %d images into %s with the checkpoint of step %d%s",
                summary["predicted"], output_dir, model.step,
-               f"; skipped unreadable {', '.join(predictor.skipped)}" if predictor.skipped else "")
+               f"; skipped unreadable {', '.join(skipped)}" if skipped else "")
   return summary
 
 
