@@ -137,5 +137,6 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
 def make_builder(builder_class, resolution: str, data_dir):
   """The `builder_class` builder of `resolution` ('native' or 'HxW') writing array_record."""
   config = resolution_config(resolution)
+  listed = {c.name for c in builder_class.BUILDER_CONFIGS}  # Others are custom: TFDS warns.
   return builder_class(data_dir=str(data_dir), file_format="array_record",
-                       config=config.name if config.name == "native" else config)
+                       config=config.name if config.name in listed else config)

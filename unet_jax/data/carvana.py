@@ -29,6 +29,8 @@ def car_id(image_id: str) -> str:
 class Carvana(builders.SegmentationBuilder):
   """Carvana: 1918x1280 car photos, binary car masks; val split by car."""
 
+  BUILDER_CONFIGS = [builders.resolution_config(r)
+                     for r in ("native", "256x384", "512x768", "640x960", "1024x1536")]
   NATIVE_FORMAT = "jpeg"
   RESIZED_FORMAT = "jpeg"
   EXPECTED = "the Kaggle Carvana train.zip (or train_hq.zip) and train_masks.zip, or train/ and "\
