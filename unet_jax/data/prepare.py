@@ -50,8 +50,22 @@ def main(argv):
     builder = prepare(_DATASET.value, _MANUAL_DIR.value, _DATA_DIR.value, _RESOLUTION.value,
                       _OVERWRITE.value)
     counts = ", ".join(f"{name} {info.num_examples}" for name, info in builder.info.splits.items())
-    logging.info("%s ready in %s (%s); train with --config.data_dir=%s", builder.name,
-                 builder.data_path, counts, _DATA_DIR.value)
+    logging.info("%s ready in %s (%s); train with: %s", builder.name, builder.data_path, counts,
+                 train_command(_DATASET.value, _DATA_DIR.value, _RESOLUTION.value))
+
+
+def train_command(dataset: str, data_dir: str, resolution: str) -> str:
+  """The command that trains on what was just prepared."""
+  command = (f"python -m unet_jax.main --config configs/{dataset}.py --workdir runs/{dataset} "
+             f"--config.data_dir={data_dir}")
+  size = builders.parse_resolution(resolution)
+  if dataset == "carvana" and size and size != (256, 384):
+    command += f" --config.image_size='({size[0]}, {size[1]})'"
+  elif dataset != "carvana" and size:  # Padded up to a multiple of 16 (a depth-4 U-Net).
+    padded = tuple(-(-s // 16) * 16 for s in size)
+    command += (f" --config.data_resolution={resolution} "
+                f"--config.image_size='({padded[0]}, {padded[1]})'")
+  return command
 
 
 if __name__ == "__main__":
