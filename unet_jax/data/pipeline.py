@@ -7,11 +7,18 @@ devices see the same global batches.
 """
 
 import dataclasses
+import os
 
 from absl import flags
 import grain
 import numpy as np
 from unet_jax.errors import ConfigError
+
+
+def default_threads() -> int:
+  """One reading thread per usable core, at most 16."""
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return max(1, min(16, cores or 1))
 
 
 _STREAM_LENGTH = 2**62  # Positions of the endless training stream (epochs of the source).
@@ -63,11 +70,13 @@ class _EpochShuffled:
 
 def train_dataset(source, *, global_batch_size: int, seed: int, augment=None,
                   shard: ProcessShard = ProcessShard(), num_workers: int = 0,
-                  num_threads: int = 2, prefetch: int = 4) -> grain.IterDataset:
+                  num_threads: int | None = None, prefetch: int = 4) -> grain.IterDataset:
   """Infinite, reshuffled-every-epoch training batches as a checkpointable grain dataset.
 
   Element i of the stream depends only on (seed, i); augmentation draws from grain's per-element
   rng of (seed, i), so a seed and a step fix every batch, whatever the threads or workers.
+  Decoding and augmenting run in `num_threads` threads (default: one per core, at most 16;
+  OpenCV and PIL release the GIL), or in `num_workers` processes when that is > 0.
   """
   if not len(source):
     raise ConfigError("the training split is empty; prepare the dataset again")
@@ -75,7 +84,7 @@ def train_dataset(source, *, global_batch_size: int, seed: int, augment=None,
   if augment is not None:
     ds = ds.random_map(augment)
   ds = _per_process_batches(ds, global_batch_size, shard)
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads or default_threads(),
                                             prefetch_buffer_size=prefetch))
   if num_workers > 0:
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; a plain script has none.
