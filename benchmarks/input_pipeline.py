@@ -254,6 +254,10 @@ def markdown(report: dict) -> str:
                  f"{step['images_per_second']:.1f} ({step['device']}, batch {step['batch_size']}"
                  f", {step['image_size'][0]}x{step['image_size'][1]}) | "
                  f"{result['pipeline_vs_train_step']:.0f}x |")
+  per_core = {name: max(v for k, v in r["images_per_second"].items() if k.startswith("grain"))
+              / report["cores"] for name, r in report["datasets"].items()}
+  lines += ["", "Per core (best grain / cores, what a bigger host multiplies): " + ", ".join(
+      f"{name} {rate:.0f} images/s/core" for name, rate in per_core.items()) + "."]
   lines += ["", "Prepare (once): " + ", ".join(
       f"{k} {v['resolution']} {v['examples']} in {v['seconds']:.1f} s"
       for k, v in report["prepare"].items()), ""]
