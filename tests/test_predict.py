@@ -149,3 +149,14 @@ def test_one_channel_model_without_batchnorm(tgs_dir, tmp_path):
   probabilities = inference.make_predict_fn()(loaded.state, padded)[0, 13:114, 13:114, 0]
   written = np.asarray(Image.open(tmp_path / "out" / first.name)) > 0
   np.testing.assert_array_equal(written, np.asarray(probabilities) > 0.5)
+
+
+def test_padding_matches_the_training_pipeline():
+  """predict pads like data.sources.pad_to (OpenCV or numpy), so TGS scores match evaluate."""
+  from unet_jax.data import sources  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(2)
+  for shape in [(101, 101, 1), (101, 101, 3), (5, 9, 1), (128, 100, 3)]:
+    image = rng.integers(0, 256, shape, np.uint8)
+    expected = sources.pad_to(image, (128, 128)).reshape(128, 128, shape[-1])
+    padded = predict._pad_reflect(image, (128, 128))  # pylint: disable=protected-access
+    np.testing.assert_array_equal(padded, expected)
