@@ -36,6 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Model: unet_jax.models.UNet.
   config.model = ml_collections.ConfigDict()
+  config.model.arch = "unet"  # unet | resnet18_unet | resnet34_unet (ResNet encoder).
+  config.model.pretrained = ""  # resnet*_unet: a torchvision ResNet state_dict file you have.
   config.model.features = 64  # Channels of the first level (doubles per level).
   config.model.depth = 4  # Poolings; 4 gives the classic 64 -> 1024 U-Net.
   config.model.dropout = 0.0  # One rate, or depth + 1 per-level rates (bottleneck last).

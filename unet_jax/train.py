@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from unet_jax import checkpoints, data, models, optim, parallel, plots, resilience, steps
 from unet_jax.data import augment, pipeline
+from unet_jax.models import torchvision_import
 from unet_jax.errors import ConfigError, NonFiniteError, WorkdirError
 from unet_jax.metrics import scores_from_sums
 
@@ -93,7 +94,19 @@ def _initial_state(config, mesh, train_source):
   sample = np.asarray(train_source[0]["image"])[None]
   state = jax.jit(lambda: steps.create_train_state(model, tx, sample, config.seed),
                   out_shardings=parallel.replicated(mesh))()
+  if config.model.get("pretrained"):
+    state = _with_pretrained_encoder(state, config.model.pretrained, mesh)
   return model, state
+
+
+def _with_pretrained_encoder(state, path, mesh):
+  """Replaces the ResNet encoder's weights by a torchvision state_dict file's."""
+  variables = torchvision_import.load_torchvision_resnet(
+      os.path.expanduser(path), parallel.to_host({"params": state.params,
+                                                  "batch_stats": state.batch_stats}))
+  variables = jax.tree.map(lambda x: parallel.replicate(x, mesh), variables)
+  logging.info("encoder initialised from %s", path)
+  return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
 
 
 def _make_train_iterator(config, train_source):

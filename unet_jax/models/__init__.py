@@ -3,9 +3,10 @@
 import jax.numpy as jnp
 
 from unet_jax.errors import ConfigError
+from unet_jax.models.resnet_unet import ResNetUNet
 from unet_jax.models.unet import UNet, tiny_unet
 
-__all__ = ["UNet", "tiny_unet", "from_config"]
+__all__ = ["UNet", "ResNetUNet", "tiny_unet", "from_config"]
 
 _CHOICES = {
     "norm": ("batch", "none"),
@@ -15,9 +16,16 @@ _CHOICES = {
 }
 
 
-def from_config(config) -> UNet:
-  """The UNet described by `config.model` with `config.num_classes` outputs."""
+def from_config(config):
+  """The model described by `config.model` with `config.num_classes` outputs."""
   model_config = config.model
+  arch = model_config.get("arch", "unet")
+  if arch in ("resnet18_unet", "resnet34_unet"):
+    return ResNetUNet(num_classes=config.num_classes, arch=arch.removesuffix("_unet"),
+                      dtype=jnp.dtype(model_config.dtype))
+  if arch != "unet":
+    raise ConfigError(f"model.arch={arch!r} is not one of unet, resnet18_unet, resnet34_unet; "
+                      "set --config.model.arch to one of them")
   for field, choices in _CHOICES.items():
     if model_config[field] not in choices:
       raise ConfigError(f"model.{field}={model_config[field]!r} is not one of {choices}; "

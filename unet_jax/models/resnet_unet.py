@@ -1,0 +1,94 @@
+"""U-Net with a ResNet-18/34 encoder (the fastai CamVid recipe's variant), NHWC.
+
+The encoder mirrors torchvision's ResNet layer for layer, so an ImageNet state_dict the user
+already has can be imported (models/torchvision_import.py); nothing is downloaded.
+"""
+
+import functools
+from typing import Literal
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from unet_jax.models.blocks import DoubleConv, Dtype, UpSample, he_normal
+
+STAGE_BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+STAGE_FEATURES = (64, 128, 256, 512)
+
+
+class BasicBlock(nn.Module):
+  """torchvision's BasicBlock: two 3x3 convs with BatchNorm, identity or 1x1 shortcut."""
+
+  features: int
+  stride: int = 1
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             epsilon=1e-5, dtype=self.dtype)
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=he_normal, dtype=self.dtype)
+    y = conv(self.features, (3, 3), (self.stride, self.stride), padding=((1, 1), (1, 1)),
+             name="conv1")(x)
+    y = nn.relu(norm(name="bn1")(y))
+    y = conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
+    y = norm(name="bn2", scale_init=nn.initializers.zeros)(y)
+    if self.stride != 1 or x.shape[-1] != self.features:
+      x = conv(self.features, (1, 1), (self.stride, self.stride), name="downsample_conv")(x)
+      x = norm(name="downsample_bn")(x)
+    return nn.relu(x + y)
+
+
+class ResNetEncoder(nn.Module):
+  """Returns the feature maps at strides 2, 4, 8, 16 and 32."""
+
+  arch: Literal["resnet18", "resnet34"] = "resnet34"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.Conv(64, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
+                kernel_init=he_normal, dtype=self.dtype, name="conv1")(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                     dtype=self.dtype, name="bn1")(x)
+    stem = nn.relu(x)
+    x = nn.max_pool(stem, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    features = [stem]
+    for stage, (blocks, width) in enumerate(zip(STAGE_BLOCKS[self.arch], STAGE_FEATURES)):
+      for block in range(blocks):
+        stride = 2 if stage > 0 and block == 0 else 1
+        x = BasicBlock(width, stride, self.dtype, name=f"layer{stage + 1}_{block}")(x, train)
+      features.append(x)
+    return features
+
+
+class ResNetUNet(nn.Module):
+  """ResNet encoder + U-Net decoder (transposed-conv up, concatenated skips, double convs).
+
+  Input sizes not divisible by 32 are reflect-padded and the logits cropped back; logits
+  are float32 (N, H, W, num_classes).
+  """
+
+  num_classes: int = 1
+  arch: Literal["resnet18", "resnet34"] = "resnet34"
+  decoder_features: tuple[int, ...] = (256, 128, 64, 64, 32)
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    height, width = images.shape[1:3]
+    pad_h, pad_w = -height % 32, -width % 32
+    top, left = pad_h // 2, pad_w // 2
+    x = jnp.pad(images.astype(self.dtype),
+                ((0, 0), (top, pad_h - top), (left, pad_w - left), (0, 0)), mode="reflect")
+    skips = ResNetEncoder(self.arch, self.dtype, name="encoder")(x, train)
+    x = skips.pop()
+    skips.reverse()  # Strides 16, 8, 4, 2.
+    for level, features in enumerate(self.decoder_features):
+      x = UpSample(features, "transpose", self.dtype, name=f"up_{level}")(x)
+      if level < len(skips):
+        x = jnp.concatenate([skips[level], x], axis=-1)
+      x = DoubleConv(features, dtype=self.dtype, name=f"decoder_{level}")(x, train)
+    logits = nn.Conv(self.num_classes, (1, 1), dtype=jnp.float32, name="head")(
+        x.astype(jnp.float32))
+    return logits[:, top:top + height, left:left + width]
