@@ -71,12 +71,16 @@ def markdown(data) -> str:
       "",
       headline(data),
       "",
+      *([f"Note: {data['note']}", ""] if data.get("note") else []),
       f"- Device: {data['device']['name']} (`{data['device']['slug']}`, "
       f"{data['device']['cores']} usable cores); started {env['started_utc']}, "
       f"load average at start {', '.join(f'{x:.2f}' for x in env['loadavg_start'])}.",
       f"- Protocol: one process per variant; first step (incl. compile) reported apart; "
       f"{protocol['warmup_steps']} warm-up steps, then {protocol['repeats']} rounds of "
-      f"{protocol['timed_steps']} timed steps, variants interleaved (rotated each round).",
+      f"{protocol['timed_steps']} timed steps, variants interleaved (rotated each round)" +
+      ("." if protocol.get("meets_issue_minimum", True) else
+       " - **fewer timed steps than the standard protocol (20 x 3 on CPU, 100 x 3 on GPU)**, "
+       "see the JSON's `protocol`."),
       f"- Model FLOPs per image (train step): {flops['train_per_image'] / 1e9:.2f} GFLOP "
       f"({flops['formula']}); XLA cost analysis of the JAX fp32 step: "
       f"{_fmt(xla and xla / 1e9, '.2f')} GFLOP ({_fmt(flops['xla_to_formula'], '.3f')}x).",
