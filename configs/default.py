@@ -36,7 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Model: unet_jax.models.UNet.
   config.model = ml_collections.ConfigDict()
-  config.model.arch = "unet"  # unet | resnet18_unet | resnet34_unet (ResNet encoder).
+  # unet | resnet18_unet | resnet34_unet (ResNet encoder) | simple_encoder_decoder (no skips).
+  config.model.arch = "unet"
   config.model.pretrained = ""  # resnet*_unet: a torchvision ResNet state_dict file you have.
   config.model.features = 64  # Channels of the first level (doubles per level).
   config.model.depth = 4  # Poolings; 4 gives the classic 64 -> 1024 U-Net.
@@ -44,6 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.norm = "batch"  # batch | none.
   config.model.upsample = "transpose"  # transpose (2x2 up-conv) | bilinear (+ 1x1 conv).
   config.model.padding = "SAME"  # SAME | VALID (the paper's unpadded convs, cropped skips).
+  # VALID only: overlap_tile (mirror-pad the input so the output covers it) | resize_nearest |
+  # resize_bilinear (the raw, smaller output resized to the input, as pyimagesearch does).
+  config.model.valid_output = "overlap_tile"
   config.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay float32).
 
   # Loss and optimisation.

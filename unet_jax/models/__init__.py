@@ -4,15 +4,17 @@ import jax.numpy as jnp
 
 from unet_jax.errors import ConfigError
 from unet_jax.models.resnet_unet import ResNetUNet
+from unet_jax.models.simple import SimpleEncoderDecoder
 from unet_jax.models.unet import UNet, tiny_unet
 
-__all__ = ["UNet", "ResNetUNet", "tiny_unet", "from_config"]
+__all__ = ["UNet", "ResNetUNet", "SimpleEncoderDecoder", "tiny_unet", "from_config"]
 
 _CHOICES = {
     "norm": ("batch", "none"),
     "upsample": ("transpose", "bilinear"),
     "padding": ("SAME", "VALID"),
     "dtype": ("float32", "bfloat16", "float16"),
+    "valid_output": ("overlap_tile", "resize_nearest", "resize_bilinear"),
 }
 
 
@@ -23,11 +25,14 @@ def from_config(config):
   if arch in ("resnet18_unet", "resnet34_unet"):
     return ResNetUNet(num_classes=config.num_classes, arch=arch.removesuffix("_unet"),
                       dtype=jnp.dtype(model_config.dtype))
+  if arch == "simple_encoder_decoder":
+    return SimpleEncoderDecoder(num_classes=config.num_classes, features=model_config.features,
+                                depth=model_config.depth, dtype=jnp.dtype(model_config.dtype))
   if arch != "unet":
-    raise ConfigError(f"model.arch={arch!r} is not one of unet, resnet18_unet, resnet34_unet; "
-                      "set --config.model.arch to one of them")
+    raise ConfigError(f"model.arch={arch!r} is not one of unet, resnet18_unet, resnet34_unet, "
+                      "simple_encoder_decoder; set --config.model.arch to one of them")
   for field, choices in _CHOICES.items():
-    if model_config[field] not in choices:
+    if model_config.get(field, choices[0]) not in choices:
       raise ConfigError(f"model.{field}={model_config[field]!r} is not one of {choices}; "
                         f"set --config.model.{field} to one of them")
   dropout = model_config.dropout
@@ -37,4 +42,12 @@ def from_config(config):
   return UNet(num_classes=config.num_classes, features=model_config.features,
               depth=model_config.depth, dropout=dropout if isinstance(dropout, (int, float))
               else tuple(dropout), norm=model_config.norm, upsample=model_config.upsample,
-              padding=model_config.padding, dtype=jnp.dtype(model_config.dtype))
+              padding=model_config.padding, dtype=jnp.dtype(model_config.dtype),
+              **_valid_output(model_config.get("valid_output", "overlap_tile")))
+
+
+def _valid_output(choice: str) -> dict:
+  """UNet's VALID-output attributes for model.valid_output."""
+  if choice == "overlap_tile":
+    return {}
+  return {"overlap_tile": False, "resize_output": choice.removeprefix("resize_")}

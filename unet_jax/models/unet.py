@@ -4,6 +4,7 @@ import functools
 from typing import Literal, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from unet_jax.models.blocks import DoubleConv, Dtype, Padding, UpSample, center_crop, he_normal
@@ -57,6 +58,8 @@ class UNet(nn.Module):
     padding: 'SAME' or 'VALID' (the paper's unpadded convs with centre-cropped skips).
     overlap_tile: VALID only; mirror-pad the input (the paper's overlap-tile strategy) so the
       output covers the input exactly. If False, return the raw smaller VALID output.
+    resize_output: VALID with overlap_tile=False only; '' keeps the raw output, 'nearest' or
+      'bilinear' resizes the raw logits to the input size (pyimagesearch's F.interpolate).
     dtype: compute dtype (e.g. bfloat16); param_dtype: parameter dtype (float32).
   """
 
@@ -68,6 +71,7 @@ class UNet(nn.Module):
   upsample: Literal["transpose", "bilinear"] = "transpose"
   padding: Padding = "SAME"
   overlap_tile: bool = True
+  resize_output: Literal["", "nearest", "bilinear"] = ""
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -76,6 +80,10 @@ class UNet(nn.Module):
     height, width = images.shape[1:3]
     x, crop = self._pad_input(images.astype(self.dtype))
     x = self._unet(x, train)
+    if self.resize_output:
+      if self.padding != "VALID" or self.overlap_tile:
+        raise ValueError("resize_output needs padding='VALID' and overlap_tile=False")
+      return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), self.resize_output)
     if crop is not None:
       top, left = crop
       x = x[:, top:top + height, left:left + width]
