@@ -53,3 +53,13 @@ def test_demo_config_reaches_validation_dice_of_0_90(tmp_path):
   """The README's demo command, as configured (about 1.5 minutes on 2 cores)."""
   scores = train.train_and_evaluate(synthetic_config.get_config(), tmp_path)
   assert scores["dice"] >= 0.90
+
+
+def test_boundary_weight_map_reaches_the_train_step(tmp_path):
+  """With weight_map on, the batch carries per-pixel weights > 1 near shape borders."""
+  config = tiny_config(weight_map=True, num_train_steps=2, eval_every_steps=2)
+  transform = train._train_transform(config)  # pylint: disable=protected-access
+  element = transform(train.data.load_split(config, "train")[0], np.random.default_rng(0))
+  assert element["weight"].shape == (16, 16) and element["weight"].max() > 1.0
+  scores = train.train_and_evaluate(config, tmp_path)
+  assert np.isfinite(scores["loss"])

@@ -12,8 +12,9 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from unet_jax import checkpoints, data, models, optim, parallel, plots, resilience, steps
-from unet_jax.data import augment, pipeline
+from unet_jax import (checkpoints, data, losses, models, optim, parallel, plots, resilience,
+                      steps)
+from unet_jax.data import augment, pipeline, window
 from unet_jax.models import torchvision_import
 from unet_jax.errors import ConfigError, NonFiniteError, WorkdirError
 from unet_jax.metrics import scores_from_sums
@@ -109,11 +110,32 @@ def _with_pretrained_encoder(state, path, mesh):
   return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
 
 
+def _train_transform(config):
+  """Augmentation, then the paper's boundary weight map if asked: (element, rng) -> element."""
+  augment_fn = augment.make_augment(config.augment)
+  weight_map = losses.weight_map_transform(config)
+  if weight_map is None:
+    return augment_fn
+
+  def transform(element, rng):
+    return weight_map(augment_fn(element, rng) if augment_fn else element)
+
+  return transform
+
+
 def _make_train_iterator(config, train_source):
   return iter(pipeline.train_dataset(
       train_source, global_batch_size=config.batch_size, seed=config.seed,
-      augment=augment.make_augment(config.augment), shard=parallel.process_shard(),
+      augment=_train_transform(config), shard=parallel.process_shard(),
       num_workers=config.num_workers, prefetch=config.prefetch))
+
+
+def _validation_source(config):
+  """The val split; where training padded smaller images (TGS 101 -> 128), scored only on
+  the stored pixels, as Kaggle scores them."""
+  source = data.load_split(config, "val")
+  scored_window = window.native_window(source, config)
+  return window.CentreWindow(source, scored_window) if scored_window else source
 
 
 class TrainLogger:
@@ -246,7 +268,7 @@ def _setup(config, workdir):
   workdir = prepare_workdir(workdir)
   resilience.claim_workdir(workdir, config)
   train_source = data.load_split(config, "train")
-  val_source = data.load_split(config, "val")
+  val_source = _validation_source(config)
   _, state = _initial_state(config, mesh, train_source)
   train_iterator = _make_train_iterator(config, train_source)
   _, eval_step, predict = steps.jit_steps(config)
