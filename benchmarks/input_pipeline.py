@@ -223,13 +223,18 @@ def run(args) -> dict:
   return report
 
 
+def _loads(values) -> str:
+  return " ".join(f"{v:.1f}" for v in values)
+
+
 def markdown(report: dict) -> str:
   lines = [
       "# Input pipeline: grain vs seed-style PyTorch DataLoader",
       "",
       f"- Device: {report['device']['name']} (`{report['device']['slug']}`), "
       f"{report['cores']} cores used by both loaders.",
-      f"- Load average at start / end: {report['loadavg_start']} / {report['loadavg_end']} "
+      f"- Load average at start / end: {_loads(report['loadavg_start'])} / "
+      f"{_loads(report['loadavg_end'])} "
       "(other jobs share this machine; each number is the best of "
       f"{report['repeats']} alternating runs of {report['seconds_per_run']} s).",
       "- grain: prepared array_record (Carvana 256x384 JPEG q95 cache, TGS native PNG padded to "
