@@ -3,6 +3,7 @@
 import pathlib
 
 import numpy as np
+from absl import logging as absl_logging
 import tensorflow_datasets as tfds
 
 from unet_jax.data import builders, camvid, carvana, imaging, tgs_salt
@@ -21,8 +22,14 @@ def prepare_command(dataset: str, data_dir, resolution: str = "native") -> str:
 def prepared_builder(dataset: str, resolution: str, data_dir):
   """The TFDS builder of a prepared dataset, or a MissingDataError giving the prepare command."""
   data_path = pathlib.Path(data_dir).expanduser()
-  builder = builders.make_builder(BUILDERS[dataset], resolution, data_path)
-  if not builder.is_prepared():
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS warns of a missing variant folder.
+  try:
+    builder = builders.make_builder(BUILDERS[dataset], resolution, data_path)
+    prepared = builder.is_prepared()
+  finally:
+    absl_logging.set_verbosity(verbosity)
+  if not prepared:
     raise MissingDataError(
         f"{dataset} ({resolution}) is not prepared in {builder.data_path}; put the original "
         f"download in ~/Downloads/{dataset} and run: "
