@@ -78,7 +78,11 @@ class Worker:
     if not self.conn.poll(timeout):
       self.error = f"no first step within {timeout:.0f} s"
       return
-    status, payload = self.conn.recv()
+    try:
+      status, payload = self.conn.recv()
+    except EOFError:
+      self.process.join(timeout=10)
+      status, payload = "error", f"worker died (exit code {self.process.exitcode})"
     if status == "ready":
       self.info = payload
     else:

@@ -7,6 +7,8 @@ sigmoid BCE-with-logits averaged over pixels, backward, Adam(lr=1e-3, eps=1e-8).
 """
 
 import os
+import shutil
+import tempfile
 import time
 import traceback
 
@@ -179,8 +181,15 @@ def _build(name: str, spec):
   return build_torch(spec, **options)
 
 
+def _remove_inductor_cache():
+  if "unet-jax-inductor-" in os.environ.get("TORCHINDUCTOR_CACHE_DIR", ""):
+    shutil.rmtree(os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
+
+
 def worker(conn, name: str, spec) -> None:
   """Builds one variant, reports its first step, then answers ('run', n) / ('peak',) / ('stop',)."""
+  if VARIANTS[name][2].get("compile"):  # A cold compile: no inductor cache from earlier runs.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="unet-jax-inductor-")
   try:
     if VARIANTS[name][0] == "jax":
       import jax  # pylint: disable=import-outside-toplevel,unused-import
@@ -195,6 +204,7 @@ def worker(conn, name: str, spec) -> None:
     info["pid"] = os.getpid()
     conn.send(("ready", info))
   except Exception:  # pylint: disable=broad-except
+    _remove_inductor_cache()
     conn.send(("error", traceback.format_exc(limit=8)))
     return
   while True:
@@ -212,6 +222,7 @@ def worker(conn, name: str, spec) -> None:
           peak = (_rss_mib("VmHWM") - baseline, "process peak RSS minus RSS after imports")
         conn.send(("ok", peak))
       elif command == "stop":
+        _remove_inductor_cache()
         conn.send(("ok", None))
         return
     except Exception:  # pylint: disable=broad-except
