@@ -138,6 +138,8 @@ def readme_block(results: pathlib.Path = RESULTS) -> str:
   blocks = []
   for path in sorted(results.glob("*/*.json")):
     data = json.loads(path.read_text())
+    if not {"config", "results", "summary"} <= data.keys():  # Another benchmark's report.
+      continue
     blocks += [f"#### {data['device']['name']} (`{data['device']['slug']}`) - "
                f"{_preset_line(data)}", "", table(data), "", headline(data) +
                f"; {data['flops']['train_per_image'] / 1e9:.2f} GFLOP/image; "
