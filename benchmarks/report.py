@@ -115,8 +115,10 @@ def bar_chart(data, path: pathlib.Path) -> None:
   ratio = data["summary"]["ratio_jax_to_best_torch"]
   axis.set_title(f"{data['preset']} train step on {data['device']['name']}\n"
                  f"JAX / best PyTorch = {_fmt(ratio, '.2f')}x", fontsize=10)
-  for index, median in enumerate(medians):
-    axis.text(median, index, f" {median:.1f}", va="center", ha="left", fontsize=8)
+  for index, (median, result) in enumerate(zip(medians, done)):
+    axis.text(result["img_per_s"]["max"], index, f"  {median:.3g}", va="center", ha="left",
+              fontsize=8)
+  axis.set_xlim(0, 1.15 * max(r["img_per_s"]["max"] for r in done))
   figure.tight_layout()
   figure.savefig(path, dpi=110)
   plt.close(figure)
