@@ -16,6 +16,9 @@ VARIANTS = {
     # name: (framework, label, options)
     "jax_fp32": ("jax", "JAX fp32", {"bf16": False}),
     "jax_bf16": ("jax", "JAX bf16 compute", {"bf16": True}),
+    # The same fp32 model with the up-convolutions as nn.ConvTranspose (the pre-issue-6 path).
+    "jax_fp32_convtranspose": ("jax", "JAX fp32, ConvTranspose up-conv",
+                               {"bf16": False, "upsample_impl": "conv_transpose"}),
     "torch_eager_nchw": ("torch", "PyTorch eager NCHW fp32", {}),
     "torch_eager_cl": ("torch", "PyTorch eager channels_last fp32", {"channels_last": True}),
     "torch_autocast_bf16_cl": ("torch", "PyTorch autocast bf16 channels_last",
@@ -49,7 +52,7 @@ def _model_kwargs(spec):
   return {key: spec[key] for key in keys}
 
 
-def build_jax(spec, bf16: bool):
+def build_jax(spec, bf16: bool, upsample_impl: str = "matmul"):
   """The project's own train step (unet_jax.steps.train_step), jitted with donation."""
   import functools  # pylint: disable=import-outside-toplevel
   import jax
@@ -59,7 +62,7 @@ def build_jax(spec, bf16: bool):
   from unet_jax.models import UNet
 
   model = UNet(num_classes=1, dtype=jnp.bfloat16 if bf16 else jnp.float32,
-               **_model_kwargs(spec))
+               upsample_impl=upsample_impl, **_model_kwargs(spec))
   images, masks = _batch(spec)
   batch = jax.device_put({"image": images, "mask": masks})
   state = steps.create_train_state(model, optax.adam(LEARNING_RATE, eps=1e-8), images,

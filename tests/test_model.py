@@ -103,3 +103,19 @@ def test_upsample_modes_and_dropout_train_and_run(upsample):
 def test_wrong_number_of_dropout_rates_is_rejected():
   with pytest.raises(ValueError, match="needs 3 per-level rates"):
     tiny_unet(dropout=(0.1, 0.2)).init(jax.random.key(0), jnp.ones((1, 16, 16, 1)))
+
+
+def test_matmul_up_convolution_equals_conv_transpose_in_value_and_gradients():
+  from unet_jax.models.blocks import UpSample  # pylint: disable=import-outside-toplevel
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 7, 6)), jnp.float32)
+  fast, reference = UpSample(4, impl="matmul"), UpSample(4, impl="conv_transpose")
+  params = reference.init(jax.random.key(1), x)
+  params = jax.tree.map(lambda p: p + 0.1, params)  # A non-zero bias too.
+  assert jax.tree.structure(fast.init(jax.random.key(1), x)) == jax.tree.structure(params)
+  np.testing.assert_allclose(fast.apply(params, x), reference.apply(params, x), rtol=1e-5,
+                             atol=1e-6)
+  loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
+  grads_fast = jax.grad(loss(fast), argnums=(0, 1))(params, x)
+  grads_reference = jax.grad(loss(reference), argnums=(0, 1))(params, x)
+  for a, b in zip(jax.tree.leaves(grads_fast), jax.tree.leaves(grads_reference)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -50,10 +50,37 @@ class DoubleConv(nn.Module):
     return x
 
 
+class UpConv2x2(nn.Module):
+  """2x2 stride-2 transposed conv computed as one matmul to 4 * features + depth-to-space.
+
+  The same math and parameters (kernel HWIO (2, 2, C, F), bias (F,)) as
+  nn.ConvTranspose(F, (2, 2), strides=(2, 2), padding='VALID'): the 2x2 windows do not
+  overlap, so each output pixel is one input pixel times one kernel tap. XLA:CPU runs this
+  matmul (and its gradients) far faster than a transposed convolution's weight gradient.
+  """
+
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", he_normal, (2, 2, x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+    # nn.ConvTranspose does not flip its kernel: output tap (a, b) uses kernel[1-a, 1-b].
+    kernel = jnp.flip(kernel, (0, 1)).astype(self.dtype)
+    y = jnp.einsum("nhwc,abcf->nhawbf", x.astype(self.dtype), kernel)
+    n, h, _, w, _, f = y.shape
+    return y.reshape(n, 2 * h, 2 * w, f) + bias.astype(self.dtype)
+
+
 class UpSample(nn.Module):
   """Doubles H and W and sets the channel count to `features`.
 
-  'transpose': 2x2 stride-2 transposed conv (the paper's "up-convolution").
+  'transpose': 2x2 stride-2 transposed conv (the paper's "up-convolution"), computed by
+    UpConv2x2 (impl 'matmul', default) or nn.ConvTranspose (impl 'conv_transpose'): same
+    parameters, same outputs; the choice is speed only.
   'bilinear': bilinear resize (half-pixel centres, torch align_corners=False) + 1x1 conv.
   """
 
@@ -61,13 +88,16 @@ class UpSample(nn.Module):
   mode: Literal["transpose", "bilinear"] = "transpose"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  impl: Literal["matmul", "conv_transpose"] = "matmul"
 
   @nn.compact
   def __call__(self, x):
     if self.mode == "transpose":
+      if self.impl == "matmul":
+        return UpConv2x2(self.features, self.dtype, self.param_dtype, name="ConvTranspose_0")(x)
       return nn.ConvTranspose(self.features, (2, 2), strides=(2, 2), padding="VALID",
                               kernel_init=he_normal, dtype=self.dtype,
-                              param_dtype=self.param_dtype)(x)
+                              param_dtype=self.param_dtype, name="ConvTranspose_0")(x)
     if self.mode == "bilinear":
       n, h, w, c = x.shape
       x = jax.image.resize(x, (n, 2 * h, 2 * w, c), method="bilinear")

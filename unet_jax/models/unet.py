@@ -61,6 +61,8 @@ class UNet(nn.Module):
     resize_output: VALID with overlap_tile=False only; '' keeps the raw output, 'nearest' or
       'bilinear' resizes the raw logits to the input size (pyimagesearch's F.interpolate).
     dtype: compute dtype (e.g. bfloat16); param_dtype: parameter dtype (float32).
+    upsample_impl: how 'transpose' is computed: 'matmul' (fast on CPU) or 'conv_transpose';
+      identical parameters and outputs.
   """
 
   num_classes: int = 1
@@ -74,6 +76,7 @@ class UNet(nn.Module):
   resize_output: Literal["", "nearest", "bilinear"] = ""
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  upsample_impl: Literal["matmul", "conv_transpose"] = "matmul"
 
   @nn.compact
   def __call__(self, images, train: bool = False):
@@ -135,7 +138,8 @@ class UNet(nn.Module):
     x = nn.Dropout(dropout[self.depth], deterministic=not train)(x)
     for level in reversed(range(self.depth)):
       features = self.features * 2**level
-      x = UpSample(features, self.upsample, self.dtype, self.param_dtype, name=f"up_{level}")(x)
+      x = UpSample(features, self.upsample, self.dtype, self.param_dtype, self.upsample_impl,
+                   name=f"up_{level}")(x)
       skip = center_crop(skips[level], x.shape[1], x.shape[2])
       x = jnp.concatenate([skip, x], axis=-1)
       x = conv(features, name=f"decoder_{level}")(x, train)
