@@ -17,7 +17,7 @@ Train:
 Differences: images are resized to 256x384 when prepared (fastai random-crops); the SegNet
 11-class CamVid (367 train images) replaces fastai's 32-class one; batch 8 is our choice.
 12 epochs = epochs_to_steps(12, 367, 8) = 551 steps; validation once per epoch (46 steps).
-Our result: see README "Recipes" (not run to completion yet).
+Our result: not run yet (pixel accuracy to be measured on a full CamVid run).
 """
 
 from configs import default

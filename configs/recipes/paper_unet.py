@@ -17,7 +17,7 @@ The paper gives no learning rate; 0.01 is our choice. 20 epochs of the 3200 trai
 (Kaggle's 4000, 20% held out) = epochs_to_steps(20, 3200, 32) = 2000 steps.
 Boundary weight map (eq. 2, w0 = 10, sigma = 5): --config.weight_map=True; it takes effect
 only where the training pipeline applies losses.weight_map_transform.
-Our result: see README "Recipes".
+Our result: not run yet.
 """
 
 from configs import default

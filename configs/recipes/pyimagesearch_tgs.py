@@ -4,7 +4,7 @@ Tutorial ("U-Net: Training Image Segmentation Models in PyTorch"): encoder chann
 (16, 32, 64), two unpadded 3x3 conv + ReLU per block, 2x2 max pool, 2x2 transposed convs,
 cropped skips, the 88x88 output resized back to 128x128 (F.interpolate, nearest), BCE with
 logits, Adam 1e-3, 40 epochs, batch 64, 15% test split, threshold 0.5. The tutorial shows
-loss curves and predicted masks; it reports no accuracy or IoU number.
+train/test BCE curves and predicted masks; no reported score is recorded here to compare.
 Prepare (TGS, stored resized to 128x128 as the tutorial's cv2.resize does):
   python -m unet_jax.data.prepare --dataset tgs --manual_dir ~/Downloads/tgs \\
       --data_dir ~/tensorflow_datasets --resolution 128x128
@@ -14,7 +14,10 @@ Train:
 Differences: the held-out split is our TGS builder's fixed 20% (by SHA-1 of the id), not a
 random 15%; the resize is jax.image.resize 'nearest' (half-pixel centres), not torch's
 index rule. 40 epochs of 3200 train ids = epochs_to_steps(40, 3200, 64) = 2000 steps.
-Our result: see README "Recipes".
+Our result, a short CPU run only: the 1000-image TGS sample prepared at 128x128 (800 train,
+200 val), 10 of the 40 epochs (125 steps of batch 64; stopped by SIGTERM at step 51 and
+resumed): val pixel accuracy 0.871, Dice 0.630, IoU 0.460, BCE 0.356, TGS mAP 0.440
+(128x128 resized masks; 2-core shared AMD EPYC CPU, about 19 min wall).
 """
 
 from configs import default

@@ -8,7 +8,7 @@ Train:
   python -m unet_jax.main --config configs/recipes/pytorch_unet.py --workdir runs/pytorch_unet
 Adam 1e-4 and BCE + Dice are our choices (milesial trains with RMSprop). 2000 generated
 images, batch 16, 10 epochs = epochs_to_steps(10, 2000, 16) = 1250 steps.
-Our result: see README "Recipes".
+Our result: not run yet.
 """
 
 from configs import default
