@@ -44,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dropout = 0.0  # One rate, or depth + 1 per-level rates (bottleneck last).
   config.model.norm = "batch"  # batch | none.
   config.model.upsample = "transpose"  # transpose (2x2 up-conv) | bilinear (+ 1x1 conv).
+  config.model.upsample_impl = "matmul"  # transpose via matmul (fast) | conv_transpose; same math.
   config.model.padding = "SAME"  # SAME | VALID (the paper's unpadded convs, cropped skips).
   # VALID only: overlap_tile (mirror-pad the input so the output covers it) | resize_nearest |
   # resize_bilinear (the raw, smaller output resized to the input, as pyimagesearch does).

@@ -177,3 +177,11 @@ def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "early stopping at step 8" in proc.stderr
   assert _checkpoint_steps(tmp_path)[-1] == 8
+
+
+def test_fields_added_since_a_run_do_not_block_its_resumption():
+  saved = {"model": {"features": 4}, "loss": "bce"}
+  current = {"model": {"features": 4, "upsample_impl": "matmul"}, "loss": "bce"}
+  assert resilience.config_differences(saved, current) == []
+  current["model"]["features"] = 8
+  assert resilience.config_differences(saved, current) == ["model.features (4 -> 8)"]

@@ -32,9 +32,13 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-  """`key (saved -> current)` for every field that differs, resumable fields excepted."""
+  """`key (saved -> current)` for every field that differs, resumable fields excepted.
+
+  A field absent from the saved config did not exist when that run started (the package
+  gained it since) and is not a difference.
+  """
   saved, current = _flatten(saved), _flatten(current)
-  keys = sorted((saved.keys() | current.keys()) - RESUMABLE_FIELDS)
+  keys = sorted(saved.keys() - RESUMABLE_FIELDS)
   return [f"{k} ({saved.get(k, '<absent>')!r} -> {current.get(k, '<absent>')!r})"
           for k in keys if saved.get(k) != current.get(k)]
 

@@ -14,6 +14,7 @@ _CHOICES = {
     "upsample": ("transpose", "bilinear"),
     "padding": ("SAME", "VALID"),
     "dtype": ("float32", "bfloat16", "float16"),
+    "upsample_impl": ("matmul", "conv_transpose"),
     "valid_output": ("overlap_tile", "resize_nearest", "resize_bilinear"),
 }
 
@@ -43,6 +44,7 @@ def from_config(config):
               depth=model_config.depth, dropout=dropout if isinstance(dropout, (int, float))
               else tuple(dropout), norm=model_config.norm, upsample=model_config.upsample,
               padding=model_config.padding, dtype=jnp.dtype(model_config.dtype),
+              upsample_impl=model_config.get("upsample_impl", "matmul"),
               **_valid_output(model_config.get("valid_output", "overlap_tile")))
 
 
