@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.ignore_index = -1  # Label value left out of loss and metrics (CamVid void = 11); -1 none.
   config.num_workers = 0  # grain worker processes for decoding/augmenting (0 = threads only).
   config.prefetch = 4  # Host batches prefetched ahead of the train step.
+  config.cache_decoded_mb = 2048  # Decode a prepared split into RAM once if it fits (0 = never).
 
   # Synthetic shapes (dataset = 'synthetic').
   config.synthetic = ml_collections.ConfigDict()
@@ -45,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.norm = "batch"  # batch | none.
   config.model.upsample = "transpose"  # transpose (2x2 up-conv) | bilinear (+ 1x1 conv).
   config.model.upsample_impl = "matmul"  # transpose via matmul (fast) | conv_transpose; same math.
+  config.model.remat = False  # Recompute activations per level in backward (saves memory).
   config.model.padding = "SAME"  # SAME | VALID (the paper's unpadded convs, cropped skips).
   # VALID only: overlap_tile (mirror-pad the input so the output covers it) | resize_nearest |
   # resize_bilinear (the raw, smaller output resized to the input, as pyimagesearch does).

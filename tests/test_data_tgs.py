@@ -182,3 +182,19 @@ def test_cli_reports_one_line_and_exits_nonzero(tmp_path):
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("error: tgs: manual_dir") and "missing" in last
   assert "Traceback" not in proc.stderr
+
+
+def test_split_decoded_into_memory_equals_decoding_each_read(full_data_dir):
+  config = tgs_config.get_config()
+  config.data_dir = str(full_data_dir)
+  cached = data.load_split(config, "val")  # 200 x 2 x 128 x 128 bytes: within the budget.
+  config.cache_decoded_mb = 0
+  decoded = data.load_split(config, "val")
+  assert isinstance(cached, sources.InMemorySource)
+  assert isinstance(decoded, sources.PreparedSource)
+  assert len(cached) == len(decoded) == 200
+  for i in range(len(decoded)):
+    a, b = cached[i], decoded[i]
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])

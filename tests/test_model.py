@@ -119,3 +119,24 @@ def test_matmul_up_convolution_equals_conv_transpose_in_value_and_gradients():
   grads_reference = jax.grad(loss(reference), argnums=(0, 1))(params, x)
   for a, b in zip(jax.tree.leaves(grads_fast), jax.tree.leaves(grads_reference)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_remat_gives_the_same_loss_and_gradients():
+  images = jnp.asarray(np.random.default_rng(3).normal(size=(2, 16, 16, 1)), jnp.float32)
+  plain, remat = tiny_unet(num_classes=1), tiny_unet(num_classes=1, remat=True)
+  variables = plain.init(jax.random.key(0), images)
+  assert jax.tree.structure(remat.init(jax.random.key(0), images)) == jax.tree.structure(
+      variables)
+
+  def loss(model):
+    def f(params):
+      out, _ = model.apply({**variables, "params": params}, images, train=True,
+                           mutable=["batch_stats"])
+      return jnp.mean(out**2)
+    return f
+
+  (value_a, grads_a) = jax.value_and_grad(loss(plain))(variables["params"])
+  (value_b, grads_b) = jax.value_and_grad(loss(remat))(variables["params"])
+  np.testing.assert_allclose(value_a, value_b, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -45,6 +45,7 @@ def from_config(config):
               else tuple(dropout), norm=model_config.norm, upsample=model_config.upsample,
               padding=model_config.padding, dtype=jnp.dtype(model_config.dtype),
               upsample_impl=model_config.get("upsample_impl", "matmul"),
+              remat=model_config.get("remat", False),
               **_valid_output(model_config.get("valid_output", "overlap_tile")))
 
 
