@@ -7,6 +7,7 @@ Prepare once (SegNet layout: train/, trainannot/, val/, valannot/[, test/, testa
       --data_dir ~/tensorflow_datasets
 Train:
   python -m unet_jax.main --config configs/camvid.py --workdir runs/camvid
+Result: not run yet on the full download (its schedule wants a GPU).
 """
 
 from configs import default

@@ -8,6 +8,7 @@ Train:
 Other resolutions: prepare with e.g. --resolution 640x960, then train with
   --config.image_size='(640, 960)' (data_resolution '' reads the prepared size = image_size).
 Augmentation follows the Keras Carvana recipe: flips, rotation 0.01 turn (3.6 deg), contrast 0.2.
+Result: not run yet on the full download (its schedule wants a GPU).
 """
 
 from configs import default

@@ -6,6 +6,9 @@ Prepare once (the Kaggle train.zip, or train/images + train/masks, and depths.cs
 Train:
   python -m unet_jax.main --config configs/tgs.py --workdir runs/tgs
 Validation is 20% of the ids (by SHA-1 of the id); predictions crop the centre 101x101 back.
+Result: not yet run at this full schedule. On the 1000-image sample, 300 steps with
+--config.model.features=8 --config.model.depth=3 reached a TGS score of 0.531 on the 200
+validation ids (evaluate, 101x101 pixels; 0.549 with flip TTA), on a 2-core CPU.
 """
 
 from configs import default
