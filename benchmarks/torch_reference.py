@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from flax import traverse_util
 from torch import nn
 
-from unet_jax.models.unet import _levels, is_valid_input_size, smallest_valid_input, valid_shrink
+from unet_jax.models.unet import _levels, input_padding
 
 
 class ConvBNReLU(nn.Module):
@@ -130,29 +130,12 @@ class UNet(nn.Module):
     return x
 
   def _pad_input(self, x):
-    """Mirror of UNet._pad_input: reflect padding and the crop that undoes it."""
-    height, width = x.shape[2:]
-    if self.padding == "SAME":
-      multiple = 2**self.depth
-      pad_h, pad_w = -height % multiple, -width % multiple
-      if not pad_h and not pad_w:
-        return x, None
-      top, left = pad_h // 2, pad_w // 2
-      return reflect_pad(x, top, pad_h - top, left, pad_w - left), (top, left)
-    shrink = valid_shrink(self.depth)
-    if not self.overlap_tile:
-      for size in (height, width):
-        if not is_valid_input_size(size, self.depth):
-          raise ValueError(f"VALID U-Net of depth {self.depth} cannot take size {size}")
-      return x, None
-    pads = []
-    for size in (height, width):
-      padded = smallest_valid_input(size, self.depth)
-      before = shrink // 2 + (padded - shrink - size) // 2
-      pads.append((before, padded - size - before))
-    x = reflect_pad(x, *pads[0], *pads[1])
-    out_h, out_w = x.shape[2] - shrink, x.shape[3] - shrink
-    return x, ((out_h - height) // 2, (out_w - width) // 2)
+    """Mirror of UNet._pad_input (the same input_padding): reflect padding and its crop."""
+    pads, crop = input_padding(x.shape[2], x.shape[3], self.depth, self.padding,
+                               self.overlap_tile)
+    if pads is not None:
+      x = reflect_pad(x, *pads[0], *pads[1])
+    return x, crop
 
   def _unet(self, x):
     skips = []

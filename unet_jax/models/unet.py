@@ -34,6 +34,41 @@ def smallest_valid_input(output_size: int, depth: int) -> int:
   return size
 
 
+def input_padding(height: int, width: int, depth: int, padding: Padding, overlap_tile: bool):
+  """The reflect padding ((top, bottom), (left, right)) a U-Net applies to an input of this
+  size and the (top, left) offset of the output crop that undoes it; (None, None) if none.
+
+  SAME: up to the next multiple of 2**depth. VALID with overlap_tile: the paper's mirrored
+  context, so the valid output covers the input. One function for the model and its PyTorch
+  twin in benchmarks/.
+  """
+  if padding == "SAME":
+    multiple = 2**depth
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if not pad_h and not pad_w:
+      return None, None
+    top, left = pad_h // 2, pad_w // 2
+    return ((top, pad_h - top), (left, pad_w - left)), (top, left)
+  if padding != "VALID":
+    raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+  if not overlap_tile:
+    for size in (height, width):
+      if not is_valid_input_size(size, depth):
+        raise ValueError(
+            f"VALID U-Net of depth {depth} cannot take size {size}; the nearest that works is "
+            f"{smallest_valid_input(max(size - valid_shrink(depth), 1), depth)}"
+            " (or set overlap_tile=True)")
+    return None, None
+  pads, crop = [], []
+  for size in (height, width):
+    padded = smallest_valid_input(size, depth)
+    out = padded - valid_shrink(depth)
+    before = valid_shrink(depth) // 2 + (out - size) // 2
+    pads.append((before, padded - size - before))
+    crop.append((out - size) // 2)
+  return tuple(pads), tuple(crop)
+
+
 def _levels(value, depth: int) -> tuple[float, ...]:
   """Broadcasts a per-level setting to depth + 1 levels (the last is the bottleneck)."""
   if isinstance(value, (int, float)):
@@ -97,35 +132,11 @@ class UNet(nn.Module):
 
   def _pad_input(self, x):
     """Reflect-pads so every level divides evenly; returns the padded input and the crop."""
-    height, width = x.shape[1:3]
-    if self.padding == "SAME":
-      multiple = 2**self.depth
-      pad_h, pad_w = -height % multiple, -width % multiple
-      if not pad_h and not pad_w:
-        return x, None
-      top, left = pad_h // 2, pad_w // 2
-      x = jnp.pad(x, ((0, 0), (top, pad_h - top), (left, pad_w - left), (0, 0)), mode="reflect")
-      return x, (top, left)
-    if self.padding != "VALID":
-      raise ValueError(f"padding must be 'SAME' or 'VALID', got {self.padding!r}")
-    if not self.overlap_tile:
-      for size in (height, width):
-        if not is_valid_input_size(size, self.depth):
-          raise ValueError(
-              f"VALID U-Net of depth {self.depth} cannot take size {size}; the nearest that "
-              f"works is {smallest_valid_input(max(size - valid_shrink(self.depth), 1), self.depth)}"
-              " (or set overlap_tile=True)")
-      return x, None
-    pads = []
-    for size in (height, width):
-      padded = smallest_valid_input(size, self.depth)
-      out = padded - valid_shrink(self.depth)
-      before = valid_shrink(self.depth) // 2 + (out - size) // 2
-      pads.append((before, padded - size - before))
-    x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), mode="reflect")
-    out_h = x.shape[1] - valid_shrink(self.depth)
-    out_w = x.shape[2] - valid_shrink(self.depth)
-    return x, ((out_h - height) // 2, (out_w - width) // 2)
+    pads, crop = input_padding(x.shape[1], x.shape[2], self.depth, self.padding,
+                               self.overlap_tile)
+    if pads is not None:
+      x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), mode="reflect")
+    return x, crop
 
   def _unet(self, x, train: bool):
     dropout = _levels(self.dropout, self.depth)
