@@ -78,7 +78,11 @@ def _check_shapes(imported, expected, what: str, path: str = "encoder") -> None:
 
 def load_torchvision_resnet(path, variables: dict) -> dict:
   """`variables` of a ResNetUNet with its encoder replaced by the weights in `path`."""
-  import torch  # pylint: disable=import-outside-toplevel
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise UserError(f"reading the ResNet state_dict {path} needs PyTorch; install it "
+                    "(pip install torch) or leave --config.model.pretrained empty") from e
   try:
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
   except (OSError, RuntimeError) as e:
