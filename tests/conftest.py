@@ -67,3 +67,10 @@ def restore_saved_state(workdir, step: int) -> dict:
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored)
   return checkpointer.restore(state_dir, target)
+
+
+def metrics_by_step(workdir, split: str) -> dict:
+  """workdir/metrics.jsonl's records of one split ('train' or 'val'), keyed by step."""
+  from unet_jax import plots  # pylint: disable=import-outside-toplevel
+  return {r["step"]: r for r in plots.read_metrics(pathlib.Path(workdir) / "metrics.jsonl")
+          if r["split"] == split}

@@ -12,16 +12,7 @@ from tests.conftest import shared_data_dir
 from unet_jax import data
 from unet_jax.data import carvana, prepare
 from unet_jax.errors import MissingDataError, UserError
-
-try:
-  from unet_jax.rle import encode as rle_encode  # The prediction issue's codec.
-except ImportError:  # Not merged yet: the row-major Carvana encoder, enough for this check.
-
-  def rle_encode(mask, order="C"):
-    pixels = np.concatenate([[0], np.asarray(mask).ravel(order=order) != 0, [0]])
-    runs = np.flatnonzero(pixels[1:] != pixels[:-1]) + 1
-    runs[1::2] -= runs[::2]
-    return " ".join(map(str, runs))
+from unet_jax.rle import encode as rle_encode
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,11 @@ import sys
 import time
 
 import numpy as np
+from flax.traverse_util import flatten_dict
 import pytest
 
-from tests.conftest import REPO, restore_saved_state
-from unet_jax import plots
+from tests.conftest import REPO, metrics_by_step, restore_saved_state
+from unet_jax import inference
 
 HEARTBEAT_SECONDS = 10
 # A surviving process must be gone this long after its peer died (heartbeat + shutdown).
@@ -50,19 +51,8 @@ def _wait_all(procs, timeout=400):
   return [(p.returncode, err) for p, (_, err) in zip(procs, outputs)]
 
 
-def _records(workdir, split):
-  return {r["step"]: r for r in plots.read_metrics(workdir / "metrics.jsonl")
-          if r["split"] == split}
-
-
 def _state(workdir, step):
   return restore_saved_state(workdir, step)
-
-
-def _leaves(tree, prefix=""):
-  if isinstance(tree, dict):
-    return {k: v for key, sub in tree.items() for k, v in _leaves(sub, f"{prefix}/{key}").items()}
-  return {prefix: np.asarray(tree)}
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +75,12 @@ def test_two_processes_log_that_the_global_batch_spans_four_devices(runs):
 
 def test_loss_curve_and_parameters_match_one_process(runs):
   single, double, _ = runs
-  one, two = _records(single, "train"), _records(double, "train")
+  one, two = metrics_by_step(single, "train"), metrics_by_step(double, "train")
   assert sorted(one) == sorted(two) == list(range(1, 13))
   np.testing.assert_allclose([two[s]["loss"] for s in one], [one[s]["loss"] for s in one],
                              rtol=1e-4)
-  a, b = _leaves(_state(single, 12)["params"]), _leaves(_state(double, 12)["params"])
+  a = flatten_dict(_state(single, 12)["params"], sep="/")
+  b = flatten_dict(_state(double, 12)["params"], sep="/")
   assert a.keys() == b.keys()
   for key in a:
     np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-5, err_msg=key)
@@ -97,7 +88,7 @@ def test_loss_curve_and_parameters_match_one_process(runs):
 
 def test_evaluation_over_two_processes_equals_one_process(runs):
   single, double, _ = runs
-  one, two = _records(single, "val"), _records(double, "val")
+  one, two = metrics_by_step(single, "val"), metrics_by_step(double, "val")
   assert sorted(one) == sorted(two) == [4, 8, 12]
   for step in one:
     for name in ("dice", "iou", "pixel_accuracy", "loss"):
@@ -132,9 +123,9 @@ def test_killing_one_process_stops_the_other_and_both_resume(tmp_path):
   errors = [l for l in survivor_stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "lost contact with the other processes" in errors[0]
   assert time.time() - killed_at < EXIT_BOUND_SECONDS
-  latest = max(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  latest = max(inference.saved_steps(tmp_path))
   results = _wait_all(_launch_two(tmp_path, f"--config.num_train_steps={latest + 4}"))
   for code, err in results:
     assert code == 0, err[-3000:]
   assert f"resuming from the checkpoint of step {latest}" in results[0][1]
-  assert max(_records(tmp_path, "val")) == latest + 4
+  assert max(metrics_by_step(tmp_path, "val")) == latest + 4

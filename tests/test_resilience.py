@@ -9,10 +9,11 @@ import sys
 import time
 
 import numpy as np
+from flax.traverse_util import flatten_dict
 import pytest
 
-from tests.conftest import REPO, restore_saved_state
-from unet_jax import plots, resilience
+from tests.conftest import REPO, metrics_by_step, restore_saved_state
+from unet_jax import inference, plots, resilience
 
 
 def _command(workdir, *overrides):
@@ -29,31 +30,16 @@ def _train(workdir, *overrides, fault="") -> subprocess.CompletedProcess:
                         capture_output=True, text=True, timeout=300, check=False)
 
 
-def _checkpoint_steps(workdir) -> list[int]:
-  return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-
-
 def _params(workdir, step):
   state = restore_saved_state(workdir, step)
   return {"params": state["params"], "batch_stats": state["batch_stats"]}
 
 
 def _assert_trees_equal(a, b):
-  flat_a, flat_b = _leaves(a), _leaves(b)
+  flat_a, flat_b = flatten_dict(a, sep="/"), flatten_dict(b, sep="/")
   assert flat_a.keys() == flat_b.keys()
   for key in flat_a:
     np.testing.assert_array_equal(flat_a[key], flat_b[key], err_msg=key)
-
-
-def _leaves(tree, prefix=""):
-  if isinstance(tree, dict):
-    return {k: v for key, sub in tree.items() for k, v in _leaves(sub, f"{prefix}/{key}").items()}
-  return {prefix: np.asarray(tree)}
-
-
-def _train_records(workdir):
-  return {r["step"]: r for r in plots.read_metrics(workdir / "metrics.jsonl")
-          if r["split"] == "train"}
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +53,14 @@ def uninterrupted(tmp_path_factory):
 def test_kill_9_then_rerun_ends_bitwise_equal_with_the_same_batches(uninterrupted, tmp_path):
   killed = _train(tmp_path, fault="kill@10")
   assert killed.returncode == -signal.SIGKILL
-  resumed_from = max(_checkpoint_steps(tmp_path))
+  resumed_from = max(inference.saved_steps(tmp_path))
   assert resumed_from in (4, 8)  # The save of step 8 is asynchronous: either is complete.
   rerun = _train(tmp_path)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert f"resuming from the checkpoint of step {resumed_from}" in rerun.stderr
   # Bitwise on CPU: same programs, same data order, same dropout keys.
   _assert_trees_equal(_params(tmp_path, 12), _params(uninterrupted, 12))
-  reference, resumed = _train_records(uninterrupted), _train_records(tmp_path)
+  reference, resumed = metrics_by_step(uninterrupted, "train"), metrics_by_step(tmp_path, "train")
   assert sorted(resumed) == list(range(1, 13))  # No duplicate records from the killed run.
   for step in range(resumed_from + 1, 13):  # The batches after the resume: same content.
     assert resumed[step]["foreground_fraction"] == reference[step]["foreground_fraction"]
@@ -84,7 +70,7 @@ def test_kill_9_then_rerun_ends_bitwise_equal_with_the_same_batches(uninterrupte
 def test_kill_during_a_checkpoint_write_keeps_the_previous_one(uninterrupted, tmp_path):
   killed = _train(tmp_path, fault="kill_during_save@8")
   assert killed.returncode == -signal.SIGKILL
-  assert _checkpoint_steps(tmp_path) == [4]  # Step 8 was never completed and never appears.
+  assert inference.saved_steps(tmp_path) == [4]  # Step 8 was never completed and never appears.
   assert (tmp_path / "checkpoints" / "4" / "state").is_dir()
   rerun = _train(tmp_path)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -93,7 +79,7 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(uninterrupted, tm
 
 
 def _all_finite(tree) -> bool:
-  return all(np.isfinite(v).all() for v in _leaves(tree).values())
+  return all(np.isfinite(v).all() for v in flatten_dict(tree).values())
 
 
 def test_nan_with_policy_stop_names_the_step_and_keeps_checkpoints_finite(tmp_path):
@@ -101,7 +87,7 @@ def test_nan_with_policy_stop_names_the_step_and_keeps_checkpoints_finite(tmp_pa
   assert proc.returncode == 2
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "at step 6" in errors[0] and "step 4" in errors[0]
-  assert _checkpoint_steps(tmp_path) == [4]
+  assert inference.saved_steps(tmp_path) == [4]
   assert _all_finite(_params(tmp_path, 4))
 
 
@@ -109,12 +95,12 @@ def test_nan_with_policy_skip_skips_that_update_and_finishes(tmp_path):
   proc = _train(tmp_path, "--config.nan_policy=skip", fault="nan@6")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "the first at step 6 (nan_policy=skip)" in proc.stderr
-  records = _train_records(tmp_path)
+  records = metrics_by_step(tmp_path, "train")
   assert np.isnan(records[6]["loss"]) and records[12]["nonfinite_steps"] == 1
-  for step in _checkpoint_steps(tmp_path):
+  for step in inference.saved_steps(tmp_path):
     assert _all_finite(_params(tmp_path, step))
   best = json.loads((tmp_path / "best.json").read_text())
-  assert best["metric"] == "dice" and best["step"] in _checkpoint_steps(tmp_path)
+  assert best["metric"] == "dice" and best["step"] in inference.saved_steps(tmp_path)
 
 
 def test_sigterm_saves_exits_0_and_the_rerun_resumes(tmp_path):
@@ -129,11 +115,11 @@ def test_sigterm_saves_exits_0_and_the_rerun_resumes(tmp_path):
   line = next(l for l in stderr.splitlines() if "SIGTERM at step" in l)
   assert line.endswith("checkpoint saved; resume with the same command")
   stopped_at = int(line.split("SIGTERM at step ")[1].split(":")[0])
-  assert stopped_at in _checkpoint_steps(tmp_path)
+  assert stopped_at in inference.saved_steps(tmp_path)
   rerun = _train(tmp_path, f"--config.num_train_steps={stopped_at + 2}")
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert f"resuming from the checkpoint of step {stopped_at}" in rerun.stderr
-  assert max(_checkpoint_steps(tmp_path)) == stopped_at + 2
+  assert max(inference.saved_steps(tmp_path)) == stopped_at + 2
 
 
 def test_workdir_of_a_different_config_is_refused_and_left_alone(uninterrupted):
@@ -176,7 +162,7 @@ def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path):
                 "--config.early_stopping_metric=loss")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "early stopping at step 8" in proc.stderr
-  assert _checkpoint_steps(tmp_path)[-1] == 8
+  assert inference.saved_steps(tmp_path)[-1] == 8
 
 
 def test_fields_added_since_a_run_do_not_block_its_resumption():
