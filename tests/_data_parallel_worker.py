@@ -18,7 +18,7 @@ from unet_jax.data import pipeline
 def run(devices, config, num_steps: int):
   mesh = parallel.make_mesh(devices)
   source = data.load_split(config, "train")
-  _, state = train._initial_state(config, mesh, source)  # pylint: disable=protected-access
+  state = train._initial_state(config, mesh, source)  # pylint: disable=protected-access
   train_step, _, _ = steps.jit_steps(config)
   batches = iter(pipeline.train_dataset(source, global_batch_size=config.batch_size,
                                         seed=config.seed))

@@ -89,6 +89,7 @@ def save_prediction_grid(state, predict_fn, source, config, mesh, path) -> None:
 
 
 def _initial_state(config, mesh, train_source):
+  """The replicated initial TrainState (with an imported encoder when config asks)."""
   model = models.from_config(config)
   tx = optim.make_optimizer(config, config.num_train_steps)
   # The sample only gives shapes; as a closed-over constant it needs no cross-process input.
@@ -97,7 +98,7 @@ def _initial_state(config, mesh, train_source):
                   out_shardings=parallel.replicated(mesh))()
   if config.model.get("pretrained"):
     state = _with_pretrained_encoder(state, config.model.pretrained, mesh)
-  return model, state
+  return state
 
 
 def _with_pretrained_encoder(state, path, mesh):
@@ -192,6 +193,7 @@ class Run:
   val_source: object
   checkpoints: checkpoints.Checkpoints
   log: MetricsLog
+  train_step: object
   eval_step: object
   predict: object
   early_stopping: resilience.EarlyStopping
@@ -269,14 +271,15 @@ def _setup(config, workdir):
   resilience.claim_workdir(workdir, config)
   train_source = data.load_split(config, "train")
   val_source = _validation_source(config)
-  _, state = _initial_state(config, mesh, train_source)
+  state = _initial_state(config, mesh, train_source)
   train_iterator = _make_train_iterator(config, train_source)
-  _, eval_step, predict = steps.jit_steps(config)
+  train_step, eval_step, predict = steps.jit_steps(config)
   run = Run(config=config, workdir=workdir, mesh=mesh, val_source=val_source,
             checkpoints=checkpoints.Checkpoints(workdir, max_to_keep=config.max_checkpoints,
                                                 best_metric=config.best_metric,
                                                 best_mode=config.best_mode),
-            log=MetricsLog(workdir / "metrics.jsonl"), eval_step=eval_step, predict=predict,
+            log=MetricsLog(workdir / "metrics.jsonl"), train_step=train_step,
+            eval_step=eval_step, predict=predict,
             early_stopping=resilience.EarlyStopping(config.early_stopping_patience,
                                                     config.early_stopping_metric,
                                                     config.early_stopping_mode),
@@ -306,7 +309,6 @@ def _stop_requested(stop, step: int, log_every_steps: int) -> bool:
 
 def _train_loop(run: Run, state, train_iterator, start_step: int, stop) -> dict:
   config = run.config
-  train_step = steps.jit_steps(config)[0]
   scores = {}
   bar = tqdm(range(start_step + 1, config.num_train_steps + 1), initial=start_step,
              total=config.num_train_steps, desc="train", disable=jax.process_index() != 0,
@@ -316,7 +318,7 @@ def _train_loop(run: Run, state, train_iterator, start_step: int, stop) -> dict:
   for step in bar:
     if resilience.injected_fault("kill", step):
       resilience.die_now()
-    state, metrics = train_step(state, _next_batch(train_iterator, step, run.mesh))
+    state, metrics = run.train_step(state, _next_batch(train_iterator, step, run.mesh))
     if previous is not None and previous[0] % config.log_every_steps == 0:
       run.check_finite(logger.write(*previous))
     previous = (step, metrics)
