@@ -4,6 +4,8 @@ Each variant runs in its own spawned process so that its peak memory is its own 
 frameworks' thread pools never share an address space. Both sides time the same step on the
 same float batch: x / 127.5 - 1, the U-Net in train mode (BatchNorm batch statistics),
 sigmoid BCE-with-logits averaged over pixels, backward, Adam(lr=1e-3, eps=1e-8).
+Every variant runs with the host malloc settings of unet_jax.host_memory (the ones training
+uses), except the `*_glibc_malloc` controls, which keep glibc's defaults.
 """
 
 import os
@@ -12,6 +14,8 @@ import tempfile
 import time
 import traceback
 
+from unet_jax import host_memory
+
 VARIANTS = {
     # name: (framework, label, options)
     "jax_fp32": ("jax", "JAX fp32", {"bf16": False}),
@@ -19,12 +23,19 @@ VARIANTS = {
     # The same fp32 model with the up-convolutions as nn.ConvTranspose (the pre-issue-6 path).
     "jax_fp32_convtranspose": ("jax", "JAX fp32, ConvTranspose up-conv",
                                {"bf16": False, "upsample_impl": "conv_transpose"}),
+    # The same fp32 model with glibc's default malloc (the pre-host_memory path).
+    "jax_fp32_glibc_malloc": ("jax", "JAX fp32, glibc default malloc",
+                              {"bf16": False, "malloc": "system"}),
     "torch_eager_nchw": ("torch", "PyTorch eager NCHW fp32", {}),
     "torch_eager_cl": ("torch", "PyTorch eager channels_last fp32", {"channels_last": True}),
     "torch_autocast_bf16_cl": ("torch", "PyTorch autocast bf16 channels_last",
                                {"channels_last": True, "autocast": True}),
     "torch_compile": ("torch", "PyTorch torch.compile fp32 channels_last",
                       {"channels_last": True, "compile": True}),
+    "torch_autocast_bf16_cl_glibc_malloc": ("torch", "PyTorch autocast bf16 channels_last, "
+                                            "glibc default malloc",
+                                            {"channels_last": True, "autocast": True,
+                                             "malloc": "system"}),
 }
 LEARNING_RATE = 1e-3
 
@@ -177,6 +188,7 @@ def matmul_peak_gflops(framework: str, size: int = 2048, repeats: int = 8) -> di
 
 def _build(name: str, spec):
   framework, _, options = VARIANTS[name]
+  options = {key: value for key, value in options.items() if key != "malloc"}
   if framework == "jax":
     return build_jax(spec, **options)
   import torch  # pylint: disable=import-outside-toplevel
@@ -193,6 +205,8 @@ def worker(conn, name: str, spec) -> None:
   """Builds one variant, reports its first step, then answers ('run', n) / ('peak',) / ('stop',)."""
   if VARIANTS[name][2].get("compile"):  # A cold compile: no inductor cache from earlier runs.
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="unet-jax-inductor-")
+  if VARIANTS[name][2].get("malloc") != "system":  # Before any framework starts its threads.
+    host_memory.keep_freed_memory()
   try:
     if VARIANTS[name][0] == "jax":
       import jax  # pylint: disable=import-outside-toplevel,unused-import
