@@ -146,7 +146,7 @@ def _variant_result(worker, img_per_s, train_flops, peak, spec) -> dict:
   framework, label, options = variants.VARIANTS[worker.name]
   dtype = "bf16" if options.get("bf16") or options.get("autocast") else "fp32"
   result = {"variant": worker.name, "framework": framework, "label": label,
-            "compute_dtype": dtype, "host_malloc": options.get("malloc", "unet_jax"),
+            "compute_dtype": dtype, "host_malloc": options.get("malloc", "system"),
             "status": "ok" if worker.error is None else "failed"}
   if worker.error is not None:
     return {**result, "error": worker.error.strip().splitlines()[-1], "traceback": worker.error}

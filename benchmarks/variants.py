@@ -4,8 +4,8 @@ Each variant runs in its own spawned process so that its peak memory is its own 
 frameworks' thread pools never share an address space. Both sides time the same step on the
 same float batch: x / 127.5 - 1, the U-Net in train mode (BatchNorm batch statistics),
 sigmoid BCE-with-logits averaged over pixels, backward, Adam(lr=1e-3, eps=1e-8).
-Every variant runs with the host malloc settings of unet_jax.host_memory (the ones training
-uses), except the `*_glibc_malloc` controls, which keep glibc's defaults.
+Variants run with glibc's default malloc (training's default, config.host_malloc='system')
+except the `*_reuse_malloc` ones: unet_jax.host_memory's 'reuse' settings, for both frameworks.
 """
 
 import os
@@ -23,19 +23,21 @@ VARIANTS = {
     # The same fp32 model with the up-convolutions as nn.ConvTranspose (the pre-issue-6 path).
     "jax_fp32_convtranspose": ("jax", "JAX fp32, ConvTranspose up-conv",
                                {"bf16": False, "upsample_impl": "conv_transpose"}),
-    # The same fp32 model with glibc's default malloc (the pre-host_memory path).
-    "jax_fp32_glibc_malloc": ("jax", "JAX fp32, glibc default malloc",
-                              {"bf16": False, "malloc": "system"}),
+    # The same fp32 model with config.host_malloc='reuse'.
+    "jax_fp32_reuse_malloc": ("jax", "JAX fp32, host_malloc=reuse",
+                              {"bf16": False, "malloc": "reuse"}),
     "torch_eager_nchw": ("torch", "PyTorch eager NCHW fp32", {}),
     "torch_eager_cl": ("torch", "PyTorch eager channels_last fp32", {"channels_last": True}),
     "torch_autocast_bf16_cl": ("torch", "PyTorch autocast bf16 channels_last",
                                {"channels_last": True, "autocast": True}),
     "torch_compile": ("torch", "PyTorch torch.compile fp32 channels_last",
                       {"channels_last": True, "compile": True}),
-    "torch_autocast_bf16_cl_glibc_malloc": ("torch", "PyTorch autocast bf16 channels_last, "
-                                            "glibc default malloc",
+    "torch_eager_cl_reuse_malloc": ("torch", "PyTorch eager channels_last fp32, reuse malloc",
+                                    {"channels_last": True, "malloc": "reuse"}),
+    "torch_autocast_bf16_cl_reuse_malloc": ("torch", "PyTorch autocast bf16 channels_last, "
+                                            "reuse malloc",
                                             {"channels_last": True, "autocast": True,
-                                             "malloc": "system"}),
+                                             "malloc": "reuse"}),
 }
 LEARNING_RATE = 1e-3
 
@@ -205,8 +207,8 @@ def worker(conn, name: str, spec) -> None:
   """Builds one variant, reports its first step, then answers ('run', n) / ('peak',) / ('stop',)."""
   if VARIANTS[name][2].get("compile"):  # A cold compile: no inductor cache from earlier runs.
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="unet-jax-inductor-")
-  if VARIANTS[name][2].get("malloc") != "system":  # Before any framework starts its threads.
-    host_memory.keep_freed_memory()
+  # Before either framework starts its threads.
+  host_memory.configure(VARIANTS[name][2].get("malloc", "system"))
   try:
     if VARIANTS[name][0] == "jax":
       import jax  # pylint: disable=import-outside-toplevel,unused-import

@@ -52,3 +52,13 @@ def test_real_dataset_without_its_data_says_what_is_missing(tmp_path):
                "--config.dataset=carvana", f"--config.data_dir={tmp_path / 'none'}")
   assert proc.returncode == 2
   assert "carvana" in _only_error_line(proc)
+
+
+def test_unknown_host_malloc_names_the_choices_and_writes_nothing(tmp_path):
+  workdir = tmp_path / "run"
+  proc = _main("--config=configs/synthetic.py", f"--workdir={workdir}",
+               "--config.host_malloc=fast")
+  assert proc.returncode == 2
+  line = _only_error_line(proc)
+  assert "host_malloc='fast'" in line and "system or reuse" in line
+  assert not workdir.exists()

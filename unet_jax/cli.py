@@ -8,7 +8,7 @@ import sys
 import jax
 from absl import app, flags, logging
 
-from unet_jax import host_memory, parallel
+from unet_jax import parallel
 from unet_jax.errors import UserError
 
 
@@ -78,9 +78,7 @@ class _OwnInfoOnly:
 
 
 def run(main) -> None:
-  """app.run with one-line flag errors and INFO logs (ours) on stderr; host malloc tuned for
-  XLA:CPU (see host_memory) before JAX starts its threads."""
-  host_memory.keep_freed_memory()
+  """app.run with one-line flag errors and INFO logs (ours) on stderr."""
   logging.get_absl_handler().python_handler.addFilter(_OwnInfoOnly())
   app.run(main, flags_parser=_flags_parser)
 

@@ -12,8 +12,8 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from unet_jax import (checkpoints, data, losses, models, optim, parallel, plots, resilience,
-                      steps)
+from unet_jax import (checkpoints, data, host_memory, losses, models, optim, parallel, plots,
+                      resilience, steps)
 from unet_jax.data import augment, pipeline, window
 from unet_jax.models import torchvision_import
 from unet_jax.errors import ConfigError, NonFiniteError, WorkdirError
@@ -169,6 +169,9 @@ class TrainLogger:
 
 
 def _check_choices(config) -> None:
+  if config.host_malloc not in host_memory.CHOICES:
+    raise ConfigError(f"host_malloc={config.host_malloc!r}; set --config.host_malloc to "
+                      f"{' or '.join(host_memory.CHOICES)}")
   if config.nan_policy not in ("skip", "stop"):
     raise ConfigError(f"nan_policy={config.nan_policy!r}; set --config.nan_policy to skip or stop")
   for name in ("best_mode", "early_stopping_mode"):
@@ -262,8 +265,9 @@ def _restore_or_start(run: Run, state, train_iterator):
 
 
 def _setup(config, workdir):
-  enable_compilation_cache(config.compilation_cache_dir)
   _check_choices(config)
+  host_memory.configure(config.host_malloc)  # Before JAX starts its CPU thread pool.
+  enable_compilation_cache(config.compilation_cache_dir)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh, "batch_size")
   parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")

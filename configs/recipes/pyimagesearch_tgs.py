@@ -49,5 +49,8 @@ def get_config():
   config.num_train_steps = epochs_to_steps(EPOCHS, TRAIN_IMAGES, config.batch_size)
   config.eval_every_steps = 10 * steps_per_epoch(TRAIN_IMAGES, config.batch_size)
   config.best_metric = "loss"  # The tutorial keeps the last model; the loss is what it tracks.
+  # Its 63 MiB VALID activations page-fault on every CPU step with glibc's malloc: reuse makes
+  # the CPU step 2.2x faster (unet_jax/host_memory.py).
+  config.host_malloc = "reuse"
   config.best_mode = "min"
   return config
