@@ -86,7 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.restart = False  # True: wipe this workdir's run and start fresh instead of resuming.
   # Host malloc: system (glibc defaults) | reuse (one never-trimmed arena: XLA:CPU steps with
   # buffers over 32 MiB stop page-faulting; 2.2x on the VALID pyimagesearch recipe, but RSS
-  # stays at its peak). See unet_jax/host_memory.py.
+  # can grow 2-3x). See unet_jax/host_memory.py.
   config.host_malloc = "system"
   # Persistent XLA compilation cache shared by runs ('' = off): a rerun skips compilation.
   config.compilation_cache_dir = "~/.cache/unet_jax/xla"

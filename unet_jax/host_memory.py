@@ -8,10 +8,12 @@ recipe (VALID 16 -> 64 channels, 128x128, batch 64) spent 2.7 s of its 4.0 s CPU
 kernel, 1.25 M page faults per step. One arena fed from the heap and never trimmed reuses the
 same pages: that run's 40 steps took 77 s instead of 172 s, with identical metrics.
 
-It is not a free lunch, hence `config.host_malloc = 'system'` by default: RSS stays at its
-peak and grows with fragmentation (the SAME `tgs` benchmark model: 2.3x the peak memory for
-no speed-up, benchmarks/results/*/tgs.md), and one arena serialises malloc across the input
-pipeline's threads. The settings apply to allocations made afterwards and a thread keeps the
+It is not a free lunch, hence `config.host_malloc = 'system'` by default: nothing freed goes
+back to the kernel and the one heap fragments, so RSS grows well past glibc's peak (the SAME
+`tgs` benchmark model: 2.3x the peak memory for no speed-up, benchmarks/results/*/tgs.md; the
+paper recipe at batch 32 outgrew 24 GiB where glibc's default peaked near 10 GiB), and one
+arena serialises malloc across the input pipeline's threads. Use it where a run is bound by
+page faults (high `sys` time) and has memory to spare. The settings apply to allocations made afterwards and a thread keeps the
 arena it first used, so apply them before JAX (or PyTorch) starts its thread pools: before
 the first computation.
 """

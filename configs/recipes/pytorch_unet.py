@@ -8,7 +8,8 @@ Train:
   python -m unet_jax.main --config configs/recipes/pytorch_unet.py --workdir runs/pytorch_unet
 Adam 1e-4 and BCE + Dice are our choices (milesial trains with RMSprop). 2000 generated
 images, batch 16, 10 epochs = epochs_to_steps(10, 2000, 16) = 1250 steps.
-Our result: not run yet.
+Our result, 1 of the 10 epochs (--config.num_train_steps=125): val Dice 0.944, IoU 0.893,
+pixel accuracy 0.987, in 5 min wall on a 2-core AMD EPYC CPU; the full schedule wants a GPU.
 """
 
 from configs import default
