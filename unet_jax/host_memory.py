@@ -14,13 +14,15 @@ back to the kernel and the one heap fragments, so RSS grows well past glibc's pe
 paper recipe at batch 32 outgrew the 24 GiB machine by its third step, where glibc's default
 held ~10 GiB and peaked at 16 GiB over the whole run, evaluation included), and one
 arena serialises malloc across the input pipeline's threads. Use it where a run is bound by
-page faults (high `sys` time) and has memory to spare. The settings apply to allocations made afterwards and a thread keeps the
-arena it first used, so apply them before JAX (or PyTorch) starts its thread pools: before
-the first computation.
+page faults (high `sys` time) and has memory to spare. The settings apply to allocations made
+afterwards and a thread keeps the arena it first used, so apply them before JAX (or PyTorch)
+starts its thread pools: before the first computation.
 """
 
 import ctypes
 import ctypes.util
+
+from unet_jax.errors import ConfigError
 
 CHOICES = ("system", "reuse")
 # mallopt parameter numbers from glibc's malloc.h.
@@ -41,7 +43,8 @@ def configure(setting: str) -> bool:
   """'reuse' applies the settings above (True if glibc took them all; False off glibc);
   'system' leaves glibc's defaults (False)."""
   if setting not in CHOICES:
-    raise ValueError(f"host_malloc={setting!r}; choose one of {CHOICES}")
+    raise ConfigError(f"host_malloc={setting!r}; set --config.host_malloc to "
+                      f"{' or '.join(CHOICES)}")
   if setting == "system":
     return False
   try:

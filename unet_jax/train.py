@@ -169,9 +169,6 @@ class TrainLogger:
 
 
 def _check_choices(config) -> None:
-  if config.host_malloc not in host_memory.CHOICES:
-    raise ConfigError(f"host_malloc={config.host_malloc!r}; set --config.host_malloc to "
-                      f"{' or '.join(host_memory.CHOICES)}")
   if config.nan_policy not in ("skip", "stop"):
     raise ConfigError(f"nan_policy={config.nan_policy!r}; set --config.nan_policy to skip or stop")
   for name in ("best_mode", "early_stopping_mode"):
@@ -266,7 +263,8 @@ def _restore_or_start(run: Run, state, train_iterator):
 
 def _setup(config, workdir):
   _check_choices(config)
-  host_memory.configure(config.host_malloc)  # Before JAX starts its CPU thread pool.
+  # Before JAX starts its CPU thread pool; an unknown setting is refused here.
+  host_memory.configure(config.host_malloc)
   enable_compilation_cache(config.compilation_cache_dir)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh, "batch_size")
