@@ -128,8 +128,8 @@ class InMemorySource:
     return f"InMemorySource({self.name}, n={len(self)})"
 
 
-def _decoded_megabytes(source) -> float:
-  return len(source) * sum(np.asarray(v).nbytes for v in source[0].values()) / 2**20
+def _decoded_megabytes(first_element: dict, count: int) -> float:
+  return count * sum(np.asarray(v).nbytes for v in first_element.values()) / 2**20
 
 
 def load_prepared(config, split: str):
@@ -147,7 +147,7 @@ def load_prepared(config, split: str):
                           name=f"{builder.name}/{builder.builder_config.name}:{split}")
   if not len(source):
     return source
-  source[0]  # pylint: disable=pointless-statement  # A size mismatch fails now, not mid-epoch.
-  if _decoded_megabytes(source) <= config.get("cache_decoded_mb", 0):
+  first = source[0]  # A size mismatch fails now, not mid-epoch.
+  if _decoded_megabytes(first, len(source)) <= config.get("cache_decoded_mb", 0):
     return InMemorySource(source, name=source.name)
   return source
