@@ -10,8 +10,8 @@ same pages: that run's 40 steps took 77 s instead of 172 s, with identical metri
 
 It is not a free lunch, hence `config.host_malloc = 'system'` by default: nothing freed goes
 back to the kernel and the one heap fragments, so RSS grows well past glibc's peak (the SAME
-`tgs` benchmark model: 2.3x the peak memory for no speed-up, benchmarks/results/*/tgs.md; the
-paper recipe at batch 32 outgrew the 24 GiB machine by its third step, where glibc's default
+`tgs` benchmark model: 2.3-2.4x the peak memory for no speed-up, benchmarks/results/*/tgs.md;
+the paper recipe at batch 32 outgrew the 24 GiB machine by its third step, where glibc's default
 held ~10 GiB and peaked at 16 GiB over the whole run, evaluation included), and one
 arena serialises malloc across the input pipeline's threads. Use it where a run is bound by
 page faults (high `sys` time) and has memory to spare. The settings apply to allocations made
