@@ -18,14 +18,22 @@ from unet_jax import host_memory
 
 VARIANTS = {
     # name: (framework, label, options)
-    "jax_fp32": ("jax", "JAX fp32", {"bf16": False}),
-    "jax_bf16": ("jax", "JAX bf16 compute", {"bf16": True}),
+    "jax_fp32": ("jax", "JAX fp32 (XLA kernels)", {"bf16": False, "conv_impl": "xla"}),
+    "jax_bf16": ("jax", "JAX bf16 compute (XLA kernels)", {"bf16": True, "conv_impl": "xla"}),
+    # unet_jax.ops: convolutions on oneDNN, BatchNorm + ReLU and max-pool on native kernels.
+    "jax_onednn_fp32": ("jax", "JAX fp32, oneDNN kernels", {"bf16": False,
+                                                             "conv_impl": "onednn"}),
+    "jax_onednn_bf16": ("jax", "JAX bf16 compute, oneDNN kernels", {"bf16": True,
+                                                                     "conv_impl": "onednn"}),
     # The same fp32 model with the up-convolutions as nn.ConvTranspose (the pre-issue-6 path).
     "jax_fp32_convtranspose": ("jax", "JAX fp32, ConvTranspose up-conv",
-                               {"bf16": False, "upsample_impl": "conv_transpose"}),
+                               {"bf16": False, "upsample_impl": "conv_transpose",
+                                "conv_impl": "xla"}),
     # The same fp32 model with config.host_malloc='reuse'.
     "jax_fp32_reuse_malloc": ("jax", "JAX fp32, host_malloc=reuse",
-                              {"bf16": False, "malloc": "reuse"}),
+                              {"bf16": False, "malloc": "reuse", "conv_impl": "xla"}),
+    "jax_onednn_bf16_reuse_malloc": ("jax", "JAX bf16 compute, oneDNN kernels, reuse malloc",
+                                     {"bf16": True, "conv_impl": "onednn", "malloc": "reuse"}),
     "torch_eager_nchw": ("torch", "PyTorch eager NCHW fp32", {}),
     "torch_eager_cl": ("torch", "PyTorch eager channels_last fp32", {"channels_last": True}),
     "torch_autocast_bf16_cl": ("torch", "PyTorch autocast bf16 channels_last",
@@ -65,7 +73,7 @@ def _model_kwargs(spec):
   return {key: spec[key] for key in keys}
 
 
-def build_jax(spec, bf16: bool, upsample_impl: str = "matmul"):
+def build_jax(spec, bf16: bool, upsample_impl: str = "matmul", conv_impl: str = "xla"):
   """The project's own train step (unet_jax.steps.train_step), jitted with donation."""
   import functools  # pylint: disable=import-outside-toplevel
   import jax
@@ -75,7 +83,7 @@ def build_jax(spec, bf16: bool, upsample_impl: str = "matmul"):
   from unet_jax.models import UNet
 
   model = UNet(num_classes=1, dtype=jnp.bfloat16 if bf16 else jnp.float32,
-               upsample_impl=upsample_impl, **_model_kwargs(spec))
+               upsample_impl=upsample_impl, conv_impl=conv_impl, **_model_kwargs(spec))
   images, masks = _batch(spec)
   batch = jax.device_put({"image": images, "mask": masks})
   state = steps.create_train_state(model, optax.adam(LEARNING_RATE, eps=1e-8), images,

@@ -52,6 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
   # resize_bilinear (the raw, smaller output resized to the input, as pyimagesearch does).
   config.model.valid_output = "overlap_tile"
   config.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay float32).
+  # Kernels for convolutions, BatchNorm + ReLU and max-pools: auto (oneDNN on the CPU when the
+  # native kernels were built, XLA on GPU/TPU) | xla | onednn. Same parameters either way.
+  config.model.conv_impl = "auto"
 
   # Loss and optimisation.
   config.loss = "bce"  # losses.LOSSES: bce softmax_ce dice bce_dice focal lovasz_hinge/_softmax.

@@ -24,7 +24,9 @@ def exported_forward(trained: inference.TrainedModel, polymorphic_batch: bool = 
   height, width = trained.image_size
   batch = jax.export.symbolic_shape("batch")[0] if polymorphic_batch else 1
   spec = jax.ShapeDtypeStruct((batch, height, width, trained.input_channels), jnp.float32)
-  state = trained.state
+  # XLA's kernels: an artifact must run where this package's native kernels are not loaded.
+  model = trained.state.apply_fn.__self__.clone(conv_impl="xla")
+  state = trained.state.replace(apply_fn=model.apply)
   forward = jax.jit(lambda images: steps.predict_probabilities(state, images))
   return jax.export.export(forward, platforms=("cpu", "cuda", "tpu"))(spec)
 

@@ -6,6 +6,7 @@ from unet_jax.errors import ConfigError
 from unet_jax.models.resnet_unet import ResNetUNet
 from unet_jax.models.simple import SimpleEncoderDecoder
 from unet_jax.models.unet import UNet, tiny_unet
+from unet_jax.ops import library
 
 __all__ = ["UNet", "ResNetUNet", "SimpleEncoderDecoder", "tiny_unet", "from_config"]
 
@@ -16,19 +17,34 @@ _CHOICES = {
     "dtype": ("float32", "bfloat16", "float16"),
     "upsample_impl": ("matmul", "conv_transpose"),
     "valid_output": ("overlap_tile", "resize_nearest", "resize_bilinear"),
+    "conv_impl": library.IMPLS,
 }
+
+
+def _conv_impl(model_config) -> str:
+  """config.model.conv_impl, checked: 'onednn' where the kernels cannot load is a ConfigError."""
+  impl = model_config.get("conv_impl", "auto")
+  if impl not in library.IMPLS:
+    raise ConfigError(f"model.conv_impl={impl!r} is not one of {library.IMPLS}; "
+                      "set --config.model.conv_impl to one of them")
+  if impl == "onednn" and (reason := library.unavailable_reason()):
+    raise ConfigError(f"model.conv_impl=onednn but {reason}; or set "
+                      "--config.model.conv_impl=auto (XLA where oneDNN is missing)")
+  return impl
 
 
 def from_config(config):
   """The model described by `config.model` with `config.num_classes` outputs."""
   model_config = config.model
   arch = model_config.get("arch", "unet")
+  conv_impl = _conv_impl(model_config)
   if arch in ("resnet18_unet", "resnet34_unet"):
     return ResNetUNet(num_classes=config.num_classes, arch=arch.removesuffix("_unet"),
-                      dtype=jnp.dtype(model_config.dtype))
+                      dtype=jnp.dtype(model_config.dtype), conv_impl=conv_impl)
   if arch == "simple_encoder_decoder":
     return SimpleEncoderDecoder(num_classes=config.num_classes, features=model_config.features,
-                                depth=model_config.depth, dtype=jnp.dtype(model_config.dtype))
+                                depth=model_config.depth, dtype=jnp.dtype(model_config.dtype),
+                                conv_impl=conv_impl)
   if arch != "unet":
     raise ConfigError(f"model.arch={arch!r} is not one of unet, resnet18_unet, resnet34_unet, "
                       "simple_encoder_decoder; set --config.model.arch to one of them")
@@ -45,7 +61,7 @@ def from_config(config):
               else tuple(dropout), norm=model_config.norm, upsample=model_config.upsample,
               padding=model_config.padding, dtype=jnp.dtype(model_config.dtype),
               upsample_impl=model_config.get("upsample_impl", "matmul"),
-              remat=model_config.get("remat", False),
+              remat=model_config.get("remat", False), conv_impl=conv_impl,
               **_valid_output(model_config.get("valid_output", "overlap_tile")))
 
 

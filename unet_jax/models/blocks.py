@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from unet_jax.ops import layers
+
 Dtype = Any
 Padding = Literal["SAME", "VALID"]
 
@@ -14,23 +16,29 @@ he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
 class ConvBNReLU(nn.Module):
-  """3x3 conv -> optional BatchNorm -> ReLU. Convs are bias-free when normalised."""
+  """3x3 conv -> optional BatchNorm -> ReLU. Convs are bias-free when normalised.
+
+  conv_impl: 'xla' (flax's layers) or 'onednn' (unet_jax.ops: the convolution on oneDNN,
+  BatchNorm + ReLU fused); same variables either way.
+  """
 
   features: int
   padding: Padding = "SAME"
   norm: Literal["batch", "none"] = "batch"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x, train: bool):
     use_bn = self.norm == "batch"
-    x = nn.Conv(self.features, (3, 3), padding=self.padding, use_bias=not use_bn,
-                kernel_init=he_normal, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+    x = layers.conv(self.conv_impl, self.features, (3, 3), padding=self.padding,
+                    use_bias=not use_bn, kernel_init=he_normal, dtype=self.dtype,
+                    param_dtype=self.param_dtype, name="Conv_0")(x)
     if use_bn:
       # Statistics and scale/shift in float32 whatever the compute dtype.
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                       dtype=self.dtype, param_dtype=self.param_dtype)(x)
+      return layers.batch_norm_relu(self.conv_impl, x, train, dtype=self.dtype,
+                                    param_dtype=self.param_dtype, name="BatchNorm_0")
     return nn.relu(x)
 
 
@@ -42,11 +50,13 @@ class DoubleConv(nn.Module):
   norm: Literal["batch", "none"] = "batch"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x, train: bool):
     for _ in range(2):
-      x = ConvBNReLU(self.features, self.padding, self.norm, self.dtype, self.param_dtype)(x, train)
+      x = ConvBNReLU(self.features, self.padding, self.norm, self.dtype, self.param_dtype,
+                     self.conv_impl)(x, train)
     return x
 
 
@@ -70,9 +80,11 @@ class UpConv2x2(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
     # nn.ConvTranspose does not flip its kernel: output tap (a, b) uses kernel[1-a, 1-b].
     kernel = jnp.flip(kernel, (0, 1)).astype(self.dtype)
-    y = jnp.einsum("nhwc,abcf->nhawbf", x.astype(self.dtype), kernel)
+    # A float32 accumulator: XLA:CPU's bf16 dot is fast only when asked for a float32 result.
+    y = jnp.einsum("nhwc,abcf->nhawbf", x.astype(self.dtype), kernel,
+                   preferred_element_type=jnp.float32)
     n, h, _, w, _, f = y.shape
-    return y.reshape(n, 2 * h, 2 * w, f) + bias.astype(self.dtype)
+    return (y.reshape(n, 2 * h, 2 * w, f) + bias).astype(self.dtype)
 
 
 class UpSample(nn.Module):
@@ -89,6 +101,7 @@ class UpSample(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   impl: Literal["matmul", "conv_transpose"] = "matmul"
+  conv_impl: str = "xla"  # The bilinear mode's 1x1 convolution: 'xla' or 'onednn'.
 
   @nn.compact
   def __call__(self, x):
@@ -101,8 +114,8 @@ class UpSample(nn.Module):
     if self.mode == "bilinear":
       n, h, w, c = x.shape
       x = jax.image.resize(x, (n, 2 * h, 2 * w, c), method="bilinear")
-      return nn.Conv(self.features, (1, 1), kernel_init=he_normal, dtype=self.dtype,
-                     param_dtype=self.param_dtype)(x)
+      return layers.conv(self.conv_impl, self.features, (1, 1), kernel_init=he_normal,
+                         dtype=self.dtype, param_dtype=self.param_dtype, name="Conv_0")(x)
     raise ValueError(f"upsample must be 'transpose' or 'bilinear', got {self.mode!r}")
 
 

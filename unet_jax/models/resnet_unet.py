@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from unet_jax.models.blocks import DoubleConv, Dtype, UpSample, he_normal
+from unet_jax.ops import layers
 
 STAGE_BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 STAGE_FEATURES = (64, 128, 256, 512)
@@ -22,20 +23,22 @@ class BasicBlock(nn.Module):
   features: int
   stride: int = 1
   dtype: Dtype = jnp.float32
+  conv_impl: str = "xla"  # Resolved: xla | onednn.
 
   @nn.compact
   def __call__(self, x, train: bool):
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=self.dtype)
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=he_normal, dtype=self.dtype)
-    y = conv(self.features, (3, 3), (self.stride, self.stride), padding=((1, 1), (1, 1)),
-             name="conv1")(x)
-    y = nn.relu(norm(name="bn1")(y))
+    norm = functools.partial(layers.batch_norm_relu, self.conv_impl, train=train,
+                             dtype=self.dtype)
+    conv = functools.partial(layers.conv, self.conv_impl, use_bias=False,
+                             kernel_init=he_normal, dtype=self.dtype)
+    stride = (self.stride, self.stride)
+    y = conv(self.features, (3, 3), strides=stride, padding=((1, 1), (1, 1)), name="conv1")(x)
+    y = norm(y, name="bn1")
     y = conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
-    y = norm(name="bn2", scale_init=nn.initializers.zeros)(y)
+    y = norm(y, relu=False, name="bn2", scale_init=nn.initializers.zeros)
     if self.stride != 1 or x.shape[-1] != self.features:
-      x = conv(self.features, (1, 1), (self.stride, self.stride), name="downsample_conv")(x)
-      x = norm(name="downsample_bn")(x)
+      x = conv(self.features, (1, 1), strides=stride, name="downsample_conv")(x)
+      x = norm(x, relu=False, name="downsample_bn")
     return nn.relu(x + y)
 
 
@@ -44,20 +47,20 @@ class ResNetEncoder(nn.Module):
 
   arch: Literal["resnet18", "resnet34"] = "resnet34"
   dtype: Dtype = jnp.float32
+  conv_impl: str = "xla"  # Resolved: xla | onednn.
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = nn.Conv(64, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-                kernel_init=he_normal, dtype=self.dtype, name="conv1")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     dtype=self.dtype, name="bn1")(x)
-    stem = nn.relu(x)
+    x = layers.conv(self.conv_impl, 64, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
+                    use_bias=False, kernel_init=he_normal, dtype=self.dtype, name="conv1")(x)
+    stem = layers.batch_norm_relu(self.conv_impl, x, train, dtype=self.dtype, name="bn1")
     x = nn.max_pool(stem, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     features = [stem]
     for stage, (blocks, width) in enumerate(zip(STAGE_BLOCKS[self.arch], STAGE_FEATURES)):
       for block in range(blocks):
         stride = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(width, stride, self.dtype, name=f"layer{stage + 1}_{block}")(x, train)
+        x = BasicBlock(width, stride, self.dtype, self.conv_impl,
+                       name=f"layer{stage + 1}_{block}")(x, train)
       features.append(x)
     return features
 
@@ -73,6 +76,7 @@ class ResNetUNet(nn.Module):
   arch: Literal["resnet18", "resnet34"] = "resnet34"
   decoder_features: tuple[int, ...] = (256, 128, 64, 64, 32)
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"  # auto | xla | onednn: see UNet.
 
   @nn.compact
   def __call__(self, images, train: bool = False):
@@ -81,14 +85,16 @@ class ResNetUNet(nn.Module):
     top, left = pad_h // 2, pad_w // 2
     x = jnp.pad(images.astype(self.dtype),
                 ((0, 0), (top, pad_h - top), (left, pad_w - left), (0, 0)), mode="reflect")
-    skips = ResNetEncoder(self.arch, self.dtype, name="encoder")(x, train)
+    impl = layers.resolve(self.conv_impl)
+    skips = ResNetEncoder(self.arch, self.dtype, impl, name="encoder")(x, train)
     x = skips.pop()
     skips.reverse()  # Strides 16, 8, 4, 2.
     for level, features in enumerate(self.decoder_features):
       x = UpSample(features, "transpose", self.dtype, name=f"up_{level}")(x)
       if level < len(skips):
         x = jnp.concatenate([skips[level], x], axis=-1)
-      x = DoubleConv(features, dtype=self.dtype, name=f"decoder_{level}")(x, train)
-    logits = nn.Conv(self.num_classes, (1, 1), dtype=jnp.float32, name="head")(
+      x = DoubleConv(features, dtype=self.dtype, conv_impl=impl, name=f"decoder_{level}")(
+          x, train)
+    logits = layers.conv(impl, self.num_classes, (1, 1), dtype=jnp.float32, name="head")(
         x.astype(jnp.float32))
     return logits[:, top:top + height, left:left + width]

@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from unet_jax.models.blocks import Dtype, he_normal
+from unet_jax.ops import layers
 
 
 class SimpleEncoderDecoder(nn.Module):
@@ -20,6 +21,7 @@ class SimpleEncoderDecoder(nn.Module):
   depth: int = 3
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"  # auto | xla | onednn: see UNet (transposed convs stay on XLA).
 
   @nn.compact
   def __call__(self, images, train: bool = False):
@@ -31,12 +33,14 @@ class SimpleEncoderDecoder(nn.Module):
     x = jnp.pad(images.astype(self.dtype),
                 ((0, 0), (top, pad_h - top), (left, pad_w - left), (0, 0)), mode="reflect")
     conv = dict(kernel_init=he_normal, dtype=self.dtype, param_dtype=self.param_dtype)
+    impl = layers.resolve(self.conv_impl)
     for level in range(self.depth):
-      x = nn.relu(nn.Conv(self.features * 2**level, (3, 3), (2, 2), padding="SAME",
-                          name=f"down_{level}", **conv)(x))
+      x = nn.relu(layers.conv(impl, self.features * 2**level, (3, 3), strides=(2, 2),
+                              padding="SAME", name=f"down_{level}", **conv)(x))
     for level in reversed(range(self.depth)):
       x = nn.relu(nn.ConvTranspose(self.features * 2**level, (3, 3), (2, 2), padding="SAME",
                                    name=f"up_{level}", **conv)(x))
-    logits = nn.Conv(self.num_classes, (1, 1), kernel_init=he_normal, dtype=jnp.float32,
-                     param_dtype=self.param_dtype, name="head")(x.astype(jnp.float32))
+    logits = layers.conv(impl, self.num_classes, (1, 1), kernel_init=he_normal,
+                         dtype=jnp.float32, param_dtype=self.param_dtype, name="head")(
+                             x.astype(jnp.float32))
     return logits[:, top:top + height, left:left + width]

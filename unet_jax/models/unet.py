@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from unet_jax.models.blocks import DoubleConv, Dtype, Padding, UpSample, center_crop, he_normal
+from unet_jax.ops import layers
 
 
 @functools.lru_cache(maxsize=None)
@@ -100,6 +101,8 @@ class UNet(nn.Module):
       identical parameters and outputs.
     remat: recompute each level's convolutions in the backward pass (jax.checkpoint) to
       save activation memory; same results.
+    conv_impl: 'auto' (oneDNN kernels on the CPU when built, else XLA), 'xla' or 'onednn':
+      which kernels run the convolutions, BatchNorm + ReLU and max-pools; same variables.
   """
 
   num_classes: int = 1
@@ -115,6 +118,7 @@ class UNet(nn.Module):
   param_dtype: Dtype = jnp.float32
   upsample_impl: Literal["matmul", "conv_transpose"] = "matmul"
   remat: bool = False
+  conv_impl: Literal["auto", "xla", "onednn"] = "auto"
 
   @nn.compact
   def __call__(self, images, train: bool = False):
@@ -140,29 +144,31 @@ class UNet(nn.Module):
 
   def _unet(self, x, train: bool):
     dropout = _levels(self.dropout, self.depth)
+    impl = layers.resolve(self.conv_impl)
     # remat: each level's activations are recomputed in the backward pass instead of kept,
     # trading ~1/3 more compute for memory (full-resolution Carvana on one GPU).
     block = nn.remat(DoubleConv, static_argnums=(2,)) if self.remat else DoubleConv
     conv = functools.partial(block, padding=self.padding, norm=self.norm, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
+                             param_dtype=self.param_dtype, conv_impl=impl)
     skips = []
     for level in range(self.depth):
       x = conv(self.features * 2**level, name=f"encoder_{level}")(x, train)
       x = nn.Dropout(dropout[level], deterministic=not train)(x)
       skips.append(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = layers.max_pool_2x2(impl, x)
     x = conv(self.features * 2**self.depth, name="bottleneck")(x, train)
     x = nn.Dropout(dropout[self.depth], deterministic=not train)(x)
     for level in reversed(range(self.depth)):
       features = self.features * 2**level
       x = UpSample(features, self.upsample, self.dtype, self.param_dtype, self.upsample_impl,
-                   name=f"up_{level}")(x)
+                   impl, name=f"up_{level}")(x)
       skip = center_crop(skips[level], x.shape[1], x.shape[2])
       x = jnp.concatenate([skip, x], axis=-1)
       x = conv(features, name=f"decoder_{level}")(x, train)
     # The 1x1 head runs in float32 so logits and the loss never see bfloat16 rounding.
-    return nn.Conv(self.num_classes, (1, 1), kernel_init=he_normal, dtype=jnp.float32,
-                   param_dtype=self.param_dtype, name="head")(x.astype(jnp.float32))
+    return layers.conv(impl, self.num_classes, (1, 1), kernel_init=he_normal,
+                       dtype=jnp.float32, param_dtype=self.param_dtype, name="head")(
+                           x.astype(jnp.float32))
 
 
 def tiny_unet(num_classes: int = 1, **overrides) -> UNet:

@@ -1,0 +1,111 @@
+"""Flax layers that choose their kernels by `impl`: 'xla' (flax.linen's own) or 'onednn'
+(unet_jax.ops.kernels). Both hold the same variables under the same names, so a checkpoint,
+a ported PyTorch state_dict or an exported model does not depend on the choice."""
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from unet_jax.ops import kernels, library
+
+Dtype = Any
+
+
+def resolve(conv_impl: str) -> str:
+  """'auto' | 'xla' | 'onednn' -> the implementation used here ('xla' or 'onednn')."""
+  return library.resolve(conv_impl)
+
+
+def _explicit_padding(padding, height, width, kernel_size, strides):
+  if isinstance(padding, str):
+    pads = jax.lax.padtype_to_pads((height, width), kernel_size, strides, padding)
+  else:
+    pads = padding
+  return tuple((int(lo), int(hi)) for lo, hi in pads)
+
+
+class OneDNNConv(nn.Module):
+  """nn.Conv's parameters and results (NHWC, HWIO kernel, optional bias) on oneDNN."""
+
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int] = (1, 1)
+  padding: Any = "SAME"
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  bias_init: Callable = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x):
+    kernel_size, strides = tuple(self.kernel_size), tuple(self.strides)
+    kernel = self.param("kernel", self.kernel_init, (*kernel_size, x.shape[-1], self.features),
+                        self.param_dtype)
+    pads = _explicit_padding(self.padding, x.shape[1], x.shape[2], kernel_size, strides)
+    y = kernels.conv2d(x.astype(self.dtype), kernel, strides, pads)
+    if self.use_bias:
+      bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class OneDNNBatchNorm(nn.Module):
+  """nn.BatchNorm over N, H, W (momentum, epsilon, variables as flax's: params scale/bias,
+  batch_stats mean/var, statistics in float32), optionally fused with the ReLU after it."""
+
+  use_running_average: bool = False
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  relu: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  scale_init: Callable = nn.initializers.ones
+  bias_init: Callable = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x):
+    features = (x.shape[-1],)
+    ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), features)
+    ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), features)
+    scale = self.param("scale", self.scale_init, features, self.param_dtype)
+    bias = self.param("bias", self.bias_init, features, self.param_dtype)
+    x = x.astype(self.dtype)
+    if self.use_running_average or self.is_initializing():
+      mean, var = ra_mean.value, ra_var.value
+      multiplier = scale.astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
+      y = (x.astype(jnp.float32) - mean) * multiplier + bias
+      return (nn.relu(y) if self.relu else y).astype(self.dtype)
+    y, mean, var = kernels.batch_norm(x, scale.astype(jnp.float32), bias.astype(jnp.float32),
+                                      self.epsilon, self.relu)
+    ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+    ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y
+
+
+def conv(impl: str, features: int, kernel_size, **kwargs) -> nn.Module:
+  """nn.Conv or its oneDNN twin; pass `name=` so both land at the same parameter path."""
+  cls = OneDNNConv if impl == "onednn" else nn.Conv
+  return cls(features, tuple(kernel_size), **kwargs)
+
+
+def batch_norm_relu(impl: str, x, train: bool, relu: bool = True, **kwargs):
+  """BatchNorm (momentum 0.9, epsilon 1e-5, as torch's defaults) then ReLU if `relu`.
+
+  Pass `name=` to keep the parameter path of an nn.BatchNorm (e.g. 'BatchNorm_0').
+  """
+  if impl == "onednn" and train:
+    return OneDNNBatchNorm(use_running_average=False, relu=relu, **kwargs)(x)
+  if impl == "onednn":
+    return OneDNNBatchNorm(use_running_average=True, relu=relu, **kwargs)(x)
+  y = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, **kwargs)(x)
+  return nn.relu(y) if relu else y
+
+
+def max_pool_2x2(impl: str, x):
+  """2x2 stride-2 max-pool (VALID)."""
+  if impl == "onednn":
+    return kernels.max_pool_2x2(x)
+  return nn.max_pool(x, (2, 2), strides=(2, 2))

@@ -1,0 +1,112 @@
+"""Loads the native CPU kernels (oneDNN convolutions, BatchNorm/ReLU and max-pool passes)
+and registers them with XLA; says why not when they cannot be used.
+
+The shared library is built by `pip install` (setup.py) next to this file. It links
+oneDNN's `libdnnl.so.3` from the `onednn-cpu-gomp` wheel, which lives in the environment's
+`lib/` folder, so that library is loaded first (by full path) and the dynamic linker reuses it.
+"""
+
+import ctypes
+import functools
+import glob
+import logging
+import os
+import pathlib
+import sys
+
+import jax
+
+TARGETS = {  # XLA custom-call name -> exported handler symbol.
+    "unet_conv_forward": "UnetConvForward",
+    "unet_conv_backward_data": "UnetConvBackwardData",
+    "unet_conv_backward_weights": "UnetConvBackwardWeights",
+    "unet_bn_stats": "UnetBnStats",
+    "unet_bn_relu": "UnetBnRelu",
+    "unet_bn_relu_backward_sums": "UnetBnReluBackwardSums",
+    "unet_bn_relu_backward": "UnetBnReluBackward",
+    "unet_max_pool": "UnetMaxPool",
+    "unet_max_pool_backward": "UnetMaxPoolBackward",
+}
+IMPLS = ("auto", "xla", "onednn")
+
+
+class KernelsUnavailable(RuntimeError):
+  """The native kernels cannot be used here; the message says why and what to do."""
+
+
+def _extension_path() -> pathlib.Path | None:
+  here = pathlib.Path(__file__).parent
+  found = sorted(glob.glob(str(here / "_cpu_kernels*.so")))
+  return pathlib.Path(found[0]) if found else None
+
+
+def _dnnl_candidates():
+  """Where the onednn-cpu-gomp wheel puts libdnnl.so.3: <prefix>/lib of this environment."""
+  prefixes = [sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(sys.executable))]
+  for prefix in dict.fromkeys(prefixes):
+    yield os.path.join(prefix, "lib", "libdnnl.so.3")
+  try:
+    from importlib import metadata  # pylint: disable=import-outside-toplevel
+    for file in metadata.files("onednn-cpu-gomp") or ():
+      if file.name == "libdnnl.so.3":
+        yield str(file.locate())
+  except metadata.PackageNotFoundError:
+    pass
+
+
+@functools.lru_cache(maxsize=None)
+def load() -> ctypes.CDLL:
+  """The loaded and registered kernel library; raises KernelsUnavailable saying why not."""
+  path = _extension_path()
+  if path is None:
+    raise KernelsUnavailable(
+        "the native CPU kernels were not built at install time (no C++ compiler, no oneDNN "
+        "wheel for this platform, or a build error: reinstall with `pip install -v -e .` to "
+        "see it)")
+  dnnl = next((p for p in _dnnl_candidates() if os.path.exists(p)), None)
+  if dnnl is None:
+    raise KernelsUnavailable("oneDNN's libdnnl.so.3 was not found; `pip install "
+                             "onednn-cpu-gomp==2023.2.0` in this environment")
+  try:
+    ctypes.CDLL(dnnl, mode=ctypes.RTLD_GLOBAL)
+    library = ctypes.CDLL(str(path))
+  except OSError as e:
+    raise KernelsUnavailable(f"cannot load {path.name}: {e}") from e
+  for target, symbol in TARGETS.items():
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
+                                platform="cpu")
+  return library
+
+
+def unavailable_reason() -> str | None:
+  """None when the kernels load, else one line saying why they cannot."""
+  try:
+    load()
+  except KernelsUnavailable as e:
+    return str(e)
+  return None
+
+
+@functools.lru_cache(maxsize=None)
+def _log_fallback(reason: str) -> None:
+  logging.info("conv_impl=auto uses XLA's convolutions: %s", reason)
+
+
+def resolve(conv_impl: str) -> str:
+  """'auto' -> 'onednn' on the CPU backend when the kernels load, else 'xla' (logged once).
+
+  'onednn' asked for explicitly where the kernels cannot be used raises KernelsUnavailable.
+  """
+  if conv_impl not in IMPLS:
+    raise ValueError(f"conv_impl must be one of {IMPLS}, got {conv_impl!r}")
+  if conv_impl == "xla":
+    return "xla"
+  if conv_impl == "auto" and jax.default_backend() != "cpu":
+    return "xla"
+  reason = unavailable_reason()
+  if reason is None:
+    return "onednn"
+  if conv_impl == "onednn":
+    raise KernelsUnavailable(f"conv_impl=onednn: {reason}; or set conv_impl to xla or auto")
+  _log_fallback(reason)
+  return "xla"
