@@ -15,7 +15,8 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.errors import CompileError
 
-SOURCES = ["unet_jax/ops/csrc/onednn_conv.cc", "unet_jax/ops/csrc/norm_pool.cc"]
+SOURCES = [f"unet_jax/ops/csrc/{name}.cc" for name in (
+    "onednn_conv", "norm_pool", "norm_pool_avx512", "norm_pool_avx2", "norm_pool_baseline")]
 
 
 def _dist_file(distribution: str, name: str) -> str:

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from unet_jax.ops import layers
+from unet_jax.ops import kernels, layers
 
 Dtype = Any
 Padding = Literal["SAME", "VALID"]
@@ -72,6 +72,7 @@ class UpConv2x2(nn.Module):
   features: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = "xla"  # xla: one XLA matmul | onednn: oneDNN's strided-conv kernels.
 
   @nn.compact
   def __call__(self, x):
@@ -79,7 +80,11 @@ class UpConv2x2(nn.Module):
                         self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
     # nn.ConvTranspose does not flip its kernel: output tap (a, b) uses kernel[1-a, 1-b].
-    kernel = jnp.flip(kernel, (0, 1)).astype(self.dtype)
+    kernel = jnp.flip(kernel, (0, 1))
+    if self.conv_impl == "onednn":
+      y = kernels.up_conv_2x2(x.astype(self.dtype), jnp.swapaxes(kernel, 2, 3))
+      return y + bias.astype(self.dtype)
+    kernel = kernel.astype(self.dtype)
     # A float32 accumulator: XLA:CPU's bf16 dot is fast only when asked for a float32 result.
     y = jnp.einsum("nhwc,abcf->nhawbf", x.astype(self.dtype), kernel,
                    preferred_element_type=jnp.float32)
@@ -107,7 +112,8 @@ class UpSample(nn.Module):
   def __call__(self, x):
     if self.mode == "transpose":
       if self.impl == "matmul":
-        return UpConv2x2(self.features, self.dtype, self.param_dtype, name="ConvTranspose_0")(x)
+        return UpConv2x2(self.features, self.dtype, self.param_dtype, self.conv_impl,
+                         name="ConvTranspose_0")(x)
       return nn.ConvTranspose(self.features, (2, 2), strides=(2, 2), padding="VALID",
                               kernel_init=he_normal, dtype=self.dtype,
                               param_dtype=self.param_dtype, name="ConvTranspose_0")(x)

@@ -90,7 +90,7 @@ class ResNetUNet(nn.Module):
     x = skips.pop()
     skips.reverse()  # Strides 16, 8, 4, 2.
     for level, features in enumerate(self.decoder_features):
-      x = UpSample(features, "transpose", self.dtype, name=f"up_{level}")(x)
+      x = UpSample(features, "transpose", self.dtype, conv_impl=impl, name=f"up_{level}")(x)
       if level < len(skips):
         x = jnp.concatenate([skips[level], x], axis=-1)
       x = DoubleConv(features, dtype=self.dtype, conv_impl=impl, name=f"decoder_{level}")(

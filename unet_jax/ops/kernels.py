@@ -258,3 +258,33 @@ def _max_pool_bwd(x, dy):
 
 
 max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+# ---- 2x2 stride-2 up-convolution -----------------------------------------------------------
+
+_NO_PADDING = ((0, 0), (0, 0))
+
+
+@jax.custom_vjp
+def up_conv_2x2(x, kernel):
+  """The transposed convolution of a 2x2 stride-2 convolution, on oneDNN: y (N, 2H, 2W, F)
+  from x (N, H, W, C), y[n, 2i + a, 2j + b] = x[n, i, j] @ kernel[a, b].T with `kernel`
+  (2, 2, F, C), the HWIO kernel of the stride-2 convolution F -> C whose transpose this is.
+  Its forward pass is that convolution's input gradient, and vice versa."""
+  return _backward_data_sharded((2, 2), _NO_PADDING, (2 * x.shape[1], 2 * x.shape[2]), x,
+                                kernel.astype(x.dtype))
+
+
+def _up_conv_fwd(x, kernel):
+  return up_conv_2x2(x, kernel), (x, kernel)
+
+
+def _up_conv_bwd(residuals, dy):
+  x, kernel = residuals
+  dy = dy.astype(x.dtype)
+  dx = _forward_sharded((2, 2), _NO_PADDING, dy, kernel.astype(x.dtype))
+  dkernel = _backward_weights_sharded((2, 2), _NO_PADDING, kernel.shape, dy, x)
+  return dx, dkernel.astype(kernel.dtype)
+
+
+up_conv_2x2.defvjp(_up_conv_fwd, _up_conv_bwd)
