@@ -83,7 +83,7 @@ class UpConv2x2(nn.Module):
     kernel = jnp.flip(kernel, (0, 1))
     if self.conv_impl == "onednn":
       y = kernels.up_conv_2x2(x.astype(self.dtype), jnp.swapaxes(kernel, 2, 3))
-      return y + bias.astype(self.dtype)
+      return kernels.add_bias(y, bias)
     kernel = kernel.astype(self.dtype)
     # A float32 accumulator: XLA:CPU's bf16 dot is fast only when asked for a float32 result.
     y = jnp.einsum("nhwc,abcf->nhawbf", x.astype(self.dtype), kernel,

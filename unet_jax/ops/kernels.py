@@ -288,3 +288,24 @@ def _up_conv_bwd(residuals, dy):
 
 
 up_conv_2x2.defvjp(_up_conv_fwd, _up_conv_bwd)
+
+
+# ---- Bias --------------------------------------------------------------------------------
+
+@jax.custom_vjp
+def add_bias(x, bias):
+  """x + bias over the channels of NHWC x. The add stays in XLA (it fuses with what follows);
+  the bias gradient, a sum over N, H, W, is one native pass (XLA:CPU reduces it slowly)."""
+  return x + bias.astype(x.dtype)
+
+
+def _add_bias_fwd(x, bias):
+  return add_bias(x, bias), bias
+
+
+def _add_bias_bwd(bias, dy):
+  total, _ = _stats_sharded(dy)
+  return dy, total.astype(bias.dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)

@@ -48,7 +48,7 @@ class OneDNNConv(nn.Module):
     y = kernels.conv2d(x.astype(self.dtype), kernel, strides, pads)
     if self.use_bias:
       bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-      y = y + bias.astype(self.dtype)
+      y = kernels.add_bias(y, bias)
     return y
 
 

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <string>
 
 #include "xla/ffi/api/ffi.h"
@@ -29,6 +30,8 @@ namespace ffi = xla::ffi;
   void MaxPoolBackward(bool, const void*, const void*, int64_t, int64_t, int64_t, int64_t,     \
                        void*);                                                                 \
   }
+
+std::mutex& unet_kernel_mutex();  // onednn_conv.cc: one kernel at a time.
 
 UNET_DECLARE_ISA(baseline)
 #if defined(__x86_64__)
@@ -90,6 +93,7 @@ float* F32(ffi::AnyBuffer b) { return static_cast<float*>(b.untyped_data()); }
 ffi::Error BnStatsImpl(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> sum,
                        ffi::Result<ffi::AnyBuffer> sumsq) {
   if (auto e = CheckActivation(x, "bn_stats"); e.failure()) return e;
+  std::lock_guard<std::mutex> lock(unet_kernel_mutex());
   Best().stats(IsBf16(x), x.untyped_data(), Rows(x), Channels(x), F32(*sum), F32(*sumsq));
   return ffi::Error::Success();
 }
@@ -97,6 +101,7 @@ ffi::Error BnStatsImpl(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> sum,
 ffi::Error BnReluImpl(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer shift,
                       ffi::Result<ffi::AnyBuffer> y, bool relu) {
   if (auto e = CheckActivation(x, "bn_relu"); e.failure()) return e;
+  std::lock_guard<std::mutex> lock(unet_kernel_mutex());
   Best().apply(IsBf16(x), x.untyped_data(), F32(scale), F32(shift), Rows(x), Channels(x), relu,
                y->untyped_data());
   return ffi::Error::Success();
@@ -106,6 +111,7 @@ ffi::Error BnReluBackwardSumsImpl(ffi::AnyBuffer dy, ffi::AnyBuffer y, ffi::AnyB
                                   ffi::Result<ffi::AnyBuffer> sum_dz,
                                   ffi::Result<ffi::AnyBuffer> sum_dz_x, bool relu) {
   if (auto e = CheckActivation(x, "bn_relu_backward"); e.failure()) return e;
+  std::lock_guard<std::mutex> lock(unet_kernel_mutex());
   Best().backward_sums(IsBf16(x), dy.untyped_data(), y.untyped_data(), x.untyped_data(),
                        Rows(x), Channels(x), relu, F32(*sum_dz), F32(*sum_dz_x));
   return ffi::Error::Success();
@@ -115,6 +121,7 @@ ffi::Error BnReluBackwardImpl(ffi::AnyBuffer dy, ffi::AnyBuffer y, ffi::AnyBuffe
                               ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer c,
                               ffi::Result<ffi::AnyBuffer> dx, bool relu) {
   if (auto e = CheckActivation(x, "bn_relu_backward"); e.failure()) return e;
+  std::lock_guard<std::mutex> lock(unet_kernel_mutex());
   Best().backward_apply(IsBf16(x), dy.untyped_data(), y.untyped_data(), x.untyped_data(),
                         F32(a), F32(b), F32(c), Rows(x), Channels(x), relu, dx->untyped_data());
   return ffi::Error::Success();
@@ -129,6 +136,7 @@ ffi::Error CheckPool(const ffi::AnyBuffer& x) {
 
 ffi::Error MaxPoolImpl(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
   if (auto e = CheckPool(x); e.failure()) return e;
+  std::lock_guard<std::mutex> lock(unet_kernel_mutex());
   auto d = x.dimensions();
   Best().max_pool(IsBf16(x), x.untyped_data(), d[0], d[1], d[2], d[3], y->untyped_data());
   return ffi::Error::Success();
@@ -137,6 +145,7 @@ ffi::Error MaxPoolImpl(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
 ffi::Error MaxPoolBackwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy,
                                ffi::Result<ffi::AnyBuffer> dx) {
   if (auto e = CheckPool(x); e.failure()) return e;
+  std::lock_guard<std::mutex> lock(unet_kernel_mutex());
   auto d = x.dimensions();
   Best().max_pool_backward(IsBf16(x), x.untyped_data(), dy.untyped_data(), d[0], d[1], d[2],
                            d[3], dx->untyped_data());

@@ -110,7 +110,8 @@ void BackwardSumsT(const T* __restrict dy, const T* __restrict y, const T* __res
   ChannelSums(rows, c, [=](int64_t base, float* __restrict b0, float* __restrict b1) {
 #pragma omp simd
     for (int64_t j = 0; j < c; ++j) {
-      const float dz = Load(y, base + j) > floor ? Load(dy, base + j) : 0.f;
+      const float g = Load(dy, base + j);  // Loaded unconditionally: the select vectorises.
+      const float dz = Load(y, base + j) > floor ? g : 0.f;
       b0[j] += dz;
       b1[j] += dz * Load(x, base + j);
     }
@@ -129,7 +130,8 @@ void BackwardApplyT(const T* __restrict dy, const T* __restrict y, const T* __re
     const int64_t base = r * c;
 #pragma omp simd
     for (int64_t j = 0; j < c; ++j) {
-      const float dz = Load(y, base + j) > floor ? Load(dy, base + j) : 0.f;
+      const float g = Load(dy, base + j);  // Loaded unconditionally: the select vectorises.
+      const float dz = Load(y, base + j) > floor ? g : 0.f;
       Store(dx, base + j, a[j] * dz + b[j] * Load(x, base + j) + cc[j]);
     }
   }
@@ -174,8 +176,10 @@ void MaxPoolBackwardT(const T* __restrict x, const T* __restrict dy, int64_t n, 
           const float v10 = Load(x, r1 + k), v11 = Load(x, r1 + c + k);
           const float m = std::max(std::max(v00, v01), std::max(v10, v11));
           const float g = Load(dy, out + k);
-          const bool p00 = v00 == m, p01 = !p00 && v01 == m;
-          const bool p10 = !p00 && !p01 && v10 == m, p11 = !p00 && !p01 && !p10;
+          // Non-short-circuit logic, so the loop has no branches and vectorises.
+          const bool e00 = v00 == m, e01 = v01 == m, e10 = v10 == m;
+          const bool p00 = e00, p01 = e01 & !e00, p10 = e10 & !(e00 | e01);
+          const bool p11 = !(e00 | e01 | e10);
           Store(dx, r0 + k, p00 ? g : 0.f);
           Store(dx, r0 + c + k, p01 ? g : 0.f);
           Store(dx, r1 + k, p10 ? g : 0.f);

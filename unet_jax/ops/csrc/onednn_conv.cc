@@ -138,11 +138,20 @@ std::shared_ptr<Entry> BackwardWeightsEntry(const ConvShape& s) {
   });
 }
 
-// One oneDNN call at a time in this process. Several XLA devices in one process (e.g.
-// --xla_force_host_platform_device_count) run their programs on concurrent threads; oneDNN's
-// OpenMP kernels sized for the whole machine then oversubscribe it, and a kernel whose
-// threads spin at a barrier can starve a device that another is waiting for in a collective.
-std::mutex execute_mutex;
+}  // namespace
+
+// One kernel at a time in this process (convolutions here, the passes of norm_pool.cc too):
+// each is an OpenMP team sized for the whole machine. XLA runs independent thunks, and the
+// programs of several devices in one process (--xla_force_host_platform_device_count), on
+// concurrent threads; overlapping teams oversubscribe the cores, every static-schedule
+// kernel then waits for its slowest thread, and a oneDNN kernel whose threads spin at a
+// barrier can even starve a device that another waits for in a collective.
+std::mutex& unet_kernel_mutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+
+namespace {
 
 // HWIO weights -> the primitive's layout (a scratch buffer), or the weights themselves.
 memory PrimitiveWeights(const Entry& e, void* hwio) {
@@ -154,7 +163,7 @@ memory PrimitiveWeights(const Entry& e, void* hwio) {
 }
 
 void RunForward(const ConvShape& s, void* x, void* w, void* y) {
-  std::lock_guard<std::mutex> lock(execute_mutex);
+  std::lock_guard<std::mutex> lock(unet_kernel_mutex());
   auto e = ForwardEntry(s);
   memory weights = PrimitiveWeights(*e, w);
   e->prim.execute(Stream(), {{DNNL_ARG_SRC, memory(s.Src(), Engine(), x)},
@@ -164,7 +173,7 @@ void RunForward(const ConvShape& s, void* x, void* w, void* y) {
 }
 
 void RunBackwardData(const ConvShape& s, void* dy, void* w, void* dx) {
-  std::lock_guard<std::mutex> lock(execute_mutex);
+  std::lock_guard<std::mutex> lock(unet_kernel_mutex());
   auto e = BackwardDataEntry(s);
   memory weights = PrimitiveWeights(*e, w);
   e->prim.execute(Stream(), {{DNNL_ARG_DIFF_DST, memory(s.Dst(), Engine(), dy)},
@@ -174,7 +183,7 @@ void RunBackwardData(const ConvShape& s, void* dy, void* w, void* dx) {
 }
 
 void RunBackwardWeights(const ConvShape& s, void* x, void* dy, void* dw) {
-  std::lock_guard<std::mutex> lock(execute_mutex);
+  std::lock_guard<std::mutex> lock(unet_kernel_mutex());
   auto e = BackwardWeightsEntry(s);
   memory user(e->user_weights_md, Engine(), dw);
   memory grad = e->reorder
