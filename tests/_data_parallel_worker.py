@@ -22,15 +22,20 @@ def run(devices, config, num_steps: int):
   train_step, _, _ = steps.jit_steps(config)
   batches = iter(pipeline.train_dataset(source, global_batch_size=config.batch_size,
                                         seed=config.seed))
-  losses, shard_shapes = [], None
+  losses, shard_shapes, hlo = [], None, ""
   for _ in range(num_steps):
     batch = parallel.shard_batch(next(batches), mesh)
     shard_shapes = [list(s.data.shape) for s in batch["image"].addressable_shards]
+    hlo = hlo or train_step.lower(state, batch).compile().as_text()
     state, metrics = train_step(state, batch)
     losses.append(float(metrics["loss"]))
   leaves = jax.tree.leaves(jax.device_get({"params": state.params,
                                            "batch_stats": state.batch_stats}))
   return {"losses": losses, "shard_shapes": shard_shapes,
+          # Collectives the partitioned step runs: gathers of whole activations would show
+          # here; all-reduces of gradients and BatchNorm sums are expected.
+          "all_gathers": hlo.count(" all-gather("), "all_reduces": hlo.count(" all-reduce("),
+          "native_calls": hlo.count('custom_call_target="unet_'),
           "spec": list(batch["image"].sharding.spec),
           "leaves": [np.asarray(x).ravel().tolist() for x in leaves]}
 
@@ -39,6 +44,7 @@ def main():
   # SGD: Adam's m / sqrt(v) turns float reduction-order noise in near-zero gradients into
   # full-size update differences; SGD keeps them at rounding level, so the check is tight.
   config = tiny_config(optimizer="sgd", learning_rate=0.05, schedule="constant")
+  config.model.conv_impl = sys.argv[1] if len(sys.argv) > 1 else "auto"
   devices = jax.devices()
   results = {"device_count": len(devices),
              "one": run(devices[:1], config, 3), "all": run(devices, config, 3)}

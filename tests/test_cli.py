@@ -62,3 +62,29 @@ def test_unknown_host_malloc_names_the_choices_and_writes_nothing(tmp_path):
   line = _only_error_line(proc)
   assert "host_malloc='fast'" in line and "system or reuse" in line
   assert not workdir.exists()
+
+
+def _main_without_native_kernels(*args) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "unet_jax.main", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300, check=False,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu", UNET_JAX_DISABLE_NATIVE="1"))
+
+
+def test_onednn_asked_for_without_the_kernels(tmp_path):
+  proc = _main_without_native_kernels("--config=tests/tiny_config.py",
+                                      f"--workdir={tmp_path / 'run'}",
+                                      "--config.model.conv_impl=onednn")
+  assert proc.returncode == 2
+  line = _only_error_line(proc)
+  assert "conv_impl=onednn" in line and "UNET_JAX_DISABLE_NATIVE" in line
+  assert "--config.model.conv_impl=auto" in line
+  assert not (tmp_path / "run").exists()  # Refused before anything was written.
+
+
+def test_auto_falls_back_to_xla_with_one_log_line(tmp_path):
+  proc = _main_without_native_kernels("--config=tests/tiny_config.py",
+                                      f"--workdir={tmp_path / 'run'}")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  fallback = [l for l in proc.stderr.splitlines() if "uses XLA's convolutions" in l]
+  assert len(fallback) == 1 and "UNET_JAX_DISABLE_NATIVE" in fallback[0]
+  assert (tmp_path / "run" / "best.json").exists()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
+from unet_jax.ops import library
 
 
 def _run_forced_devices(module: str, count: int, *args) -> subprocess.CompletedProcess:
@@ -18,11 +19,13 @@ def _run_forced_devices(module: str, count: int, *args) -> subprocess.CompletedP
                         capture_output=True, text=True, timeout=600, check=False)
 
 
-@pytest.fixture(scope="module")
-def results():
-  proc = _run_forced_devices("tests._data_parallel_worker", 4)
+@pytest.fixture(scope="module", params=["xla", "onednn"])
+def results(request):
+  if request.param == "onednn" and library.unavailable_reason():
+    pytest.skip(f"native kernels unavailable: {library.unavailable_reason()}")
+  proc = _run_forced_devices("tests._data_parallel_worker", 4, request.param)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads(proc.stdout)
+  return {**json.loads(proc.stdout), "conv_impl": request.param}
 
 
 def test_batch_is_split_over_four_devices(results):
@@ -40,6 +43,14 @@ def test_one_and_four_devices_give_the_same_losses_and_parameters(results):
   for four, one in zip(results["all"]["leaves"], results["one"]["leaves"]):
     # BatchNorm variance (E[x^2] - E[x]^2 in float32) rounds differently per partitioning.
     np.testing.assert_allclose(four, one, rtol=1e-4, atol=1e-5)
+
+
+def test_native_kernels_partition_over_the_batch_without_gathering_activations(results):
+  if results["conv_impl"] != "onednn":
+    pytest.skip("the XLA path has no native calls")
+  assert results["all"]["native_calls"] > 0  # The step really runs the oneDNN kernels.
+  assert results["all"]["all_gathers"] == 0  # Each device convolves its own rows.
+  assert results["all"]["all_reduces"] > 0  # Weight gradients and BatchNorm sums are added.
 
 
 def test_batch_size_not_divisible_by_device_count_is_one_clear_line(tmp_path):

@@ -174,6 +174,7 @@ def _check_choices(config) -> None:
   for name in ("best_mode", "early_stopping_mode"):
     if config[name] not in ("min", "max"):
       raise ConfigError(f"{name}={config[name]!r}; set --config.{name} to min or max")
+  models.check_conv_impl(config.model)  # Before anything is written.
 
 
 def enable_compilation_cache(cache_dir: str) -> None:

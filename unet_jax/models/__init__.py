@@ -21,7 +21,7 @@ _CHOICES = {
 }
 
 
-def _conv_impl(model_config) -> str:
+def check_conv_impl(model_config) -> str:
   """config.model.conv_impl, checked: 'onednn' where the kernels cannot load is a ConfigError."""
   impl = model_config.get("conv_impl", "auto")
   if impl not in library.IMPLS:
@@ -37,7 +37,7 @@ def from_config(config):
   """The model described by `config.model` with `config.num_classes` outputs."""
   model_config = config.model
   arch = model_config.get("arch", "unet")
-  conv_impl = _conv_impl(model_config)
+  conv_impl = check_conv_impl(model_config)
   if arch in ("resnet18_unet", "resnet34_unet"):
     return ResNetUNet(num_classes=config.num_classes, arch=arch.removesuffix("_unet"),
                       dtype=jnp.dtype(model_config.dtype), conv_impl=conv_impl)

@@ -11,6 +11,10 @@ import jax.numpy as jnp
 from unet_jax.ops import kernels, library
 
 Dtype = Any
+# 1x1 stride-1 convolutions with at most this many outputs (the logit heads) run as XLA dots:
+# measured on the tgs head (16 -> 1 channel, 64x128x128): 15 ms forward + backward against
+# oneDNN's 24 ms, whose kernels are built for many output channels.
+_DOT_MAX_FEATURES = 8
 
 
 def resolve(conv_impl: str) -> str:
@@ -44,8 +48,14 @@ class OneDNNConv(nn.Module):
     kernel_size, strides = tuple(self.kernel_size), tuple(self.strides)
     kernel = self.param("kernel", self.kernel_init, (*kernel_size, x.shape[-1], self.features),
                         self.param_dtype)
-    pads = _explicit_padding(self.padding, x.shape[1], x.shape[2], kernel_size, strides)
-    y = kernels.conv2d(x.astype(self.dtype), kernel, strides, pads)
+    x = x.astype(self.dtype)
+    if kernel_size == (1, 1) and strides == (1, 1) and self.features <= _DOT_MAX_FEATURES:
+      # A per-pixel matvec (the heads): XLA's dot, with a float32 accumulator, beats oneDNN.
+      y = jnp.einsum("nhwc,cf->nhwf", x, kernel[0, 0].astype(self.dtype),
+                     preferred_element_type=jnp.float32).astype(self.dtype)
+    else:
+      pads = _explicit_padding(self.padding, x.shape[1], x.shape[2], kernel_size, strides)
+      y = kernels.conv2d(x, kernel, strides, pads)
     if self.use_bias:
       bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
       y = kernels.add_bias(y, bias)

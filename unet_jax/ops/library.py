@@ -54,9 +54,14 @@ def _dnnl_candidates():
     pass
 
 
+DISABLE_VARIABLE = "UNET_JAX_DISABLE_NATIVE"  # Set to 1: behave as if the kernels were not built.
+
+
 @functools.lru_cache(maxsize=None)
 def load() -> ctypes.CDLL:
   """The loaded and registered kernel library; raises KernelsUnavailable saying why not."""
+  if os.environ.get(DISABLE_VARIABLE, "") not in ("", "0"):
+    raise KernelsUnavailable(f"the native CPU kernels are disabled ({DISABLE_VARIABLE} is set)")
   path = _extension_path()
   if path is None:
     raise KernelsUnavailable(
