@@ -36,6 +36,8 @@ def headline(data) -> str:
   s = data["summary"]
   if "target_iou" not in s:
     return "Speedup: n/a (a run failed)"
+  if not s["torch_improved"]:
+    return f"Speedup: n/a (PyTorch ended at its initial IoU {s['target_iou']:.4f})"
   if s["speedup"] is None:
     reached = ("reached at 0 s" if s["jax_reached_target"] else "not reached by JAX")
     return f"Speedup: n/a (PyTorch's final IoU {s['target_iou']:.4f} {reached})"

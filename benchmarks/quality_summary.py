@@ -47,9 +47,10 @@ def _speedup(jax_run, torch_run) -> dict:
   out = {"target_iou": target, "torch_s_to_target": torch_s, "jax_s_to_target": jax_s,
          "jax_reached_target": jax_s is not None, "speedup": None,
          "speedup_including_setup": None}
-  if jax_s is not None and jax_s > 0:
+  out["torch_improved"] = torch_s > 0  # Else its final IoU is its initial one: no speedup.
+  if jax_s is not None and jax_s > 0 and torch_s > 0:
     out["speedup"] = torch_s / jax_s
-  if jax_s is not None:
+  if jax_s is not None and torch_s > 0:
     out["speedup_including_setup"] = ((torch_s + torch_run["setup_s"]) /
                                       (jax_s + jax_run["setup_s"]))
   return out

@@ -9,7 +9,8 @@ benchmarks.torch_reference.UNet, the torch twin of the config's loss, torch's Ad
 and the optax schedule's learning rate set before every step. Both are scored by the same
 code, unet_jax.steps.eval_step on the logits (train.evaluate for JAX).
 
-The training clock runs only while training; evaluation pauses it and is timed apart.
+The training clock runs only while training; evaluation pauses it and is timed apart. torch
+evaluates under its training precision (autocast bf16 by default), JAX under the config's.
 """
 
 import collections
