@@ -1,5 +1,6 @@
 """The training loop: data -> sharded jitted steps -> metrics, checkpoints and plots."""
 
+import collections
 import dataclasses
 import json
 import logging
@@ -19,6 +20,11 @@ from unet_jax.models import torchvision_import
 from unet_jax.errors import ConfigError, NonFiniteError, WorkdirError
 from unet_jax.metrics import scores_from_sums
 
+# Steps dispatched to the device but not yet finished, at most. Before dispatching step k the
+# host waits for step k - MAX_STEPS_IN_FLIGHT (never the step just queued), so the device
+# always has the next step queued while the progress bar, img/s and held input batches stay
+# within this many steps of the device.
+MAX_STEPS_IN_FLIGHT = 2
 
 def prepare_workdir(workdir) -> pathlib.Path:
   """Creates the workdir (and plots/) or raises a one-line WorkdirError saying why it cannot."""
@@ -318,10 +324,15 @@ def _train_loop(run: Run, state, train_iterator, start_step: int, stop) -> dict:
              dynamic_ncols=True)
   logger = TrainLogger(run.log, bar, config.batch_size)
   previous = None  # (step, metrics) of the step before, read once this one is queued.
+  in_flight = collections.deque()  # Metrics of the steps dispatched last, oldest first.
   for step in bar:
     if resilience.injected_fault("kill", step):
       resilience.die_now()
-    state, metrics = run.train_step(state, _next_batch(train_iterator, step, run.mesh))
+    batch = _next_batch(train_iterator, step, run.mesh)
+    while len(in_flight) >= MAX_STEPS_IN_FLIGHT:
+      jax.block_until_ready(in_flight.popleft())
+    state, metrics = run.train_step(state, batch)
+    in_flight.append(metrics)
     if previous is not None and previous[0] % config.log_every_steps == 0:
       run.check_finite(logger.write(*previous))
     previous = (step, metrics)

@@ -1,0 +1,56 @@
+"""torch twins of unet_jax.losses for binary (one-channel) tasks: bce, dice and bce_dice.
+
+Same maths as the JAX losses: logits (N, 1, H, W), integer labels (N, H, W), per-pixel
+weights (N, H, W); means are weighted, Dice is over the whole batch with smoothing 1.
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def pixel_weights(labels, ignore_index=None, extra=None):
+  """losses.pixel_weights (times a batch's `weight` if it has one) as a float tensor."""
+  weights = torch.ones(labels.shape, dtype=torch.float32, device=labels.device)
+  if ignore_index is not None and ignore_index >= 0:
+    weights = weights * (labels != ignore_index)
+  if extra is not None:
+    weights = weights * torch.from_numpy(np.asarray(extra, np.float32)).to(labels.device)
+  return weights
+
+
+def _weighted_mean(per_pixel, weights):
+  return torch.sum(per_pixel * weights) / torch.clamp(torch.sum(weights), min=1e-6)
+
+
+def _binary(logits, labels):
+  if logits.shape[1] != 1:
+    raise ValueError("the torch losses here are binary: one output channel")
+  return logits[:, 0], (labels > 0).float()
+
+
+def sigmoid_bce(logits, labels, weights):
+  logits, targets = _binary(logits, labels)
+  per_pixel = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+  return _weighted_mean(per_pixel, weights)
+
+
+def soft_dice(logits, labels, weights, smooth: float = 1.0):
+  logits, targets = _binary(logits, labels)
+  probs = torch.sigmoid(logits)
+  intersection = torch.sum(probs * targets * weights)
+  total = torch.sum((probs + targets) * weights)
+  return 1.0 - (2.0 * intersection + smooth) / (total + smooth)
+
+
+def bce_dice(logits, labels, weights):
+  return sigmoid_bce(logits, labels, weights) + soft_dice(logits, labels, weights)
+
+
+LOSSES = {"bce": sigmoid_bce, "dice": soft_dice, "bce_dice": bce_dice}
+
+
+def get_loss(name: str):
+  if name not in LOSSES:
+    raise ValueError(f"loss {name!r} has no torch twin here; choose one of {sorted(LOSSES)}")
+  return LOSSES[name]
