@@ -8,7 +8,7 @@ oneDNN's `libdnnl.so.3` from the `onednn-cpu-gomp` wheel, which lives in the env
 
 import ctypes
 import functools
-import glob
+import importlib.machinery
 import logging
 import os
 import pathlib
@@ -35,9 +35,12 @@ class KernelsUnavailable(RuntimeError):
 
 
 def _extension_path() -> pathlib.Path | None:
+  """This interpreter's build of the library (in-place builds of other Pythons may sit beside it)."""
   here = pathlib.Path(__file__).parent
-  found = sorted(glob.glob(str(here / "_cpu_kernels*.so")))
-  return pathlib.Path(found[0]) if found else None
+  for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+    if (here / f"_cpu_kernels{suffix}").exists():
+      return here / f"_cpu_kernels{suffix}"
+  return None
 
 
 def _dnnl_candidates():
