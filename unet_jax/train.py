@@ -26,6 +26,7 @@ from unet_jax.metrics import scores_from_sums
 # within this many steps of the device.
 MAX_STEPS_IN_FLIGHT = 2
 
+
 def prepare_workdir(workdir) -> pathlib.Path:
   """Creates the workdir (and plots/) or raises a one-line WorkdirError saying why it cannot."""
   path = pathlib.Path(workdir).expanduser().absolute()
