@@ -1,0 +1,50 @@
+"""conv_impl: which kernels a model uses, and the fallback when the native ones are missing."""
+
+import jax
+import pytest
+
+from tests.conftest import tiny_config
+from unet_jax import models
+from unet_jax.errors import ConfigError
+from unet_jax.ops import library
+
+
+@pytest.fixture
+def without_native_kernels(monkeypatch):
+  """As on a machine where the extension was not built; the real state is restored after."""
+  monkeypatch.setenv(library.DISABLE_VARIABLE, "1")
+  library.load.cache_clear()
+  yield
+  monkeypatch.delenv(library.DISABLE_VARIABLE)
+  library.load.cache_clear()
+
+
+def test_auto_is_xla_off_the_cpu(monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert library.resolve("auto") == "xla"
+  assert library.resolve("xla") == "xla"
+
+
+def test_auto_is_onednn_on_the_cpu_when_built():
+  if library.unavailable_reason():
+    pytest.skip(f"native kernels unavailable: {library.unavailable_reason()}")
+  assert library.resolve("auto") == "onednn"
+
+
+def test_unknown_choice_is_refused():
+  with pytest.raises(ValueError, match="conv_impl"):
+    library.resolve("cudnn")
+  with pytest.raises(ConfigError, match="--config.model.conv_impl"):
+    models.from_config(tiny_config(**{"model.conv_impl": "cudnn"}))
+
+
+def test_without_the_kernels_auto_falls_back_and_onednn_is_refused(without_native_kernels):
+  assert "UNET_JAX_DISABLE_NATIVE" in library.unavailable_reason()
+  assert library.resolve("auto") == "xla"
+  with pytest.raises(library.KernelsUnavailable, match="conv_impl=onednn"):
+    library.resolve("onednn")
+  with pytest.raises(ConfigError, match="conv_impl=auto"):
+    models.from_config(tiny_config(**{"model.conv_impl": "onednn"}))
+  model = models.from_config(tiny_config())  # auto: builds and runs on XLA.
+  images = jax.numpy.zeros((1, 16, 16, 3))
+  assert model.apply(model.init(jax.random.PRNGKey(0), images), images).shape == (1, 16, 16, 1)
