@@ -62,3 +62,16 @@ def test_unknown_host_malloc_names_the_choices_and_writes_nothing(tmp_path):
   line = _only_error_line(proc)
   assert "host_malloc='fast'" in line and "system or reuse" in line
   assert not workdir.exists()
+
+
+def test_unknown_optimizer_or_plateau_mode_is_one_line_before_any_work(tmp_path):
+  workdir = tmp_path / "run"
+  proc = _main("--config=configs/synthetic.py", f"--workdir={workdir}",
+               "--config.optimizer=rmsprp")
+  assert proc.returncode == 2
+  assert "choose adam, adamw, sgd, rmsprop" in _only_error_line(proc)
+  proc = _main("--config=configs/synthetic.py", f"--workdir={workdir}",
+               "--config.lr_plateau_patience=3", "--config.lr_plateau_mode=maximum")
+  assert proc.returncode == 2
+  assert "--config.lr_plateau_mode to min or max" in _only_error_line(proc)
+  assert not workdir.exists()
