@@ -133,10 +133,11 @@ def test_truncation_keeps_earlier_steps_and_drops_later_ones(tmp_path):
   for step in range(1, 6):
     board.scalars(step, "train", {"loss": float(step)})
   board.close()
-  resumed = tensorboard.TensorBoard(tmp_path / "tb")
-  resumed.truncate_after(3)
-  resumed.scalars(4, "train", {"loss": 40.0})
-  resumed.close()
+  for cut, step in ((4, 5), (3, 4)):  # Twice: a resume of a resumed run (same second, pid).
+    resumed = tensorboard.TensorBoard(tmp_path / "tb")
+    resumed.truncate_after(cut)
+    resumed.scalars(step, "train", {"loss": 10.0 * step})
+    resumed.close()
   events = event_accumulator.EventAccumulator(str(tmp_path / "tb"), purge_orphaned_data=False)
   points = [(e.step, e.value) for e in events.Reload().Scalars("train/loss")]
   assert points == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]

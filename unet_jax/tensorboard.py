@@ -16,6 +16,8 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer import event_file_writer, record_writer
 
 EVENTS = "*tfevents*"  # TensorBoard reads the files whose name holds 'tfevents'.
+# Readers take a run's files in name order; a writer's name starts with its start time.
+TRUNCATED = "events.out.tfevents.0000000000.truncated"
 _COLORSPACES = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
 
 
@@ -31,7 +33,7 @@ def _key(event: event_pb2.Event):
 
 def truncate_event_files(logdir: pathlib.Path, step: int) -> None:
   """Rewrites the event files of `logdir` as one, keeping the summaries up to `step` (the
-  last of any repeated (step, tags)); the file keeps the oldest name, so it is read first."""
+  last of any repeated (step, tags)), named to be read before any file written later."""
   files = sorted(logdir.glob(EVENTS))
   if not files:
     return
@@ -47,10 +49,11 @@ def truncate_event_files(logdir: pathlib.Path, step: int) -> None:
     writer = record_writer.RecordWriter(f)
     for raw in [header.SerializeToString(), *kept.values()]:
       writer.write(raw)
-  tmp.replace(files[0])
-  for path in files[1:]:
-    path.unlink()
-  logging.info("tensorboard: kept %d event(s) up to step %d in %s", len(kept), step, files[0])
+  tmp.replace(logdir / TRUNCATED)
+  for path in files:
+    if path.name != TRUNCATED:
+      path.unlink()
+  logging.info("tensorboard: kept %d event(s) up to step %d in %s", len(kept), step, TRUNCATED)
 
 
 class TensorBoard:
