@@ -59,14 +59,13 @@ def uninterrupted(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory):
-  """A run killed at step 12 (its events reach step 10, past its checkpoint), then rerun."""
+  """A run killed at step 12 (events flushed up to its last validation), then rerun."""
   workdir = tmp_path_factory.mktemp("resumed")
   killed = _train(workdir, fault="kill@12")
   assert killed.returncode == -signal.SIGKILL
   resumed_from = max(inference.saved_steps(workdir))
   assert resumed_from in (6, 9)  # The save of step 9 is asynchronous: either is complete.
-  before = _steps_by_tag(workdir)
-  assert max(before["train/loss"]) == 10 > resumed_from  # Events to drop on resume.
+  assert max(_steps_by_tag(workdir)["train/loss"]) >= resumed_from  # Past it: dropped.
   rerun = _train(workdir)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert f"resuming from the checkpoint of step {resumed_from}" in rerun.stderr

@@ -67,9 +67,13 @@ class TensorBoard:
   def _write(self, event: event_pb2.Event) -> None:
     if self._writer is None:
       self.logdir.mkdir(parents=True, exist_ok=True)
-      self._writer = event_file_writer.EventFileWriter(str(self.logdir), flush_secs=30)
-    self._writer.add_event(event)
-    self._writer.flush()  # Once per log step: live in TensorBoard, on disk before a kill.
+      self._writer = event_file_writer.EventFileWriter(str(self.logdir), flush_secs=10)
+    self._writer.add_event(event)  # Written by the writer's thread: no wait in the loop.
+
+  def flush(self) -> None:
+    """Puts every event on disk (before a checkpoint, so a resume lacks none of its step)."""
+    if self._writer is not None:
+      self._writer.flush()
 
   def scalars(self, step: int, prefix: str, values: dict) -> None:
     """One event holding `prefix/name` = value for each entry of `values`."""

@@ -253,8 +253,9 @@ class Run:
   def evaluate_and_checkpoint(self, step, state, train_iterator):
     """Validation, best/early-stopping/plateau bookkeeping, plots, checkpoint.
 
-    Returns (state with the plateau advanced, scores, True to stop). Everything logged for
-    `step` is on disk before its checkpoint starts, so a resume never lacks it.
+    Returns (state with the plateau advanced, scores, True to stop). The scalars of `step`
+    are on disk before its checkpoint starts; the grid follows the save (as the timing of
+    multi-process runs expects), so a kill in between loses that one image.
     """
     scores = evaluate(state, self.eval_step, self.val_source, self.config, self.mesh)
     self.log.write(step, "val", scores)
@@ -263,12 +264,13 @@ class Run:
     self.best.update(step, scores)
     stop = self.early_stopping.update(step, scores)
     state = self.reduce_on_plateau(state, scores)
-    grid = self.workdir / "plots" / "predictions.png"
-    save_prediction_grid(state, self.predict, self.val_source, self.config, self.mesh, grid)
-    self.log.board.image(step, "val/predictions", grid)
+    self.log.board.flush()
     self.checkpoints.save(step, state, train_iterator, metrics=scores, progress=self.progress())
     if jax.process_index() == 0:
       plots.plot_curves(self.workdir / "metrics.jsonl", self.workdir / "plots" / "loss.png")
+    grid = self.workdir / "plots" / "predictions.png"
+    save_prediction_grid(state, self.predict, self.val_source, self.config, self.mesh, grid)
+    self.log.board.image(step, "val/predictions", grid)
     if stop:
       es = self.early_stopping
       logging.info("early stopping at step %d: validation %s has not improved for %d "
