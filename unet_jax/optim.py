@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from optax import contrib
 
@@ -23,6 +24,15 @@ def make_schedule(config, total_steps: int) -> optax.Schedule:
                                           pct_start=config.one_cycle_pct_start)
   raise ConfigError(f"unknown schedule {config.schedule!r}; "
                    "choose constant, warmup_cosine or one_cycle")
+
+
+def schedule_table(config, total_steps: int) -> np.ndarray:
+  """The learning rate at every update count 0 .. total_steps, computed once on this
+  process's device: logging a step's rate then reads a host array, with no device work or
+  wait inside the training loop."""
+  counts = np.arange(total_steps + 1, dtype=np.int32)
+  rates = np.asarray(jax.jit(make_schedule(config, total_steps))(counts), np.float32)
+  return np.broadcast_to(rates, counts.shape)  # A constant schedule gives one value.
 
 
 def rmsprop(schedule, *, decay: float, eps: float, momentum: float, weight_decay: float):

@@ -5,15 +5,14 @@ import json
 import logging
 import os
 import pathlib
-import time
 
 import jax
 import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from unet_jax import (checkpoints, data, host_memory, losses, models, optim, parallel, plots,
-                      resilience, steps, tensorboard)
+from unet_jax import (checkpoints, data, host_memory, logs, losses, models, optim, parallel,
+                      plots, resilience, steps, tensorboard)
 from unet_jax.data import augment, pipeline, window
 from unet_jax.models import torchvision_import
 from unet_jax.errors import ConfigError, NonFiniteError, WorkdirError
@@ -36,33 +35,6 @@ def prepare_workdir(workdir) -> pathlib.Path:
     raise WorkdirError(f"cannot create workdir {path}: {e.strerror}; "
                        "choose a --workdir you can write to") from e
   return path
-
-
-class MetricsLog:
-  """Appends one JSON record per line to workdir/metrics.jsonl (process 0 only), and the same
-  values as TensorBoard scalars `split/name`."""
-
-  def __init__(self, path: pathlib.Path, board: tensorboard.TensorBoard | None = None):
-    self.path = path
-    self.enabled = jax.process_index() == 0
-    self.board = board or tensorboard.TensorBoard(path.parent / "tensorboard", enabled=False)
-
-  def write(self, step: int, split: str, values: dict) -> None:
-    if self.enabled:
-      values = {k: float(v) for k, v in values.items()}
-      with open(self.path, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
-      self.board.scalars(step, split, values)
-
-  def truncate_after(self, step: int) -> None:
-    """Drops records past `step` (written by a run that died before its next checkpoint)."""
-    self.board.truncate_after(step)
-    if self.enabled and self.path.exists():
-      lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-      kept = [l for l in lines if l.strip() and json.loads(l)["step"] <= step]
-      tmp = self.path.with_suffix(".tmp")
-      tmp.write_text("".join(kept), encoding="utf-8")
-      tmp.replace(self.path)
 
 
 def evaluate(state, eval_step, source, config, mesh) -> dict:
@@ -143,38 +115,6 @@ def _validation_source(config):
   return window.CentreWindow(source, scored_window) if scored_window else source
 
 
-class TrainLogger:
-  """Writes train metrics one step late, so reading them never stalls the device.
-
-  Throughput is measured between two reads: the steps completed over the wall time.
-  """
-
-  def __init__(self, log: MetricsLog, bar, batch_size: int, learning_rate=None):
-    self.log, self.bar, self.batch_size = log, bar, batch_size
-    self.learning_rate = learning_rate  # (step, values) -> the rate that step used.
-    self.mark = None  # (step, time) of the last point where the device was known idle.
-
-  def synced(self, step: int) -> None:
-    """Records that every step up to `step` has finished now (e.g. after an eval)."""
-    self.mark = (step, time.perf_counter())
-
-  def write(self, step: int, metrics) -> dict:
-    values = parallel.to_host(metrics)  # Step `step` is done; the next one is queued.
-    now = time.perf_counter()
-    if self.mark is not None and step > self.mark[0]:
-      step_time = (now - self.mark[1]) / (step - self.mark[0])
-      values.update(images_per_second=self.batch_size / step_time, step_time_ms=step_time * 1e3)
-    self.mark = (step, now)
-    if self.learning_rate is not None:
-      values["learning_rate"] = self.learning_rate(step, values)
-    self.log.write(step, "train", values)
-    postfix = {"loss": f"{values['loss']:.4f}"}
-    if "images_per_second" in values:
-      postfix["img/s"] = f"{values['images_per_second']:.0f}"
-    self.bar.set_postfix(postfix)  # The full record is in metrics.jsonl.
-    return values
-
-
 def _check_choices(config) -> None:
   if config.nan_policy not in ("skip", "stop"):
     raise ConfigError(f"nan_policy={config.nan_policy!r}; set --config.nan_policy to skip or stop")
@@ -200,13 +140,13 @@ class Run:
   mesh: jax.sharding.Mesh
   val_source: object
   checkpoints: checkpoints.Checkpoints
-  log: MetricsLog
+  log: logs.MetricsLog
   train_step: object
   eval_step: object
   predict: object
   early_stopping: resilience.EarlyStopping
   best: resilience.EarlyStopping  # Tracks best_metric only; never stops the run.
-  schedule: object  # Jitted optax schedule: optimizer update count -> learning rate.
+  schedule: np.ndarray  # Learning rate by optimizer update count (host table, see optim).
   plateau: object  # optim.plateau_update, or None when reduce-on-plateau is off.
   lr_scale: float = 1.0  # The reduce-on-plateau multiplier in the state (host copy).
   skipped_seen: int = 0
@@ -217,7 +157,7 @@ class Run:
   def learning_rate(self, step: int, values: dict) -> float:
     """The rate step `step` used: schedule(updates applied before it) x plateau scale."""
     count = step - 1 - int(values.get("nonfinite_steps", 0))  # Skipped updates leave it.
-    return float(self.schedule(count)) * self.lr_scale
+    return float(self.schedule[count]) * self.lr_scale  # No device work: host values.
 
   def sync_lr_scale(self, state) -> None:
     self.lr_scale = float(parallel.to_host(optim.plateau_scale(self.config, state.opt_state)))
@@ -321,14 +261,14 @@ def _setup(config, workdir):
             checkpoints=checkpoints.Checkpoints(workdir, max_to_keep=config.max_checkpoints,
                                                 best_metric=config.best_metric,
                                                 best_mode=config.best_mode),
-            log=MetricsLog(workdir / "metrics.jsonl",
+            log=logs.MetricsLog(workdir / "metrics.jsonl",
                            tensorboard.TensorBoard(workdir / "tensorboard", config.tensorboard)),
             train_step=train_step, eval_step=eval_step, predict=predict,
             early_stopping=resilience.EarlyStopping(config.early_stopping_patience,
                                                     config.early_stopping_metric,
                                                     config.early_stopping_mode),
             best=resilience.EarlyStopping(0, config.best_metric, config.best_mode),
-            schedule=jax.jit(optim.make_schedule(config, config.num_train_steps)),
+            schedule=optim.schedule_table(config, config.num_train_steps),
             plateau=(optim.plateau_update(config, parallel.replicated(mesh))
                      if optim.plateau_enabled(config) else None))
   state, train_iterator, start_step = _restore_or_start(run, state, train_iterator)
@@ -360,7 +300,7 @@ def _train_loop(run: Run, state, train_iterator, start_step: int, stop) -> dict:
   bar = tqdm(range(start_step + 1, config.num_train_steps + 1), initial=start_step,
              total=config.num_train_steps, desc="train", disable=jax.process_index() != 0,
              dynamic_ncols=True)
-  logger = TrainLogger(run.log, bar, config.batch_size, run.learning_rate)
+  logger = logs.TrainLogger(run.log, bar, config.batch_size, run.learning_rate)
   previous = None  # (step, metrics) of the step before, read once this one is queued.
   for step in bar:
     if resilience.injected_fault("kill", step):
