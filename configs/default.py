@@ -61,16 +61,31 @@ def get_config() -> ml_collections.ConfigDict:
   config.weight_map = False  # Weight pixels by the 2015 paper's boundary map (BoundaryWeights).
   config.weight_map_w0 = 10.0  # Boundary map: peak extra weight between two objects (paper: 10).
   config.weight_map_sigma = 5.0  # Boundary map: decay in pixels of the border term (paper: 5).
-  config.optimizer = "adam"  # adam | adamw | sgd.
+  config.optimizer = "adam"  # adam | adamw | sgd | rmsprop (torch.optim.RMSprop's update).
   config.learning_rate = 1e-3  # Peak learning rate.
   config.schedule = "constant"  # constant | warmup_cosine | one_cycle.
   config.warmup_steps = 100  # warmup_cosine: linear warm-up steps.
   config.one_cycle_pct_start = 0.25  # one_cycle: fraction of steps spent rising.
-  config.weight_decay = 1e-4  # adamw only.
+  # adamw: decoupled decay; rmsprop: L2 added to the gradient, as PyTorch (milesial: 1e-8).
+  config.weight_decay = 1e-4
   config.momentum = 0.9  # sgd only (0 = plain SGD).
   config.nesterov = False  # sgd only.
   config.adam_eps = 1e-8  # adam/adamw epsilon.
+  config.rmsprop_momentum = 0.9  # rmsprop only (0 = none; milesial/Pytorch-UNet: 0.9, later 0.999).
+  config.rmsprop_decay = 0.99  # rmsprop only: square-average decay (PyTorch's alpha).
+  config.rmsprop_eps = 1e-8  # rmsprop only: added to the root of the square average.
+  config.grad_clip_value = 0.0  # Clip each gradient entry to +-this (clip_grad_value_; 0 = off).
   config.grad_clip_norm = 0.0  # Clip gradients to this global norm (0 = off).
+  # Reduce-on-plateau: the learning rate (schedule x scale) is multiplied by lr_plateau_factor
+  # after lr_plateau_patience evaluations without improvement of a validation metric (PyTorch's
+  # ReduceLROnPlateau with patience p drops after p + 1). Saved in checkpoints.
+  config.lr_plateau_patience = 0  # Evaluations without improvement before a drop (0 = off).
+  config.lr_plateau_metric = "dice"  # Validation metric watched (any key of a val record).
+  config.lr_plateau_mode = "max"  # max | min for lr_plateau_metric.
+  config.lr_plateau_factor = 0.1  # Multiplier applied at each drop, in (0, 1).
+  config.lr_plateau_threshold = 1e-4  # An improvement must beat the best by more than this.
+  config.lr_plateau_cooldown = 0  # Evaluations after a drop during which none is counted.
+  config.lr_plateau_min_scale = 0.0  # The scale never drops below this.
 
   # Schedule of the run.
   config.batch_size = 16  # Global batch (all devices, all hosts); must divide by device count.
@@ -82,6 +97,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.best_metric = "dice"  # Validation metric that picks the best checkpoint.
   config.best_mode = "max"  # max | min for best_metric.
   config.seed = 0  # Parameter init, dropout and data order.
+  config.tensorboard = True  # Also write TensorBoard event files to workdir/tensorboard/.
   config.early_stopping_patience = 0  # Stop after this many evals without improvement (0 = off).
   config.early_stopping_metric = "loss"  # Validation metric watched by early stopping.
   config.early_stopping_mode = "min"  # min | max for early_stopping_metric.

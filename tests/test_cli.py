@@ -88,3 +88,16 @@ def test_auto_falls_back_to_xla_with_one_log_line(tmp_path):
   fallback = [l for l in proc.stderr.splitlines() if "uses XLA's convolutions" in l]
   assert len(fallback) == 1 and "UNET_JAX_DISABLE_NATIVE" in fallback[0]
   assert (tmp_path / "run" / "best.json").exists()
+
+
+def test_unknown_optimizer_or_plateau_mode_is_one_line_before_any_work(tmp_path):
+  workdir = tmp_path / "run"
+  proc = _main("--config=configs/synthetic.py", f"--workdir={workdir}",
+               "--config.optimizer=rmsprp")
+  assert proc.returncode == 2
+  assert "choose adam, adamw, sgd, rmsprop" in _only_error_line(proc)
+  proc = _main("--config=configs/synthetic.py", f"--workdir={workdir}",
+               "--config.lr_plateau_patience=3", "--config.lr_plateau_mode=maximum")
+  assert proc.returncode == 2
+  assert "--config.lr_plateau_mode to min or max" in _only_error_line(proc)
+  assert not workdir.exists()

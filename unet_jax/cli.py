@@ -4,11 +4,12 @@ import contextlib
 import os
 import re
 import sys
+import threading
 
 import jax
 from absl import app, flags, logging
 
-from unet_jax import parallel
+from unet_jax import parallel, peers
 from unet_jax.errors import UserError
 
 
@@ -22,19 +23,41 @@ def exit_on_user_error():
   multi-process run, a failed collective (a peer died) into one line and exit status 3."""
   try:
     yield
+    _say_goodbye()
   except UserError as e:
+    _say_goodbye()  # Raised by every process alike (config, data, nan_policy=stop).
     logging.flush()
     sys.stderr.write(f"error: {_one_line(e)}\n")
     sys.exit(2)
   except jax.errors.JaxRuntimeError as e:
     if jax.process_count() == 1:
       raise
-    first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-    sys.stderr.write(f"error: process {jax.process_index()} lost contact with the other "
-                     f"processes of this run ({first_line}); rerun every process with the "
-                     "same command to resume from the last checkpoint\n")
-    sys.stderr.flush()
-    os._exit(3)  # The orderly shutdown would wait on the dead peer, then abort.
+    exit_lost_contact(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+_peer_watch = None  # peers.PeerWatch of a multi-process run.
+
+
+def _say_goodbye() -> None:
+  """This process leaves in order: the others must not take it for dead."""
+  if _peer_watch is not None:
+    _peer_watch.close()
+
+
+_EXITING = threading.Lock()  # Held until the end by the first thread that reports a loss.
+
+
+def exit_lost_contact(reason: str) -> None:
+  """One `error:` line and exit status 3, from whichever thread sees a peer gone first (a
+  failed collective in the main thread, or peers.PeerWatch's)."""
+  _EXITING.acquire()  # A second reporter waits here until the first has ended the process.
+  if threading.current_thread() is not threading.main_thread():
+    sys.stderr.write("\n")  # The progress bar, left open, may hold the current line.
+  sys.stderr.write(f"error: process {jax.process_index()} lost contact with the other "
+                   f"processes of this run ({reason}); rerun every process with the "
+                   "same command to resume from the last checkpoint\n")
+  sys.stderr.flush()
+  os._exit(3)  # The orderly shutdown would wait on the dead peer, then abort.
 
 
 def reject_extra_args(argv) -> None:
@@ -100,3 +123,5 @@ def maybe_initialize_distributed() -> None:
   if f.distributed or f.coordinator_address or f.num_processes:
     parallel.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id,
                                     f.heartbeat_timeout_seconds)
+    global _peer_watch  # pylint: disable=global-statement
+    _peer_watch = peers.PeerWatch(exit_lost_contact)

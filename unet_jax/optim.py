@@ -1,7 +1,14 @@
-"""optax optimizers and learning-rate schedules built from a config."""
+"""optax optimizers, learning-rate schedules and reduce-on-plateau built from a config."""
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
+from optax import contrib
+
 from unet_jax.errors import ConfigError
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 
 
 def make_schedule(config, total_steps: int) -> optax.Schedule:
@@ -19,17 +26,115 @@ def make_schedule(config, total_steps: int) -> optax.Schedule:
                    "choose constant, warmup_cosine or one_cycle")
 
 
-def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
-  """adam | adamw | sgd (with momentum), after optional global-norm gradient clipping."""
-  schedule = make_schedule(config, total_steps)
+def schedule_table(config, total_steps: int) -> np.ndarray:
+  """The learning rate at every update count 0 .. total_steps, computed once on this
+  process's device: logging a step's rate then reads a host array, with no device work or
+  wait inside the training loop."""
+  counts = np.arange(total_steps + 1, dtype=np.int32)
+  rates = np.asarray(jax.jit(make_schedule(config, total_steps))(counts), np.float32)
+  return np.broadcast_to(rates, counts.shape)  # A constant schedule gives one value.
+
+
+def rmsprop(schedule, *, decay: float, eps: float, momentum: float, weight_decay: float):
+  """torch.optim.RMSprop: L2 weight decay added to the gradient, eps outside the square root,
+  momentum on the normalised gradient, the learning rate applied last."""
+  return optax.chain(
+      optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
+      optax.scale_by_rms(decay=decay, eps=eps, eps_in_sqrt=False),
+      optax.trace(decay=momentum) if momentum else optax.identity(),
+      optax.scale_by_learning_rate(schedule))
+
+
+def _base_optimizer(config, schedule) -> optax.GradientTransformation:
   if config.optimizer == "adam":
-    optimizer = optax.adam(schedule, eps=config.adam_eps)
-  elif config.optimizer == "adamw":
-    optimizer = optax.adamw(schedule, eps=config.adam_eps, weight_decay=config.weight_decay)
-  elif config.optimizer == "sgd":
-    optimizer = optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov)
-  else:
-    raise ConfigError(f"unknown optimizer {config.optimizer!r}; choose adam, adamw or sgd")
+    return optax.adam(schedule, eps=config.adam_eps)
+  if config.optimizer == "adamw":
+    return optax.adamw(schedule, eps=config.adam_eps, weight_decay=config.weight_decay)
+  if config.optimizer == "sgd":
+    return optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov)
+  if config.optimizer == "rmsprop":
+    return rmsprop(schedule, decay=config.rmsprop_decay, eps=config.rmsprop_eps,
+                   momentum=config.rmsprop_momentum, weight_decay=config.weight_decay)
+  raise ConfigError(f"unknown optimizer {config.optimizer!r}; choose {', '.join(OPTIMIZERS)}")
+
+
+def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
+  """adam | adamw | sgd | rmsprop after optional clipping (by value, then by global norm),
+  followed, when reduce-on-plateau is on, by its scale (see `plateau_update`)."""
+  optimizer = _base_optimizer(config, make_schedule(config, total_steps))
+  clips = []
+  if config.grad_clip_value > 0:
+    clips.append(optax.clip(config.grad_clip_value))
   if config.grad_clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
+    clips.append(optax.clip_by_global_norm(config.grad_clip_norm))
+  if clips:
+    optimizer = optax.chain(*clips, optimizer)
+  if plateau_enabled(config):
+    # Last in the chain: opt_state is (optimizer state, ReduceLROnPlateauState).
+    optimizer = optax.chain(optimizer, _scale_by_plateau(config))
   return optimizer
+
+
+def plateau_enabled(config) -> bool:
+  return config.lr_plateau_patience > 0
+
+
+def check_plateau(config) -> None:
+  """Refuses reduce-on-plateau settings that cannot work, naming the field to fix."""
+  if not plateau_enabled(config):
+    return
+  if config.lr_plateau_mode not in ("min", "max"):
+    raise ConfigError(f"lr_plateau_mode={config.lr_plateau_mode!r}; "
+                      "set --config.lr_plateau_mode to min or max")
+  if not 0.0 < config.lr_plateau_factor < 1.0:
+    raise ConfigError(f"lr_plateau_factor={config.lr_plateau_factor}; "
+                      "set --config.lr_plateau_factor between 0 and 1 (exclusive)")
+  if config.lr_plateau_threshold <= 0.0:
+    raise ConfigError(f"lr_plateau_threshold={config.lr_plateau_threshold}; "
+                      "set --config.lr_plateau_threshold to a positive value, e.g. 1e-4")
+
+
+def _plateau_transform(config) -> optax.GradientTransformationExtraArgs:
+  check_plateau(config)
+  return contrib.reduce_on_plateau(
+      factor=config.lr_plateau_factor, patience=config.lr_plateau_patience, rtol=0.0,
+      atol=config.lr_plateau_threshold, cooldown=config.lr_plateau_cooldown,
+      min_scale=config.lr_plateau_min_scale)
+
+
+def _scale_by_plateau(config) -> optax.GradientTransformation:
+  """Multiplies the updates by the plateau scale; the state only changes in plateau_update."""
+
+  def update_fn(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u: state.scale.astype(u.dtype) * u, updates), state
+
+  return optax.GradientTransformation(_plateau_transform(config).init, update_fn)
+
+
+def plateau_update(config, sharding=None):
+  """(opt_state, validation scores) -> opt_state advancing reduce-on-plateau by one
+  evaluation: optax's transform, jitted, fed the metric (negated in max mode: it minimises)."""
+  transform = _plateau_transform(config)
+  sign = -1.0 if config.lr_plateau_mode == "max" else 1.0
+  metric = config.lr_plateau_metric
+
+  def advance(plateau_state, value):
+    _, new_state = transform.update(jnp.zeros(()), plateau_state, value=sign * value)
+    return new_state
+
+  advance = jax.jit(advance, **({"out_shardings": sharding} if sharding is not None else {}))
+
+  def update(opt_state, scores: dict):
+    if metric not in scores:
+      raise ConfigError(f"lr_plateau_metric={metric!r} is not a validation metric; set "
+                        f"--config.lr_plateau_metric to one of {', '.join(sorted(scores))}")
+    *rest, plateau_state = opt_state
+    return (*rest, advance(plateau_state, jnp.float32(scores[metric])))
+
+  return update
+
+
+def plateau_scale(config, opt_state):
+  """The current reduce-on-plateau multiplier of the learning rate (1 when off)."""
+  return opt_state[-1].scale if plateau_enabled(config) else 1.0

@@ -17,7 +17,7 @@ from unet_jax.errors import WorkdirError
 RESUMABLE_FIELDS = frozenset({
     "num_train_steps", "log_every_steps", "eval_every_steps", "max_checkpoints", "num_workers",
     "prefetch", "compilation_cache_dir", "data_dir", "restart", "early_stopping_patience",
-    "nan_policy", "host_malloc",
+    "nan_policy", "host_malloc", "tensorboard",
     "model.conv_impl",  # Which kernels run the same math (XLA or oneDNN on the CPU).
 })
 
@@ -45,7 +45,7 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 
 
 def _clear_run(workdir: pathlib.Path) -> None:
-  for name in ("checkpoints", "plots"):
+  for name in ("checkpoints", "plots", "tensorboard"):
     shutil.rmtree(workdir / name, ignore_errors=True)
   for name in ("metrics.jsonl", "config.json", "best.json"):
     (workdir / name).unlink(missing_ok=True)

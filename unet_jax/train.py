@@ -6,15 +6,14 @@ import json
 import logging
 import os
 import pathlib
-import time
 
 import jax
 import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from unet_jax import (checkpoints, data, host_memory, losses, models, optim, parallel, plots,
-                      resilience, steps)
+from unet_jax import (checkpoints, data, host_memory, logs, losses, models, optim, parallel,
+                      plots, resilience, steps, tensorboard)
 from unet_jax.data import augment, pipeline, window
 from unet_jax.models import torchvision_import
 from unet_jax.errors import ConfigError, NonFiniteError, WorkdirError
@@ -43,29 +42,6 @@ def prepare_workdir(workdir) -> pathlib.Path:
     raise WorkdirError(f"cannot create workdir {path}: {e.strerror}; "
                        "choose a --workdir you can write to") from e
   return path
-
-
-class MetricsLog:
-  """Appends one JSON record per line to workdir/metrics.jsonl (process 0 only)."""
-
-  def __init__(self, path: pathlib.Path):
-    self.path = path
-    self.enabled = jax.process_index() == 0
-
-  def write(self, step: int, split: str, values: dict) -> None:
-    if self.enabled:
-      record = {"step": step, "split": split, **{k: float(v) for k, v in values.items()}}
-      with open(self.path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-
-  def truncate_after(self, step: int) -> None:
-    """Drops records past `step` (written by a run that died before its next checkpoint)."""
-    if self.enabled and self.path.exists():
-      lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-      kept = [l for l in lines if l.strip() and json.loads(l)["step"] <= step]
-      tmp = self.path.with_suffix(".tmp")
-      tmp.write_text("".join(kept), encoding="utf-8")
-      tmp.replace(self.path)
 
 
 def evaluate(state, eval_step, source, config, mesh) -> dict:
@@ -146,35 +122,6 @@ def _validation_source(config):
   return window.CentreWindow(source, scored_window) if scored_window else source
 
 
-class TrainLogger:
-  """Writes train metrics one step late, so reading them never stalls the device.
-
-  Throughput is measured between two reads: the steps completed over the wall time.
-  """
-
-  def __init__(self, log: MetricsLog, bar, batch_size: int):
-    self.log, self.bar, self.batch_size = log, bar, batch_size
-    self.mark = None  # (step, time) of the last point where the device was known idle.
-
-  def synced(self, step: int) -> None:
-    """Records that every step up to `step` has finished now (e.g. after an eval)."""
-    self.mark = (step, time.perf_counter())
-
-  def write(self, step: int, metrics) -> dict:
-    values = parallel.to_host(metrics)  # Step `step` is done; the next one is queued.
-    now = time.perf_counter()
-    if self.mark is not None and step > self.mark[0]:
-      step_time = (now - self.mark[1]) / (step - self.mark[0])
-      values.update(images_per_second=self.batch_size / step_time, step_time_ms=step_time * 1e3)
-    self.mark = (step, now)
-    self.log.write(step, "train", values)
-    postfix = {"loss": f"{values['loss']:.4f}"}
-    if "images_per_second" in values:
-      postfix["img/s"] = f"{values['images_per_second']:.0f}"
-    self.bar.set_postfix(postfix)  # The full record is in metrics.jsonl.
-    return values
-
-
 def _check_choices(config) -> None:
   if config.nan_policy not in ("skip", "stop"):
     raise ConfigError(f"nan_policy={config.nan_policy!r}; set --config.nan_policy to skip or stop")
@@ -182,6 +129,7 @@ def _check_choices(config) -> None:
     if config[name] not in ("min", "max"):
       raise ConfigError(f"{name}={config[name]!r}; set --config.{name} to min or max")
   models.check_conv_impl(config.model)  # Before anything is written.
+  optim.make_optimizer(config, config.num_train_steps)  # Unknown optimizer, schedule, plateau.
 
 
 def enable_compilation_cache(cache_dir: str) -> None:
@@ -200,16 +148,39 @@ class Run:
   mesh: jax.sharding.Mesh
   val_source: object
   checkpoints: checkpoints.Checkpoints
-  log: MetricsLog
+  log: logs.MetricsLog
   train_step: object
   eval_step: object
   predict: object
   early_stopping: resilience.EarlyStopping
   best: resilience.EarlyStopping  # Tracks best_metric only; never stops the run.
+  schedule: np.ndarray  # Learning rate by optimizer update count (host table, see optim).
+  plateau: object  # optim.plateau_update, or None when reduce-on-plateau is off.
+  lr_scale: float = 1.0  # The reduce-on-plateau multiplier in the state (host copy).
   skipped_seen: int = 0
 
   def progress(self) -> dict:
     return {"early_stopping": self.early_stopping.to_json(), "best": self.best.to_json()}
+
+  def learning_rate(self, step: int, values: dict) -> float:
+    """The rate step `step` used: schedule(updates applied before it) x plateau scale."""
+    count = step - 1 - int(values.get("nonfinite_steps", 0))  # Skipped updates leave it.
+    return float(self.schedule[count]) * self.lr_scale  # No device work: host values.
+
+  def sync_lr_scale(self, state) -> None:
+    self.lr_scale = float(parallel.to_host(optim.plateau_scale(self.config, state.opt_state)))
+
+  def reduce_on_plateau(self, state, scores: dict):
+    """Advances reduce-on-plateau by one evaluation of its validation metric."""
+    if self.plateau is None:
+      return state
+    previous = self.lr_scale
+    state = state.replace(opt_state=self.plateau(state.opt_state, scores))
+    self.sync_lr_scale(state)
+    if self.lr_scale != previous:
+      logging.info("validation %s on a plateau: learning-rate scale %.3g -> %.3g",
+                   self.config.lr_plateau_metric, previous, self.lr_scale)
+    return state
 
   def check_finite(self, metrics) -> None:
     """Reports updates skipped for a non-finite loss/gradient; raises under nan_policy=stop."""
@@ -227,29 +198,38 @@ class Run:
     logging.warning("skipped the update of %d step(s) with a non-finite loss or gradient, "
                     "the first at step %d (nan_policy=skip)", count, first)
 
-  def evaluate_and_checkpoint(self, step, state, train_iterator) -> tuple[dict, bool]:
-    """Validation, best/early-stopping bookkeeping, checkpoint, plots; True means stop."""
+  def evaluate_and_checkpoint(self, step, state, train_iterator):
+    """Validation, best/early-stopping/plateau bookkeeping, plots, checkpoint.
+
+    Returns (state with the plateau advanced, scores, True to stop). The scalars of `step`
+    are on disk before its checkpoint starts; the grid follows the save (as the timing of
+    multi-process runs expects), so a kill in between loses that one image.
+    """
     scores = evaluate(state, self.eval_step, self.val_source, self.config, self.mesh)
     self.log.write(step, "val", scores)
     logging.info("step %d: validation %s", step,
                  ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if "class" not in k))
     self.best.update(step, scores)
     stop = self.early_stopping.update(step, scores)
+    state = self.reduce_on_plateau(state, scores)
+    self.log.board.flush()
     self.checkpoints.save(step, state, train_iterator, metrics=scores, progress=self.progress())
     if jax.process_index() == 0:
       plots.plot_curves(self.workdir / "metrics.jsonl", self.workdir / "plots" / "loss.png")
-    save_prediction_grid(state, self.predict, self.val_source, self.config, self.mesh,
-                         self.workdir / "plots" / "predictions.png")
+    grid = self.workdir / "plots" / "predictions.png"
+    save_prediction_grid(state, self.predict, self.val_source, self.config, self.mesh, grid)
+    self.log.board.image(step, "val/predictions", grid)
     if stop:
       es = self.early_stopping
       logging.info("early stopping at step %d: validation %s has not improved for %d "
                    "evaluations (best %.4f at step %d)", step, es.metric,
                    es.evals_without_improvement, es.best_value, es.best_step)
-    return scores, stop
+    return state, scores, stop
 
   def finish(self) -> None:
     """Waits for pending saves and records the best checkpoint in workdir/best.json."""
     self.checkpoints.close()
+    self.log.board.close()
     if jax.process_index() == 0 and self.best.best_value is not None:
       record = {"step": self.best.best_step, "metric": self.best.metric,
                 "value": self.best.best_value}
@@ -263,9 +243,10 @@ def _restore_or_start(run: Run, state, train_iterator):
     if progress is not None:
       run.early_stopping.load(progress["early_stopping"])
       run.best.load(progress["best"])
-    run.log.truncate_after(start_step)  # Drop records a killed run wrote past its checkpoint.
     logging.info("resuming from the checkpoint of step %d in %s", start_step,
                  run.checkpoints.directory)
+  run.log.truncate_after(start_step)  # Drop records a killed run wrote past its checkpoint.
+  run.sync_lr_scale(state)
   return state, train_iterator, start_step
 
 
@@ -288,12 +269,16 @@ def _setup(config, workdir):
             checkpoints=checkpoints.Checkpoints(workdir, max_to_keep=config.max_checkpoints,
                                                 best_metric=config.best_metric,
                                                 best_mode=config.best_mode),
-            log=MetricsLog(workdir / "metrics.jsonl"), train_step=train_step,
-            eval_step=eval_step, predict=predict,
+            log=logs.MetricsLog(workdir / "metrics.jsonl",
+                           tensorboard.TensorBoard(workdir / "tensorboard", config.tensorboard)),
+            train_step=train_step, eval_step=eval_step, predict=predict,
             early_stopping=resilience.EarlyStopping(config.early_stopping_patience,
                                                     config.early_stopping_metric,
                                                     config.early_stopping_mode),
-            best=resilience.EarlyStopping(0, config.best_metric, config.best_mode))
+            best=resilience.EarlyStopping(0, config.best_metric, config.best_mode),
+            schedule=optim.schedule_table(config, config.num_train_steps),
+            plateau=(optim.plateau_update(config, parallel.replicated(mesh))
+                     if optim.plateau_enabled(config) else None))
   state, train_iterator, start_step = _restore_or_start(run, state, train_iterator)
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -323,7 +308,7 @@ def _train_loop(run: Run, state, train_iterator, start_step: int, stop) -> dict:
   bar = tqdm(range(start_step + 1, config.num_train_steps + 1), initial=start_step,
              total=config.num_train_steps, desc="train", disable=jax.process_index() != 0,
              dynamic_ncols=True)
-  logger = TrainLogger(run.log, bar, config.batch_size)
+  logger = logs.TrainLogger(run.log, bar, config.batch_size, run.learning_rate)
   previous = None  # (step, metrics) of the step before, read once this one is queued.
   in_flight = collections.deque()  # Metrics of the steps dispatched last, oldest first.
   for step in bar:
@@ -340,7 +325,7 @@ def _train_loop(run: Run, state, train_iterator, start_step: int, stop) -> dict:
     if step % config.eval_every_steps == 0 or step == config.num_train_steps:
       values = logger.write(step, metrics) if step % config.log_every_steps == 0 else metrics
       run.check_finite(parallel.to_host(values))  # Before the save: never checkpoint a NaN.
-      scores, early_stop = run.evaluate_and_checkpoint(step, state, train_iterator)
+      state, scores, early_stop = run.evaluate_and_checkpoint(step, state, train_iterator)
       logger.synced(step)
       previous = None
       if early_stop:
