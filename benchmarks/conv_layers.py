@@ -69,7 +69,8 @@ def layer_spec(x, w, strides=(1, 1), padding=((1, 1), (1, 1)), transposed=False,
 
 
 def model_layers(preset: str) -> list[dict]:
-  """The distinct convolutions of a preset's U-Net (CPU sizes), in call order, with counts.
+  """The distinct oneDNN convolutions of a preset's U-Net (CPU sizes), in call order, with
+  counts (the 1x1 logit head runs as an XLA dot and is not one of them).
 
   The first convolution's input gradient is not part of a train step (input_grad_count)."""
   spec = throughput.preset_spec(preset, "cpu")

@@ -44,7 +44,7 @@ def test_one_tiny_step_writes_json_markdown_and_chart(tmp_path):
   assert data["summary"]["ratio_jax_to_best_torch"] > 0
 
   markdown = (directory / "tiny.md").read_text()
-  assert "| JAX fp32 |" in markdown and "**JAX / best PyTorch = " in markdown
+  assert "| JAX fp32 (XLA kernels) |" in markdown and "**JAX / best PyTorch = " in markdown
   assert (directory / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert "JAX fp32" in report.readme_block(tmp_path)
 

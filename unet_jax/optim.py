@@ -31,7 +31,8 @@ def schedule_table(config, total_steps: int) -> np.ndarray:
   process's device: logging a step's rate then reads a host array, with no device work or
   wait inside the training loop."""
   counts = np.arange(total_steps + 1, dtype=np.int32)
-  rates = np.asarray(jax.jit(make_schedule(config, total_steps))(counts), np.float32)
+  # vmap: optax's piecewise schedules (one_cycle) compare a scalar count with their boundaries.
+  rates = np.asarray(jax.jit(jax.vmap(make_schedule(config, total_steps)))(counts), np.float32)
   return np.broadcast_to(rates, counts.shape)  # A constant schedule gives one value.
 
 
