@@ -63,12 +63,12 @@ def _sharded_over_batch(fn, *, batched_args, summed_results, rule, static_argnum
   reduction = ("b",) if summed_results else ()
   wrapped.def_partition(partition=partition, sharding_rule=rule, reduction_factors=reduction,
                         need_replication_factors=others,
-                        infer_sharding_from_operands=_infer_unused,
+                        infer_sharding_from_operands=_infer_batch_sharding,
                         propagate_user_sharding=None)
   return wrapped
 
 
-def _infer_unused(*args):  # GSPMD (non-Shardy) propagation: results follow the batch.
+def _infer_batch_sharding(*args):  # GSPMD (non-Shardy) propagation: results follow the batch.
   *_, mesh, arg_shapes, result_shape = args
   axes = _batch_axes(arg_shapes[0].sharding)
   def one(r):
