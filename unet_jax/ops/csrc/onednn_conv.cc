@@ -260,31 +260,26 @@ ffi::Error ConvBackwardWeightsImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy,
   });
 }
 
+// Every convolution handler: two operands, one result, strides (2) and padding (4).
+auto ConvBinding() {
+  return ffi::Ffi::Bind()
+      .Arg<ffi::AnyBuffer>()
+      .Arg<ffi::AnyBuffer>()
+      .Ret<ffi::AnyBuffer>()
+      .Attr<ffi::Span<const int64_t>>("strides")
+      .Attr<ffi::Span<const int64_t>>("padding");
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetConvForward, ConvForwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<ffi::Span<const int64_t>>("strides")
-                                  .Attr<ffi::Span<const int64_t>>("padding"));
+                              ConvBinding());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetConvBackwardData, ConvBackwardDataImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<ffi::Span<const int64_t>>("strides")
-                                  .Attr<ffi::Span<const int64_t>>("padding"));
+                              ConvBinding());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetConvBackwardWeights, ConvBackwardWeightsImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<ffi::Span<const int64_t>>("strides")
-                                  .Attr<ffi::Span<const int64_t>>("padding"));
+                              ConvBinding());
 
 // oneDNN called directly, for the benchmark's ceiling: runs `which` (0 forward, 1 backward
 // data, 2 backward weights) `repeats` times on the caller's buffers and returns the best
