@@ -76,6 +76,41 @@ def test_conv_bf16_agrees_within_bf16_rounding(case):
     assert _max_relative(a, b) < 2e-2  # A few bf16 ulps (2**-8) after long sums.
 
 
+@pytest.mark.parametrize("case", [CONV_CASES[1], CONV_CASES[3]], ids=str)
+def test_f32_kernel_is_rounded_to_bf16_inside_the_kernel(case):
+  """bf16 activations with f32 weights (rounded inside oneDNN's reorder) give bit for bit
+  what weights rounded by XLA beforehand give, in the value and both gradients."""
+  n, h, w, c, o, k, s, _ = case
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(n, h, w, c)), jnp.bfloat16)
+  kernel = jnp.asarray(rng.normal(size=(k, k, c, o)), jnp.float32)
+  conv = lambda x, kernel: kernels.conv2d(x, kernel, (s, s), _pads(case))
+  dy = jnp.asarray(rng.normal(size=conv(x, kernel).shape), jnp.bfloat16)
+  run = jax.jit(lambda x, kernel: (conv(x, kernel), *jax.vjp(conv, x, kernel)[1](dy)))
+  inside = run(x, kernel)
+  before = run(x, kernel.astype(jnp.bfloat16))
+  assert inside[2].dtype == jnp.float32 and before[2].dtype == jnp.bfloat16  # The kernel's.
+  inside = (*inside[:2], inside[2].astype(jnp.bfloat16))
+  for name, a, b in zip(("value", "input gradient", "kernel gradient"), inside, before):
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32), name)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_concat_channels_and_its_gradient_equal_xla(dtype):
+  rng = np.random.default_rng(2)
+  a = jnp.asarray(rng.normal(size=(2, 5, 7, 3)), dtype)
+  b = jnp.asarray(rng.normal(size=(2, 5, 7, 6)), dtype)
+  weights = jnp.asarray(rng.normal(size=(9,)), jnp.float32)
+  loss = lambda concat: lambda a, b: (concat(a, b).astype(jnp.float32) * weights).sum()
+  xla = lambda a, b: jnp.concatenate([a, b], axis=-1)
+  np.testing.assert_array_equal(jax.jit(kernels.concat_channels)(a, b), xla(a, b))
+  ours = jax.jit(jax.grad(loss(kernels.concat_channels), (0, 1)))(a, b)
+  theirs = jax.grad(loss(xla), (0, 1))(a, b)
+  for mine, reference in zip(ours, theirs):
+    assert mine.dtype == dtype
+    np.testing.assert_array_equal(mine, reference)
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("relu", [True, False])
 def test_batch_norm_module_matches_flax(dtype, relu):

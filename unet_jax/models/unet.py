@@ -163,7 +163,7 @@ class UNet(nn.Module):
       x = UpSample(features, self.upsample, self.dtype, self.param_dtype, self.upsample_impl,
                    impl, name=f"up_{level}")(x)
       skip = center_crop(skips[level], x.shape[1], x.shape[2])
-      x = jnp.concatenate([skip, x], axis=-1)
+      x = layers.concat_channels(impl, skip, x)
       x = conv(features, name=f"decoder_{level}")(x, train)
     # The 1x1 head runs in float32 so logits and the loss never see bfloat16 rounding.
     return layers.conv(impl, self.num_classes, (1, 1), kernel_init=he_normal,

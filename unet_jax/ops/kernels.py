@@ -124,12 +124,19 @@ _backward_weights_sharded = _sharded_over_batch(
     rule="b h w c, b p q o -> k l c o")
 
 
+def _native_weights(kernel, dtype):
+  """Weights as the kernels take them: float32 as they are (the kernel rounds them to bf16
+  in its weight reorder), anything else in the activations' dtype."""
+  return kernel if kernel.dtype == jnp.float32 else kernel.astype(dtype)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d(x, kernel, strides, padding):
-  """NHWC x HWIO convolution on oneDNN. `kernel` may be float32 while `x` is bfloat16: it is
-  cast to x's dtype for the product, and its gradient comes back in the kernel's own dtype
-  (accumulated in float32). strides (sh, sw); padding ((top, bottom), (left, right))."""
-  return _forward_sharded(strides, padding, x, kernel.astype(x.dtype))
+  """NHWC x HWIO convolution on oneDNN. `kernel` may be float32 while `x` is bfloat16: the
+  kernel rounds it to bfloat16 inside its own weight reorder (no XLA convert pass), and the
+  gradient comes back in the kernel's own dtype (accumulated in float32).
+  strides (sh, sw); padding ((top, bottom), (left, right))."""
+  return _forward_sharded(strides, padding, x, _native_weights(kernel, x.dtype))
 
 
 def _conv2d_fwd(x, kernel, strides, padding):
@@ -139,7 +146,8 @@ def _conv2d_fwd(x, kernel, strides, padding):
 def _conv2d_bwd(strides, padding, residuals, dy):
   x, kernel = residuals
   dy = dy.astype(x.dtype)
-  dx = _backward_data_sharded(strides, padding, x.shape[1:3], dy, kernel.astype(x.dtype))
+  dx = _backward_data_sharded(strides, padding, x.shape[1:3], dy,
+                              _native_weights(kernel, x.dtype))
   dw = _backward_weights_sharded(strides, padding, kernel.shape, x, dy)
   return dx, dw.astype(kernel.dtype)
 
@@ -260,6 +268,43 @@ def _max_pool_bwd(x, dy):
 max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
+# ---- Skip-connection concatenation ---------------------------------------------------------
+
+def _concat(a, b):
+  out = jax.ShapeDtypeStruct((*a.shape[:-1], a.shape[-1] + b.shape[-1]), a.dtype)
+  return _call("unet_concat_channels", out, a, b)
+
+
+def _split(split, x):
+  shapes = tuple(jax.ShapeDtypeStruct((*x.shape[:-1], c), x.dtype)
+                 for c in (split, x.shape[-1] - split))
+  return _call("unet_split_channels", shapes, x)
+
+
+_concat_sharded = _sharded_over_batch(_concat, batched_args=(0, 1), summed_results=(),
+                                      rule="b h w c, b h w d -> b h w e")
+_split_sharded = _sharded_over_batch(_split, batched_args=(0,), summed_results=(),
+                                     static_argnums=(0,), rule="b h w e -> b h w c, b h w d")
+
+
+@jax.custom_vjp
+def concat_channels(a, b):
+  """jnp.concatenate([a, b], -1) of two NHWC maps of one dtype, as one native copy pass
+  (XLA:CPU widens a bf16 concatenate, and the slices of its gradient, to float32)."""
+  return _concat_sharded(a, b)
+
+
+def _concat_channels_fwd(a, b):
+  return concat_channels(a, b), a.shape[-1]
+
+
+def _concat_channels_bwd(split, dy):
+  return tuple(_split_sharded(split, dy))
+
+
+concat_channels.defvjp(_concat_channels_fwd, _concat_channels_bwd)
+
+
 # ---- 2x2 stride-2 up-convolution -----------------------------------------------------------
 
 _NO_PADDING = ((0, 0), (0, 0))
@@ -272,7 +317,7 @@ def up_conv_2x2(x, kernel):
   (2, 2, F, C), the HWIO kernel of the stride-2 convolution F -> C whose transpose this is.
   Its forward pass is that convolution's input gradient, and vice versa."""
   return _backward_data_sharded((2, 2), _NO_PADDING, (2 * x.shape[1], 2 * x.shape[2]), x,
-                                kernel.astype(x.dtype))
+                                _native_weights(kernel, x.dtype))
 
 
 def _up_conv_fwd(x, kernel):
@@ -282,7 +327,7 @@ def _up_conv_fwd(x, kernel):
 def _up_conv_bwd(residuals, dy):
   x, kernel = residuals
   dy = dy.astype(x.dtype)
-  dx = _forward_sharded((2, 2), _NO_PADDING, dy, kernel.astype(x.dtype))
+  dx = _forward_sharded((2, 2), _NO_PADDING, dy, _native_weights(kernel, x.dtype))
   dkernel = _backward_weights_sharded((2, 2), _NO_PADDING, kernel.shape, dy, x)
   return dx, dkernel.astype(kernel.dtype)
 
@@ -309,3 +354,4 @@ def _add_bias_bwd(bias, dy):
 
 
 add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+

@@ -26,6 +26,8 @@ TARGETS = {  # XLA custom-call name -> exported handler symbol.
     "unet_bn_relu_backward": "UnetBnReluBackward",
     "unet_max_pool": "UnetMaxPool",
     "unet_max_pool_backward": "UnetMaxPoolBackward",
+    "unet_concat_channels": "UnetConcatChannels",
+    "unet_split_channels": "UnetSplitChannels",
 }
 IMPLS = ("auto", "xla", "onednn")
 

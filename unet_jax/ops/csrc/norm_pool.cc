@@ -1,6 +1,7 @@
 // Memory-bound passes of the U-Net block for JAX on the CPU, as XLA FFI handlers:
 // BatchNorm + ReLU (statistics, normalise, and both halves of the backward pass) and the
-// 2x2 stride-2 max-pool with its gradient (the convolutions are oneDNN's: onednn_conv.cc).
+// 2x2 stride-2 max-pool with its gradient, and the skip connection's channel concatenation
+// with its split (the convolutions are oneDNN's: onednn_conv.cc).
 // One pass over memory each, OpenMP over rows, fp32 or bf16 activations (per-channel sums
 // and scales always fp32). The loops (norm_pool_kernels.h) are compiled for AVX-512, AVX2
 // and baseline x86-64; the best the CPU supports is picked once at run time.
@@ -152,6 +153,50 @@ ffi::Error MaxPoolBackwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy,
   return ffi::Error::Success();
 }
 
+// Row r of `a` (a_bytes) then row r of `b` (b_bytes) -> row r of `out`, or back (split).
+// Any dtype: rows are copied as bytes. XLA:CPU widens a bf16 concatenate to float32 and back.
+void CopyRows(bool split, char* a, int64_t a_bytes, char* b, int64_t b_bytes, char* out,
+              int64_t rows) {
+  const int64_t out_bytes = a_bytes + b_bytes;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    char* row = out + r * out_bytes;
+    if (split) {
+      std::memcpy(a + r * a_bytes, row, a_bytes);
+      std::memcpy(b + r * b_bytes, row + a_bytes, b_bytes);
+    } else {
+      std::memcpy(row, a + r * a_bytes, a_bytes);
+      std::memcpy(row + a_bytes, b + r * b_bytes, b_bytes);
+    }
+  }
+}
+
+int64_t RowBytes(const ffi::AnyBuffer& x) {
+  return Rows(x) ? static_cast<int64_t>(x.size_bytes()) / Rows(x) : 0;
+}
+
+ffi::Error ConcatChannelsImpl(ffi::AnyBuffer a, ffi::AnyBuffer b,
+                              ffi::Result<ffi::AnyBuffer> out) {
+  if (Rows(a) != Rows(b) || Rows(a) != Rows(*out) || a.element_type() != b.element_type())
+    return ffi::Error::InvalidArgument("concat_channels: operands differ in rows or dtype");
+  std::lock_guard<std::mutex> lock(unet_kernel_mutex());
+  CopyRows(false, static_cast<char*>(a.untyped_data()), RowBytes(a),
+           static_cast<char*>(b.untyped_data()), RowBytes(b),
+           static_cast<char*>(out->untyped_data()), Rows(a));
+  return ffi::Error::Success();
+}
+
+ffi::Error SplitChannelsImpl(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> a,
+                             ffi::Result<ffi::AnyBuffer> b) {
+  if (Rows(*a) != Rows(x) || Rows(*b) != Rows(x))
+    return ffi::Error::InvalidArgument("split_channels: results differ in rows");
+  std::lock_guard<std::mutex> lock(unet_kernel_mutex());
+  CopyRows(true, static_cast<char*>(a->untyped_data()), RowBytes(*a),
+           static_cast<char*>(b->untyped_data()), RowBytes(*b),
+           static_cast<char*>(x.untyped_data()), Rows(x));
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetBnStats, BnStatsImpl,
@@ -174,4 +219,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetMaxPool, MaxPoolImpl,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetMaxPoolBackward, MaxPoolBackwardImpl,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetConcatChannels, ConcatChannelsImpl,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetSplitChannels, SplitChannelsImpl,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>());

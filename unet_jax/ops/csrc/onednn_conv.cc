@@ -3,6 +3,8 @@
 // Activations are NHWC and weights HWIO, exactly as Flax holds them; oneDNN picks its own
 // weight layout (format_tag::any) and the weights are reordered inside the call. fp32 and
 // bf16 (bf16 operands, f32 accumulation; the weight gradient is always returned in f32).
+// With bf16 activations the weights may come in f32 (the parameters as the optimizer keeps
+// them): the same reorder then also rounds them to bf16, so XLA runs no convert pass.
 // Primitive descriptors, primitives and reorders are cached per shape/dtype/attributes.
 
 #include <cstdint>
@@ -51,13 +53,18 @@ void* Scratch(size_t bytes, int slot) {
 struct ConvShape {
   int64_t n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pl, pb, pr;
   bool bf16;
+  bool f32_weights = false;  // Caller's weights are f32 while the activations are bf16.
   std::string Key(char kind) const {
     char buf[256];
-    std::snprintf(buf, sizeof(buf), "%c%d|%ld,%ld,%ld,%ld|%ld,%ld,%ld|%ld,%ld|%ld,%ld|%ld,%ld,%ld,%ld",
-                  kind, bf16, n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pl, pb, pr);
+    std::snprintf(buf, sizeof(buf), "%c%d%d|%ld,%ld,%ld,%ld|%ld,%ld,%ld|%ld,%ld|%ld,%ld|%ld,%ld,%ld,%ld",
+                  kind, bf16, f32_weights, n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pl, pb, pr);
     return buf;
   }
   memory::data_type Dt() const { return bf16 ? memory::data_type::bf16 : memory::data_type::f32; }
+  // The caller's HWIO weights, in their own dtype.
+  memory::desc UserWeights() const {
+    return Weights(f32_weights ? memory::data_type::f32 : Dt(), tag::hwio);
+  }
   memory::desc Src() const { return memory::desc({n, c, h, w}, Dt(), tag::nhwc); }
   memory::desc Dst() const { return memory::desc({n, o, oh, ow}, Dt(), tag::nhwc); }
   memory::desc Weights(memory::data_type dt, tag t) const {
@@ -101,7 +108,7 @@ std::shared_ptr<Entry> Cached(const std::string& key, Build build) {
 std::shared_ptr<Entry> ForwardEntry(const ConvShape& s) {
   return Cached(s.Key('f'), [&] {
     auto pd = s.Forward();
-    Entry e{dnnl::convolution_forward(pd), pd.weights_desc(), s.Weights(s.Dt(), tag::hwio)};
+    Entry e{dnnl::convolution_forward(pd), pd.weights_desc(), s.UserWeights()};
     e.reorder = e.weights_md != e.user_weights_md;
     if (e.reorder) e.reorder_prim = dnnl::reorder(dnnl::reorder::primitive_desc(
         Engine(), e.user_weights_md, Engine(), e.weights_md));
@@ -114,8 +121,7 @@ std::shared_ptr<Entry> BackwardDataEntry(const ConvShape& s) {
     auto pd = dnnl::convolution_backward_data::primitive_desc(
         Engine(), dnnl::algorithm::convolution_direct, s.Src(), s.Weights(s.Dt(), tag::any),
         s.Dst(), s.Strides(), s.PadL(), s.PadR(), s.Forward());
-    Entry e{dnnl::convolution_backward_data(pd), pd.weights_desc(),
-            s.Weights(s.Dt(), tag::hwio)};
+    Entry e{dnnl::convolution_backward_data(pd), pd.weights_desc(), s.UserWeights()};
     e.reorder = e.weights_md != e.user_weights_md;
     if (e.reorder) e.reorder_prim = dnnl::reorder(dnnl::reorder::primitive_desc(
         Engine(), e.user_weights_md, Engine(), e.weights_md));
@@ -216,6 +222,16 @@ ffi::Error MakeShape(const ffi::AnyBuffer& x, Dims kernel, Dims out,
   return ffi::Error::Success();
 }
 
+// Weights in the activations' dtype, or f32 weights with bf16 activations.
+ffi::Error SetWeightsDtype(const ffi::AnyBuffer& w, ConvShape* s) {
+  auto dt = w.element_type();
+  s->f32_weights = s->bf16 && dt == ffi::DataType::F32;
+  if (!s->f32_weights && dt != (s->bf16 ? ffi::DataType::BF16 : ffi::DataType::F32))
+    return ffi::Error::InvalidArgument(
+        "onednn conv: weights must be float32 or the activations' dtype");
+  return ffi::Error::Success();
+}
+
 template <typename Fn>
 ffi::Error Guarded(Fn fn) {
   try {
@@ -231,6 +247,7 @@ ffi::Error ConvForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::
   ConvShape s;
   if (auto err = MakeShape(x, w.dimensions(), y->dimensions(), strides, padding, &s);
       err.failure()) return err;
+  if (auto err = SetWeightsDtype(w, &s); err.failure()) return err;
   return Guarded([&] { RunForward(s, x.untyped_data(), w.untyped_data(), y->untyped_data()); });
 }
 
@@ -241,6 +258,7 @@ ffi::Error ConvBackwardDataImpl(ffi::AnyBuffer dy, ffi::AnyBuffer w,
   ConvShape s;
   if (auto err = MakeShape(*dx, w.dimensions(), dy.dimensions(), strides, padding, &s);
       err.failure()) return err;
+  if (auto err = SetWeightsDtype(w, &s); err.failure()) return err;
   return Guarded([&] {
     RunBackwardData(s, dy.untyped_data(), w.untyped_data(), dx->untyped_data());
   });
