@@ -167,14 +167,14 @@ def _apply(relu, x, scale, shift):
                relu=relu)
 
 
-def _backward_sums(relu, dy, y, x):
+def _backward_sums(relu, dy, x, scale, shift):
   c = jax.ShapeDtypeStruct((x.shape[-1],), jnp.float32)
-  return _call("unet_bn_relu_backward_sums", (c, c), dy, y, x, relu=relu)
+  return _call("unet_bn_relu_backward_sums", (c, c), dy, x, scale, shift, relu=relu)
 
 
-def _backward_apply(relu, dy, y, x, a, b, c):
-  return _call("unet_bn_relu_backward", jax.ShapeDtypeStruct(x.shape, x.dtype), dy, y, x, a, b,
-               c, relu=relu)
+def _backward_apply(relu, dy, x, scale, shift, a, b, c):
+  return _call("unet_bn_relu_backward", jax.ShapeDtypeStruct(x.shape, x.dtype), dy, x, scale,
+               shift, a, b, c, relu=relu)
 
 
 _stats_sharded = _sharded_over_batch(_stats, batched_args=(0,), summed_results=(0, 1),
@@ -182,11 +182,11 @@ _stats_sharded = _sharded_over_batch(_stats, batched_args=(0,), summed_results=(
 _apply_sharded = _sharded_over_batch(_apply, batched_args=(0,), summed_results=(),
                                      static_argnums=(0,), rule="b h w c, c, c -> b h w c")
 _backward_sums_sharded = _sharded_over_batch(
-    _backward_sums, batched_args=(0, 1, 2), summed_results=(0, 1), static_argnums=(0,),
-    rule="b h w c, b h w c, b h w c -> c, c")
+    _backward_sums, batched_args=(0, 1), summed_results=(0, 1), static_argnums=(0,),
+    rule="b h w c, b h w c, c, c -> c, c")
 _backward_apply_sharded = _sharded_over_batch(
-    _backward_apply, batched_args=(0, 1, 2), summed_results=(), static_argnums=(0,),
-    rule="b h w c, b h w c, b h w c, c, c, c -> b h w c")
+    _backward_apply, batched_args=(0, 1), summed_results=(), static_argnums=(0,),
+    rule="b h w c, b h w c, c, c, c, c, c -> b h w c")
 
 
 def _moments(x):
@@ -202,24 +202,32 @@ def _moments(x):
 def batch_norm(x, scale, bias, epsilon, relu):
   """Training-mode BatchNorm over N, H, W of an NHWC x (+ ReLU if `relu`), one pass for the
   statistics and one for the output. Returns (y, batch mean, batch variance)."""
-  mean, var = _moments(x)
-  multiplier = scale * jax.lax.rsqrt(var + epsilon)
-  y = _apply_sharded(relu, x, multiplier, bias - mean * multiplier)
+  y, mean, var, _, _ = _batch_norm(x, scale, bias, epsilon, relu)
   return y, mean, var
 
 
+def _batch_norm(x, scale, bias, epsilon, relu):
+  mean, var = _moments(x)
+  multiplier = scale * jax.lax.rsqrt(var + epsilon)
+  shift = bias - mean * multiplier
+  return _apply_sharded(relu, x, multiplier, shift), mean, var, multiplier, shift
+
+
 def _batch_norm_fwd(x, scale, bias, epsilon, relu):
-  y, mean, var = batch_norm(x, scale, bias, epsilon, relu)
-  return (y, mean, var), (x, y, scale, mean, jax.lax.rsqrt(var + epsilon))
+  y, mean, var, multiplier, shift = _batch_norm(x, scale, bias, epsilon, relu)
+  # No y: the backward recomputes the ReLU's mask from x, multiplier and shift (bit for bit
+  # the forward's), one activation read fewer per backward pass.
+  residuals = (x, scale, mean, jax.lax.rsqrt(var + epsilon), multiplier, shift)
+  return (y, mean, var), residuals
 
 
 def _batch_norm_bwd(epsilon, relu, residuals, cotangents):
   del epsilon
-  x, y, scale, mean, inv_std = residuals
+  x, scale, mean, inv_std, multiplier, shift = residuals
   dy, dmean, dvar = cotangents
   count = x.size // x.shape[-1]
   dy = dy.astype(x.dtype)
-  sum_dz, sum_dz_x = _backward_sums_sharded(relu, dy, y, x)
+  sum_dz, sum_dz_x = _backward_sums_sharded(relu, dy, x, multiplier, shift)
   dbias = sum_dz
   dscale = inv_std * (sum_dz_x - mean * sum_dz)
   # dx = a * dz + b * x + c: the normalisation's gradient, plus the batch mean's and
@@ -227,7 +235,7 @@ def _batch_norm_bwd(epsilon, relu, residuals, cotangents):
   a = scale * inv_std
   b = -scale * inv_std**2 * dscale / count + 2.0 * dvar / count
   c = -a * dbias / count - b * mean + dmean / count
-  dx = _backward_apply_sharded(relu, dy, y, x, a, b, c)
+  dx = _backward_apply_sharded(relu, dy, x, multiplier, shift, a, b, c)
   return dx, dscale, dbias
 
 

@@ -23,10 +23,10 @@ namespace ffi = xla::ffi;
   namespace unet_kernels::isa {                                                                \
   void Stats(bool, const void*, int64_t, int64_t, float*, float*);                             \
   void Apply(bool, const void*, const float*, const float*, int64_t, int64_t, bool, void*);    \
-  void BackwardSums(bool, const void*, const void*, const void*, int64_t, int64_t, bool,       \
-                    float*, float*);                                                           \
-  void BackwardApply(bool, const void*, const void*, const void*, const float*, const float*, \
-                     const float*, int64_t, int64_t, bool, void*);                             \
+  void BackwardSums(bool, const void*, const void*, const float*, const float*, int64_t,      \
+                    int64_t, bool, float*, float*);                                            \
+  void BackwardApply(bool, const void*, const void*, const float*, const float*, const float*, \
+                     const float*, const float*, int64_t, int64_t, bool, void*);               \
   void MaxPool(bool, const void*, int64_t, int64_t, int64_t, int64_t, void*);                  \
   void MaxPoolBackward(bool, const void*, const void*, int64_t, int64_t, int64_t, int64_t,     \
                        void*);                                                                 \
@@ -108,22 +108,23 @@ ffi::Error BnReluImpl(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer shi
   return ffi::Error::Success();
 }
 
-ffi::Error BnReluBackwardSumsImpl(ffi::AnyBuffer dy, ffi::AnyBuffer y, ffi::AnyBuffer x,
-                                  ffi::Result<ffi::AnyBuffer> sum_dz,
+// The backward reads dy and x only: the ReLU's mask is recomputed from x, scale and shift.
+ffi::Error BnReluBackwardSumsImpl(ffi::AnyBuffer dy, ffi::AnyBuffer x, ffi::AnyBuffer scale,
+                                  ffi::AnyBuffer shift, ffi::Result<ffi::AnyBuffer> sum_dz,
                                   ffi::Result<ffi::AnyBuffer> sum_dz_x, bool relu) {
   if (auto e = CheckActivation(x, "bn_relu_backward"); e.failure()) return e;
   std::lock_guard<std::mutex> lock(unet_kernel_mutex());
-  Best().backward_sums(IsBf16(x), dy.untyped_data(), y.untyped_data(), x.untyped_data(),
+  Best().backward_sums(IsBf16(x), dy.untyped_data(), x.untyped_data(), F32(scale), F32(shift),
                        Rows(x), Channels(x), relu, F32(*sum_dz), F32(*sum_dz_x));
   return ffi::Error::Success();
 }
 
-ffi::Error BnReluBackwardImpl(ffi::AnyBuffer dy, ffi::AnyBuffer y, ffi::AnyBuffer x,
-                              ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer c,
-                              ffi::Result<ffi::AnyBuffer> dx, bool relu) {
+ffi::Error BnReluBackwardImpl(ffi::AnyBuffer dy, ffi::AnyBuffer x, ffi::AnyBuffer scale,
+                              ffi::AnyBuffer shift, ffi::AnyBuffer a, ffi::AnyBuffer b,
+                              ffi::AnyBuffer c, ffi::Result<ffi::AnyBuffer> dx, bool relu) {
   if (auto e = CheckActivation(x, "bn_relu_backward"); e.failure()) return e;
   std::lock_guard<std::mutex> lock(unet_kernel_mutex());
-  Best().backward_apply(IsBf16(x), dy.untyped_data(), y.untyped_data(), x.untyped_data(),
+  Best().backward_apply(IsBf16(x), dy.untyped_data(), x.untyped_data(), F32(scale), F32(shift),
                         F32(a), F32(b), F32(c), Rows(x), Channels(x), relu, dx->untyped_data());
   return ffi::Error::Success();
 }
@@ -208,13 +209,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetBnRelu, BnReluImpl,
                                   .Attr<bool>("relu"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetBnReluBackwardSums, BnReluBackwardSumsImpl,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>().Attr<bool>("relu"));
+                                  .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+                                  .Attr<bool>("relu"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetBnReluBackward, BnReluBackwardImpl,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>().Attr<bool>("relu"));
+                                  .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+                                  .Attr<bool>("relu"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetMaxPool, MaxPoolImpl,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetMaxPoolBackward, MaxPoolBackwardImpl,

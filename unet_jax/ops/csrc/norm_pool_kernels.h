@@ -85,6 +85,10 @@ void StatsT(const T* __restrict x, int64_t rows, int64_t c, float* sum, float* s
   }, sum, sumsq);
 }
 
+// The forward's pre-activation x * scale + shift, computed by the same expression in every
+// pass so that the backward recomputes the ReLU's mask bit for bit instead of reading y.
+inline float Affine(float x, float scale, float shift) { return x * scale + shift; }
+
 // y = x * scale + shift, then max(y, 0) when relu.
 template <typename T>
 void ApplyT(const T* __restrict x, const float* __restrict scale, const float* __restrict shift,
@@ -95,35 +99,37 @@ void ApplyT(const T* __restrict x, const float* __restrict scale, const float* _
     const int64_t base = r * c;
 #pragma omp simd
     for (int64_t j = 0; j < c; ++j) {
-      const float v = Load(x, base + j) * scale[j] + shift[j];
+      const float v = Affine(Load(x, base + j), scale[j], shift[j]);
       Store(y, base + j, v < floor ? floor : v);  // NaN passes through, as in XLA's max.
     }
   }
 }
 
-// dz = dy where y > floor (the ReLU's mask; every element without relu), else 0.
-// sum_dz = sum dz, sum_dz_x = sum dz * x.
+// dz = dy where x * scale + shift > floor (the ReLU's mask; every element without relu),
+// else 0. sum_dz = sum dz, sum_dz_x = sum dz * x.
 template <typename T>
-void BackwardSumsT(const T* __restrict dy, const T* __restrict y, const T* __restrict x,
-                   int64_t rows, int64_t c, bool relu, float* sum_dz, float* sum_dz_x) {
+void BackwardSumsT(const T* __restrict dy, const T* __restrict x, const float* __restrict scale,
+                   const float* __restrict shift, int64_t rows, int64_t c, bool relu,
+                   float* sum_dz, float* sum_dz_x) {
   const float floor = relu ? 0.f : -std::numeric_limits<float>::infinity();
   ChannelSums(rows, c, [=](int64_t base, float* __restrict b0, float* __restrict b1) {
 #pragma omp simd
     for (int64_t j = 0; j < c; ++j) {
       const float g = Load(dy, base + j);  // Loaded unconditionally: the select vectorises.
-      const float dz = Load(y, base + j) > floor ? g : 0.f;
+      const float v = Load(x, base + j);
+      const float dz = Affine(v, scale[j], shift[j]) > floor ? g : 0.f;
       b0[j] += dz;
-      b1[j] += dz * Load(x, base + j);
+      b1[j] += dz * v;
     }
   }, sum_dz, sum_dz_x);
 }
 
 // dx = a * dz + b * x + c.
 template <typename T>
-void BackwardApplyT(const T* __restrict dy, const T* __restrict y, const T* __restrict x,
-                    const float* __restrict a, const float* __restrict b,
-                    const float* __restrict cc, int64_t rows, int64_t c, bool relu,
-                    T* __restrict dx) {
+void BackwardApplyT(const T* __restrict dy, const T* __restrict x, const float* __restrict scale,
+                    const float* __restrict shift, const float* __restrict a,
+                    const float* __restrict b, const float* __restrict cc, int64_t rows,
+                    int64_t c, bool relu, T* __restrict dx) {
   const float floor = relu ? 0.f : -std::numeric_limits<float>::infinity();
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
@@ -131,8 +137,9 @@ void BackwardApplyT(const T* __restrict dy, const T* __restrict y, const T* __re
 #pragma omp simd
     for (int64_t j = 0; j < c; ++j) {
       const float g = Load(dy, base + j);  // Loaded unconditionally: the select vectorises.
-      const float dz = Load(y, base + j) > floor ? g : 0.f;
-      Store(dx, base + j, a[j] * dz + b[j] * Load(x, base + j) + cc[j]);
+      const float v = Load(x, base + j);
+      const float dz = Affine(v, scale[j], shift[j]) > floor ? g : 0.f;
+      Store(dx, base + j, a[j] * dz + b[j] * v + cc[j]);
     }
   }
 }
@@ -209,22 +216,21 @@ void Apply(bool bf16, const void* x, const float* scale, const float* shift, int
                    static_cast<uint16_t*>(y));
   else ApplyT(static_cast<const float*>(x), scale, shift, rows, c, relu, static_cast<float*>(y));
 }
-void BackwardSums(bool bf16, const void* dy, const void* y, const void* x, int64_t rows,
-                  int64_t c, bool relu, float* sum_dz, float* sum_dz_x) {
-  if (bf16) BackwardSumsT(static_cast<const uint16_t*>(dy), static_cast<const uint16_t*>(y),
-                          static_cast<const uint16_t*>(x), rows, c, relu, sum_dz, sum_dz_x);
-  else BackwardSumsT(static_cast<const float*>(dy), static_cast<const float*>(y),
-                     static_cast<const float*>(x), rows, c, relu, sum_dz, sum_dz_x);
+void BackwardSums(bool bf16, const void* dy, const void* x, const float* scale,
+                  const float* shift, int64_t rows, int64_t c, bool relu, float* sum_dz,
+                  float* sum_dz_x) {
+  if (bf16) BackwardSumsT(static_cast<const uint16_t*>(dy), static_cast<const uint16_t*>(x),
+                          scale, shift, rows, c, relu, sum_dz, sum_dz_x);
+  else BackwardSumsT(static_cast<const float*>(dy), static_cast<const float*>(x), scale, shift,
+                     rows, c, relu, sum_dz, sum_dz_x);
 }
-void BackwardApply(bool bf16, const void* dy, const void* y, const void* x, const float* a,
-                   const float* b, const float* cc, int64_t rows, int64_t c, bool relu,
-                   void* dx) {
-  if (bf16) BackwardApplyT(static_cast<const uint16_t*>(dy), static_cast<const uint16_t*>(y),
-                           static_cast<const uint16_t*>(x), a, b, cc, rows, c, relu,
-                           static_cast<uint16_t*>(dx));
-  else BackwardApplyT(static_cast<const float*>(dy), static_cast<const float*>(y),
-                      static_cast<const float*>(x), a, b, cc, rows, c, relu,
-                      static_cast<float*>(dx));
+void BackwardApply(bool bf16, const void* dy, const void* x, const float* scale,
+                   const float* shift, const float* a, const float* b, const float* cc,
+                   int64_t rows, int64_t c, bool relu, void* dx) {
+  if (bf16) BackwardApplyT(static_cast<const uint16_t*>(dy), static_cast<const uint16_t*>(x),
+                           scale, shift, a, b, cc, rows, c, relu, static_cast<uint16_t*>(dx));
+  else BackwardApplyT(static_cast<const float*>(dy), static_cast<const float*>(x), scale, shift,
+                      a, b, cc, rows, c, relu, static_cast<float*>(dx));
 }
 void MaxPool(bool bf16, const void* x, int64_t n, int64_t h, int64_t w, int64_t c, void* y) {
   if (bf16) MaxPoolT(static_cast<const uint16_t*>(x), n, h, w, c, static_cast<uint16_t*>(y));
