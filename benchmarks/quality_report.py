@@ -43,7 +43,17 @@ def headline(data) -> str:
     return f"Speedup: n/a (PyTorch's final IoU {s['target_iou']:.4f} {reached})"
   return (f"**Speedup {s['speedup']:.2f}x**: PyTorch reached its final IoU "
           f"{s['target_iou']:.4f} after {s['torch_s_to_target']:.1f} s of training, JAX after "
-          f"{s['jax_s_to_target']:.1f} s ({s['speedup_including_setup']:.2f}x counting setup)")
+          f"{s['jax_s_to_target']:.1f} s ({s['speedup_including_setup']:.2f}x counting setup)"
+          f"{_verdict(s)}")
+
+
+def _verdict(s) -> str:
+  """The issue's two per-second targets, met or not."""
+  if "meets_speedup_target" not in s:
+    return ""
+  yes = lambda flag: "yes" if flag else "**no**"
+  return (f". Targets: speedup >= 1.2x {yes(s['meets_speedup_target'])}; JAX's final IoU "
+          f"({s['jax_final_iou']:.4f}) above PyTorch's {yes(s['jax_final_higher'])}")
 
 
 def _gap_line(data, key: str) -> str:

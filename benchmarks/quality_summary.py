@@ -4,6 +4,8 @@ import itertools
 
 import numpy as np
 
+SPEEDUP_TARGET = 1.2  # Issue 14: JAX at PyTorch's final IoU in at most 1/1.2 of its time.
+
 
 def time_to_reach(points, target: float, key: str = "iou") -> float | None:
   """Training seconds at which the curve first reaches `target` (linear between evaluations),
@@ -19,9 +21,13 @@ def time_to_reach(points, target: float, key: str = "iou") -> float | None:
 
 def max_gap_per_step(a, b, key: str = "iou") -> dict:
   """max |a - b| of two curves at common step counts: both interpolated (linearly, in steps)
-  onto every evaluated step count up to the shorter run's last."""
+  onto every evaluated step count after step 0 up to the shorter run's last. Step 0 (before
+  training) is left out: two seeds start from different weights, and that gap says nothing
+  about how alike they train."""
   last = min(a[-1]["steps"], b[-1]["steps"])
-  grid = sorted({p["steps"] for p in a + b if p["steps"] <= last})
+  grid = sorted({p["steps"] for p in a + b if 0 < p["steps"] <= last})
+  if not grid:
+    return None
   values = [np.interp(grid, [p["steps"] for p in c], [p[key] for p in c]) for c in (a, b)]
   gaps = np.abs(values[0] - values[1])
   worst = int(np.argmax(gaps))
@@ -59,6 +65,7 @@ def _speedup(jax_run, torch_run) -> dict:
 def _seed_spread(torch_runs, key: str) -> dict | None:
   gaps = [max_gap_per_step(a["points"], b["points"], key)
           for a, b in itertools.combinations(torch_runs, 2)]
+  gaps = [gap for gap in gaps if gap]
   return max(gaps, key=lambda gap: gap["max"]) if gaps else None
 
 
@@ -74,6 +81,9 @@ def summarize(results) -> dict:
     summary.update(_speedup(jax_run, twin))
     summary["jax_final_iou"] = jax_run["points"][-1]["iou"]
     summary["torch_final_iou"] = twin["points"][-1]["iou"]
+    summary["jax_final_higher"] = summary["jax_final_iou"] > summary["torch_final_iou"]
+    summary["meets_speedup_target"] = (summary["speedup"] is not None and
+                                       summary["speedup"] >= SPEEDUP_TARGET)
   for key in ("iou", "tgs_map"):
     spread = _seed_spread(torch_runs, key)
     gap = max_gap_per_step(jax_run["points"], twin["points"], key) if jax_run and twin else None

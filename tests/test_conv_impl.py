@@ -48,3 +48,24 @@ def test_without_the_kernels_auto_falls_back_and_onednn_is_refused(without_nativ
   model = models.from_config(tiny_config())  # auto: builds and runs on XLA.
   images = jax.numpy.zeros((1, 16, 16, 3))
   assert model.apply(model.init(jax.random.PRNGKey(0), images), images).shape == (1, 16, 16, 1)
+
+
+def test_a_stale_build_is_refused_with_the_fix():
+  """A library left by an older build (other handler operands) must not be registered."""
+  class Stale:  # An old build: no ABI number, some handlers missing.
+    UnetConvForward = object()
+
+  class Current:
+    def unet_kernels_abi_version(self):
+      return library.ABI_VERSION
+
+  current = Current()
+  for symbol in library.TARGETS.values():
+    setattr(current, symbol, object())
+  library.check_abi(current, "_cpu_kernels.so")  # Passes.
+  for stale in (Stale(), type("Newer", (), {"unet_kernels_abi_version":
+                                            lambda self: library.ABI_VERSION + 1})()):
+    with pytest.raises(library.KernelsUnavailable, match="stale build.*pip install -v -e ."):
+      library.check_abi(stale, "_cpu_kernels.so")
+  if library.unavailable_reason() is None:  # The library built from these sources passes.
+    library.check_abi(library.load(), "_cpu_kernels.so")

@@ -55,8 +55,15 @@ def test_per_step_gap_compares_at_common_step_counts():
   a = _curve((0, 0, 0.0), (1, 10, 0.5), (2, 20, 0.6))
   b = _curve((0, 0, 0.0), (1, 4, 0.4), (2, 8, 0.3))  # Shorter: compared up to step 8.
   gap = quality_summary.max_gap_per_step(a, b)
-  assert gap["up_to_step"] == 8 and gap["steps_compared"] == 3  # Steps 0, 4, 8.
+  assert gap["up_to_step"] == 8 and gap["steps_compared"] == 2  # Steps 4 and 8, not 0.
   assert gap["max"] == pytest.approx(0.4 - 0.2) and gap["at_step"] == 4  # a: 0.2 at step 4.
+
+
+def test_per_step_gap_leaves_out_the_untrained_start():
+  a = _curve((0, 0, 0.9), (1, 10, 0.5))
+  b = _curve((0, 0, 0.0), (1, 10, 0.45))  # Another seed's initial weights: 0.9 apart.
+  assert quality_summary.max_gap_per_step(a, b)["max"] == pytest.approx(0.05)
+  assert quality_summary.max_gap_per_step(a, _curve((0, 0, 0.0))) is None
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,9 @@ TARGETS = {  # XLA custom-call name -> exported handler symbol.
     "unet_split_channels": "UnetSplitChannels",
 }
 IMPLS = ("auto", "xla", "onednn")
+# The handlers' operand layout this code calls; equal to unet_kernels_abi_version() in
+# csrc/onednn_conv.cc. Bump both when a handler's operands or attributes change.
+ABI_VERSION = 2
 
 
 class KernelsUnavailable(RuntimeError):
@@ -82,10 +85,21 @@ def load() -> ctypes.CDLL:
     library = ctypes.CDLL(str(path))
   except OSError as e:
     raise KernelsUnavailable(f"cannot load {path.name}: {e}") from e
+  check_abi(library, path.name)
   for target, symbol in TARGETS.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
                                 platform="cpu")
   return library
+
+
+def check_abi(library, name: str) -> None:
+  """Refuses a build of other sources than this code (e.g. left by a failed rebuild)."""
+  version = getattr(library, "unet_kernels_abi_version", None)
+  found = version() if version is not None else 1
+  if found != ABI_VERSION or any(not hasattr(library, s) for s in TARGETS.values()):
+    raise KernelsUnavailable(
+        f"{name} is a stale build (kernel ABI {found}, this code needs {ABI_VERSION}); "
+        "rebuild it with `pip install -v -e .`")
 
 
 def unavailable_reason() -> str | None:
