@@ -2,6 +2,9 @@
 
   python benchmarks/time_to_quality.py                       # configs/tgs.py, 600 s each
   python benchmarks/time_to_quality.py --budget_s=300 --config.model.features=16
+  # The committed run: a schedule that ends near the budget, so both curves settle.
+  python benchmarks/time_to_quality.py --config.num_train_steps=700 \
+      --config.model.dtype=bfloat16 --config.host_malloc=reuse --config.data_dir=<prepared>
 
 Both frameworks train the config's model from the same initial weights (ported to torch)
 with the same loss, optimizer, learning-rate schedule, batch size and the same batches in the
