@@ -202,28 +202,26 @@ def _moments(x):
 def batch_norm(x, scale, bias, epsilon, relu):
   """Training-mode BatchNorm over N, H, W of an NHWC x (+ ReLU if `relu`), one pass for the
   statistics and one for the output. Returns (y, batch mean, batch variance)."""
-  y, mean, var, _, _ = _batch_norm(x, scale, bias, epsilon, relu)
+  (y, mean, var), _ = _batch_norm(x, scale, bias, epsilon, relu)
   return y, mean, var
 
 
 def _batch_norm(x, scale, bias, epsilon, relu):
+  """(y, mean, var) and what the backward needs: x, the mean, 1/std and the per-channel
+  multiplier and shift the output was computed with (no y: the backward recomputes the
+  ReLU's mask from x, multiplier and shift, bit for bit the forward's, one activation read
+  fewer per backward pass)."""
   mean, var = _moments(x)
-  multiplier = scale * jax.lax.rsqrt(var + epsilon)
+  inv_std = jax.lax.rsqrt(var + epsilon)
+  multiplier = scale * inv_std
   shift = bias - mean * multiplier
-  return _apply_sharded(relu, x, multiplier, shift), mean, var, multiplier, shift
-
-
-def _batch_norm_fwd(x, scale, bias, epsilon, relu):
-  y, mean, var, multiplier, shift = _batch_norm(x, scale, bias, epsilon, relu)
-  # No y: the backward recomputes the ReLU's mask from x, multiplier and shift (bit for bit
-  # the forward's), one activation read fewer per backward pass.
-  residuals = (x, scale, mean, jax.lax.rsqrt(var + epsilon), multiplier, shift)
-  return (y, mean, var), residuals
+  y = _apply_sharded(relu, x, multiplier, shift)
+  return (y, mean, var), (x, mean, inv_std, multiplier, shift)
 
 
 def _batch_norm_bwd(epsilon, relu, residuals, cotangents):
   del epsilon
-  x, scale, mean, inv_std, multiplier, shift = residuals
+  x, mean, inv_std, multiplier, shift = residuals
   dy, dmean, dvar = cotangents
   count = x.size // x.shape[-1]
   dy = dy.astype(x.dtype)
@@ -232,14 +230,14 @@ def _batch_norm_bwd(epsilon, relu, residuals, cotangents):
   dscale = inv_std * (sum_dz_x - mean * sum_dz)
   # dx = a * dz + b * x + c: the normalisation's gradient, plus the batch mean's and
   # variance's own cotangents (zero in training, where they only feed running averages).
-  a = scale * inv_std
-  b = -scale * inv_std**2 * dscale / count + 2.0 * dvar / count
-  c = -a * dbias / count - b * mean + dmean / count
-  dx = _backward_apply_sharded(relu, dy, x, multiplier, shift, a, b, c)
+  # a = scale / std is the forward's multiplier.
+  b = -multiplier * inv_std * dscale / count + 2.0 * dvar / count
+  c = -multiplier * dbias / count - b * mean + dmean / count
+  dx = _backward_apply_sharded(relu, dy, x, multiplier, shift, multiplier, b, c)
   return dx, dscale, dbias
 
 
-batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+batch_norm.defvjp(_batch_norm, _batch_norm_bwd)  # _batch_norm is the forward rule.
 
 
 # ---- 2x2 max-pool -------------------------------------------------------------------------

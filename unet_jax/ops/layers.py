@@ -121,8 +121,6 @@ def max_pool_2x2(impl: str, x):
   return nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
-
-
 def concat_channels(impl: str, a, b):
   """Concatenates two NHWC maps along the channels (the U-Net's skip connections)."""
   if impl == "onednn" and a.dtype == b.dtype and a.ndim == 4:
