@@ -247,3 +247,33 @@ def test_train_step_multiplies_batch_weight():
   weight = np.zeros((2, 8, 8), np.float32)
   _, zero = train_step(state, {"image": images, "mask": mask, "weight": weight})
   assert plain["loss"] > 0 and zero["loss"] == 0 and zero["grad_norm"] == 0
+
+
+class _PixelConvNorm(nn.Module):
+  """A 1x1 convolution and a BatchNorm: parameters, optimizer state and batch statistics."""
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    return nn.BatchNorm(use_running_average=not train)(nn.Conv(1, (1, 1))(x))
+
+
+def test_train_step_skips_a_non_finite_update_and_records_it():
+  images = np.random.default_rng(0).integers(0, 255, (2, 8, 8, 3), np.uint8)
+  mask = np.ones((2, 8, 8), np.uint8)
+  state = jax.jit(lambda x: steps.create_train_state(_PixelConvNorm(), optax.adam(0.1), x,
+                                                     seed=0))(images)
+  train_step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.sigmoid_bce,
+                                         ignore_index=None))
+  state, _ = train_step(state, {"image": images, "mask": mask})  # Finite: updated.
+  nan_images = np.full(images.shape, np.nan, np.float32)
+  skipped, metrics = train_step(state, {"image": nan_images, "mask": mask})
+  assert np.isnan(metrics["loss"])
+  for name in ("params", "opt_state", "batch_stats"):
+    for old, new in zip(jax.tree.leaves(getattr(state, name)),
+                        jax.tree.leaves(getattr(skipped, name))):
+      np.testing.assert_array_equal(old, new, err_msg=name)
+  assert (int(skipped.step), int(skipped.nonfinite_steps)) == (2, 1)
+  assert int(skipped.first_nonfinite_step) == 2
+  after, _ = train_step(skipped, {"image": images, "mask": mask})
+  assert int(after.first_nonfinite_step) == 2 and int(after.nonfinite_steps) == 1
+  assert not np.array_equal(jax.tree.leaves(after.params)[0], jax.tree.leaves(state.params)[0])

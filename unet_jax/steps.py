@@ -70,26 +70,29 @@ def train_step(state: TrainState, batch: dict, *, loss_fn, ignore_index: int | N
 
   (loss, updates), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
   grad_norm = optax.tree.norm(grads)
-  updated = state.apply_gradients(grads=grads,
-                                  batch_stats=updates.get("batch_stats", state.batch_stats))
-  new_state = _keep_finite_update(jnp.isfinite(loss) & jnp.isfinite(grad_norm), updated, state)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  # A conditional, not a select per leaf: the skipped branch never runs, and the update is
+  # written in place (a select kept every old optimizer buffer alive: XLA copied them).
+  new_state = jax.lax.cond(finite, _apply_update, _skip_update, state, grads,
+                           updates.get("batch_stats", state.batch_stats))
   foreground = jnp.sum((batch["mask"] > 0) * weights) / jnp.maximum(jnp.sum(weights), 1.0)
   return new_state, {"loss": loss, "grad_norm": grad_norm, "foreground_fraction": foreground,
                      "nonfinite_steps": new_state.nonfinite_steps,
                      "first_nonfinite_step": new_state.first_nonfinite_step}
 
 
-def _keep_finite_update(finite, updated: TrainState, old: TrainState) -> TrainState:
-  """`updated` if the step was finite; otherwise the old weights with the step advanced and
-  the skip recorded, so a NaN never reaches parameters, BatchNorm statistics or a checkpoint."""
-  keep = lambda new, prev: jnp.where(finite, new, prev)
-  first = jnp.where(~finite & (old.first_nonfinite_step < 0), updated.step,
-                    old.first_nonfinite_step)
-  return updated.replace(params=jax.tree.map(keep, updated.params, old.params),
-                         opt_state=jax.tree.map(keep, updated.opt_state, old.opt_state),
-                         batch_stats=jax.tree.map(keep, updated.batch_stats, old.batch_stats),
-                         nonfinite_steps=old.nonfinite_steps + (~finite).astype(jnp.int32),
-                         first_nonfinite_step=first)
+def _apply_update(state: TrainState, grads, batch_stats) -> TrainState:
+  return state.apply_gradients(grads=grads, batch_stats=batch_stats)
+
+
+def _skip_update(state: TrainState, grads, batch_stats) -> TrainState:
+  """The old weights with the step advanced and the skip recorded, so a NaN never reaches
+  parameters, BatchNorm statistics or a checkpoint."""
+  del grads, batch_stats
+  step = state.step + 1
+  first = jnp.where(state.first_nonfinite_step < 0, step, state.first_nonfinite_step)
+  return state.replace(step=step, nonfinite_steps=state.nonfinite_steps + 1,
+                       first_nonfinite_step=first)
 
 
 def eval_step(state: TrainState, batch: dict, *, loss_fn, ignore_index: int | None,
