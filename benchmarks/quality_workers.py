@@ -75,6 +75,7 @@ def run_jax(config, budget_s, eval_points, options) -> dict:
   del options
   import jax  # pylint: disable=import-outside-toplevel
   from unet_jax import parallel, steps, train  # pylint: disable=import-outside-toplevel
+  train.configure_cpu_dispatch(config.cpu_async_dispatch)
   train.enable_compilation_cache(config.compilation_cache_dir)
   start = time.perf_counter()
   mesh, _, val_source, state, iterator = _common(config)
@@ -99,7 +100,8 @@ def run_jax(config, budget_s, eval_points, options) -> dict:
   return {"points": points, "setup_s": setup_s,
           "info": {"device_name": f"{device.platform}:{device.device_kind}",
                    "model_dtype": config.model.dtype, "host_malloc": config.host_malloc,
-                   "max_steps_in_flight": train.MAX_STEPS_IN_FLIGHT}}
+                   "max_steps_in_flight": train.MAX_STEPS_IN_FLIGHT,
+                   "cpu_async_dispatch": config.cpu_async_dispatch}}
 
 
 def _torch_optimizer(torch, config, parameters):

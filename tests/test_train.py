@@ -1,7 +1,9 @@
 """End-to-end training on the synthetic set: files written, quality reached, resume."""
 
 import json
+import logging
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -63,3 +65,14 @@ def test_boundary_weight_map_reaches_the_train_step(tmp_path):
   assert element["weight"].shape == (16, 16) and element["weight"].max() > 1.0
   scores = train.train_and_evaluate(config, tmp_path)
   assert np.isfinite(scores["loss"])
+
+
+def test_cpu_dispatch_setting_after_the_client_exists_is_named_not_silent(caplog):
+  jax.devices()  # The CPU client now exists; its dispatch mode is fixed.
+  current = jax.config.read("jax_cpu_enable_async_dispatch")
+  with caplog.at_level(logging.WARNING):
+    train.configure_cpu_dispatch(current)
+    assert not caplog.records
+    train.configure_cpu_dispatch(not current)
+  assert any("comes too late" in record.getMessage() for record in caplog.records)
+  train.configure_cpu_dispatch(current)

@@ -17,7 +17,7 @@ from unet_jax.errors import WorkdirError
 RESUMABLE_FIELDS = frozenset({
     "num_train_steps", "log_every_steps", "eval_every_steps", "max_checkpoints", "num_workers",
     "prefetch", "compilation_cache_dir", "data_dir", "restart", "early_stopping_patience",
-    "nan_policy", "host_malloc", "tensorboard",
+    "nan_policy", "host_malloc", "cpu_async_dispatch", "tensorboard",
     "model.conv_impl",  # Which kernels run the same math (XLA or oneDNN on the CPU).
 })
 
