@@ -79,10 +79,11 @@ def build_jax(spec, bf16: bool, upsample_impl: str = "matmul", conv_impl: str = 
   import jax
   import jax.numpy as jnp
   import optax
+  from configs import default
   from unet_jax import losses, steps, train
   from unet_jax.models import UNet
 
-  train.configure_cpu_dispatch(False)  # As the trainer does by default (config.cpu_async_dispatch).
+  train.configure_cpu_dispatch(default.get_config().cpu_async_dispatch)  # As the trainer does.
 
   model = UNet(num_classes=1, dtype=jnp.bfloat16 if bf16 else jnp.float32,
                upsample_impl=upsample_impl, conv_impl=conv_impl, **_model_kwargs(spec))
