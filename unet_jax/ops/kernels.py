@@ -172,9 +172,9 @@ def _backward_sums(relu, dy, x, scale, shift):
   return _call("unet_bn_relu_backward_sums", (c, c), dy, x, scale, shift, relu=relu)
 
 
-def _backward_apply(relu, dy, x, scale, shift, a, b, c):
+def _backward_apply(relu, dy, x, scale, shift, b, c):
   return _call("unet_bn_relu_backward", jax.ShapeDtypeStruct(x.shape, x.dtype), dy, x, scale,
-               shift, a, b, c, relu=relu)
+               shift, b, c, relu=relu)
 
 
 _stats_sharded = _sharded_over_batch(_stats, batched_args=(0,), summed_results=(0, 1),
@@ -186,7 +186,7 @@ _backward_sums_sharded = _sharded_over_batch(
     rule="b h w c, b h w c, c, c -> c, c")
 _backward_apply_sharded = _sharded_over_batch(
     _backward_apply, batched_args=(0, 1), summed_results=(), static_argnums=(0,),
-    rule="b h w c, b h w c, c, c, c, c, c -> b h w c")
+    rule="b h w c, b h w c, c, c, c, c -> b h w c")
 
 
 def _moments(x):
@@ -228,12 +228,13 @@ def _batch_norm_bwd(epsilon, relu, residuals, cotangents):
   sum_dz, sum_dz_x = _backward_sums_sharded(relu, dy, x, multiplier, shift)
   dbias = sum_dz
   dscale = inv_std * (sum_dz_x - mean * sum_dz)
-  # dx = a * dz + b * x + c: the normalisation's gradient, plus the batch mean's and
-  # variance's own cotangents (zero in training, where they only feed running averages).
-  # a = scale / std is the forward's multiplier.
+  # dx = multiplier * dz + b * x + c: the normalisation's gradient (multiplier = scale / std,
+  # the forward's), plus the batch mean's and variance's own cotangents (zero in training,
+  # where they only feed running averages). The kernel also recomputes dz's mask from
+  # multiplier and shift.
   b = -multiplier * inv_std * dscale / count + 2.0 * dvar / count
   c = -multiplier * dbias / count - b * mean + dmean / count
-  dx = _backward_apply_sharded(relu, dy, x, multiplier, shift, multiplier, b, c)
+  dx = _backward_apply_sharded(relu, dy, x, multiplier, shift, b, c)
   return dx, dscale, dbias
 
 
@@ -360,4 +361,3 @@ def _add_bias_bwd(bias, dy):
 
 
 add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
-

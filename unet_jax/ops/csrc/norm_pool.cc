@@ -26,7 +26,7 @@ namespace ffi = xla::ffi;
   void BackwardSums(bool, const void*, const void*, const float*, const float*, int64_t,      \
                     int64_t, bool, float*, float*);                                            \
   void BackwardApply(bool, const void*, const void*, const float*, const float*, const float*, \
-                     const float*, const float*, int64_t, int64_t, bool, void*);               \
+                     const float*, int64_t, int64_t, bool, void*);                             \
   void MaxPool(bool, const void*, int64_t, int64_t, int64_t, int64_t, void*);                  \
   void MaxPoolBackward(bool, const void*, const void*, int64_t, int64_t, int64_t, int64_t,     \
                        void*);                                                                 \
@@ -120,12 +120,12 @@ ffi::Error BnReluBackwardSumsImpl(ffi::AnyBuffer dy, ffi::AnyBuffer x, ffi::AnyB
 }
 
 ffi::Error BnReluBackwardImpl(ffi::AnyBuffer dy, ffi::AnyBuffer x, ffi::AnyBuffer scale,
-                              ffi::AnyBuffer shift, ffi::AnyBuffer a, ffi::AnyBuffer b,
-                              ffi::AnyBuffer c, ffi::Result<ffi::AnyBuffer> dx, bool relu) {
+                              ffi::AnyBuffer shift, ffi::AnyBuffer b, ffi::AnyBuffer c,
+                              ffi::Result<ffi::AnyBuffer> dx, bool relu) {
   if (auto e = CheckActivation(x, "bn_relu_backward"); e.failure()) return e;
   std::lock_guard<std::mutex> lock(unet_kernel_mutex());
   Best().backward_apply(IsBf16(x), dy.untyped_data(), x.untyped_data(), F32(scale), F32(shift),
-                        F32(a), F32(b), F32(c), Rows(x), Channels(x), relu, dx->untyped_data());
+                        F32(b), F32(c), Rows(x), Channels(x), relu, dx->untyped_data());
   return ffi::Error::Success();
 }
 
@@ -216,8 +216,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetBnReluBackward, BnReluBackwardImpl,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
-                                  .Attr<bool>("relu"));
+                                  .Ret<ffi::AnyBuffer>().Attr<bool>("relu"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetMaxPool, MaxPoolImpl,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetMaxPoolBackward, MaxPoolBackwardImpl,

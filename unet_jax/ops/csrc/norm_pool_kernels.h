@@ -124,12 +124,12 @@ void BackwardSumsT(const T* __restrict dy, const T* __restrict x, const float* _
   }, sum_dz, sum_dz_x);
 }
 
-// dx = a * dz + b * x + c.
+// dx = scale * dz + b * x + c (scale, the forward's multiplier, is dx's coefficient of dz).
 template <typename T>
 void BackwardApplyT(const T* __restrict dy, const T* __restrict x, const float* __restrict scale,
-                    const float* __restrict shift, const float* __restrict a,
-                    const float* __restrict b, const float* __restrict cc, int64_t rows,
-                    int64_t c, bool relu, T* __restrict dx) {
+                    const float* __restrict shift, const float* __restrict b,
+                    const float* __restrict cc, int64_t rows, int64_t c, bool relu,
+                    T* __restrict dx) {
   const float floor = relu ? 0.f : -std::numeric_limits<float>::infinity();
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
@@ -139,7 +139,7 @@ void BackwardApplyT(const T* __restrict dy, const T* __restrict x, const float* 
       const float g = Load(dy, base + j);  // Loaded unconditionally: the select vectorises.
       const float v = Load(x, base + j);
       const float dz = Affine(v, scale[j], shift[j]) > floor ? g : 0.f;
-      Store(dx, base + j, a[j] * dz + b[j] * v + cc[j]);
+      Store(dx, base + j, scale[j] * dz + b[j] * v + cc[j]);
     }
   }
 }
@@ -225,12 +225,12 @@ void BackwardSums(bool bf16, const void* dy, const void* x, const float* scale,
                      rows, c, relu, sum_dz, sum_dz_x);
 }
 void BackwardApply(bool bf16, const void* dy, const void* x, const float* scale,
-                   const float* shift, const float* a, const float* b, const float* cc,
-                   int64_t rows, int64_t c, bool relu, void* dx) {
+                   const float* shift, const float* b, const float* cc, int64_t rows,
+                   int64_t c, bool relu, void* dx) {
   if (bf16) BackwardApplyT(static_cast<const uint16_t*>(dy), static_cast<const uint16_t*>(x),
-                           scale, shift, a, b, cc, rows, c, relu, static_cast<uint16_t*>(dx));
+                           scale, shift, b, cc, rows, c, relu, static_cast<uint16_t*>(dx));
   else BackwardApplyT(static_cast<const float*>(dy), static_cast<const float*>(x), scale, shift,
-                      a, b, cc, rows, c, relu, static_cast<float*>(dx));
+                      b, cc, rows, c, relu, static_cast<float*>(dx));
 }
 void MaxPool(bool bf16, const void* x, int64_t n, int64_t h, int64_t w, int64_t c, void* y) {
   if (bf16) MaxPoolT(static_cast<const uint16_t*>(x), n, h, w, c, static_cast<uint16_t*>(y));
