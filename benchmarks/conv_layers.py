@@ -49,7 +49,7 @@ DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 # is the transpose of a stride-2 convolution: its forward is that convolution's data gradient.
 _PRIMITIVE = {False: {"forward": 0, "input_grad": 1, "weight_grad": 2},
               True: {"forward": 1, "input_grad": 0, "weight_grad": 2}}
-_OPERANDS = {0: ("x", "w"), 1: ("y", "w"), 2: ("x", "y")}
+OPERANDS = {0: ("x", "w"), 1: ("y", "w"), 2: ("x", "y")}
 _NO_PAD = ((0, 0), (0, 0))
 
 
@@ -154,7 +154,7 @@ def _onednn_jax_pass(layer, primitive):
       strides, padding, layer["w"], x, y))
 
 
-def _direct_pass(layer, primitive, dtype):
+def direct_pass(layer, primitive, dtype):
   """oneDNN on numpy buffers: (a, b) -> (best seconds of one call, output)."""
   fn = library.load().unet_onednn_conv_best_seconds
   fn.restype = ctypes.c_double
@@ -204,9 +204,9 @@ def make_arrays(layer, dtype: str, seed: int = 0) -> dict:
 def pass_callables(layer, dtype: str, pass_name: str, arrays, host) -> dict:
   """{impl: () -> (seconds of one call, output)} for one pass of one layer."""
   primitive = _PRIMITIVE[layer["transposed"]][pass_name]
-  a, b = _OPERANDS[primitive]
+  a, b = OPERANDS[primitive]
   (xla, xla_operands), onednn = _xla_pass(layer, pass_name), _onednn_jax_pass(layer, primitive)
-  direct = _direct_pass(layer, primitive, dtype)
+  direct = direct_pass(layer, primitive, dtype)
 
   def timed(fn, *args):
     start = time.perf_counter()
