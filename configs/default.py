@@ -51,7 +51,12 @@ def get_config() -> ml_collections.ConfigDict:
   # VALID only: overlap_tile (mirror-pad the input so the output covers it) | resize_nearest |
   # resize_bilinear (the raw, smaller output resized to the input, as pyimagesearch does).
   config.model.valid_output = "overlap_tile"
-  config.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay float32).
+  # Compute dtype (params stay float32): auto | float32 | bfloat16. auto = bfloat16 where the
+  # hardware computes it natively (TPU; NVIDIA compute capability >= 8.0; the native CPU kernels
+  # on a CPU with AVX512-BF16 or AMX), float32 elsewhere; the log says which and why
+  # (unet_jax/precision.py). On the 2-core Zen 5 the tgs preset's step: 48.9 img/s fp32,
+  # 79.1 bf16 (benchmarks/results/cpu-amd-epyc-2c/tgs.md).
+  config.model.dtype = "auto"
   # Kernels for convolutions, BatchNorm + ReLU and max-pools: auto (oneDNN on the CPU when the
   # native kernels were built, XLA on GPU/TPU) | xla | onednn. Same parameters either way.
   config.model.conv_impl = "auto"
@@ -103,10 +108,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.early_stopping_mode = "min"  # min | max for early_stopping_metric.
   config.nan_policy = "skip"  # Non-finite loss/gradient: skip (the update) | stop (the run).
   config.restart = False  # True: wipe this workdir's run and start fresh instead of resuming.
-  # Host malloc: system (glibc defaults) | reuse (one never-trimmed arena: XLA:CPU steps with
-  # buffers over 32 MiB stop page-faulting; 2.2x on the VALID pyimagesearch recipe, but RSS
-  # can grow 2-3x). See unet_jax/host_memory.py.
-  config.host_malloc = "system"
+  # Host malloc: auto | system (glibc defaults) | reuse (one never-trimmed arena: XLA:CPU steps
+  # with buffers over 32 MiB stop page-faulting). auto = reuse when no accelerator plugin is
+  # installed, else system. Measured, JAX bf16 native kernels (benchmarks/results/cpu-amd-epyc-2c):
+  # tgs preset 79.1 -> 131.5 img/s for peak memory 1391 -> 1770 MiB, classic 9.90 -> 10.99
+  # img/s for 1551 -> 1707 MiB. RSS can grow 2-3x on other models: see unet_jax/host_memory.py.
+  config.host_malloc = "auto"
   # False: XLA:CPU runs each step on the calling thread. With the native kernels on 2 cores,
   # 20 queued (asynchronous) tgs steps took 455-710 ms each, inline 453-479; see
   # train.configure_cpu_dispatch.

@@ -1,7 +1,6 @@
 """Model definitions and their construction from a config."""
 
-import jax.numpy as jnp
-
+from unet_jax import precision
 from unet_jax.errors import ConfigError
 from unet_jax.models.resnet_unet import ResNetUNet
 from unet_jax.models.simple import SimpleEncoderDecoder
@@ -14,7 +13,6 @@ _CHOICES = {
     "norm": ("batch", "none"),
     "upsample": ("transpose", "bilinear"),
     "padding": ("SAME", "VALID"),
-    "dtype": ("float32", "bfloat16", "float16"),
     "upsample_impl": ("matmul", "conv_transpose"),
     "valid_output": ("overlap_tile", "resize_nearest", "resize_bilinear"),
     "conv_impl": library.IMPLS,
@@ -38,12 +36,16 @@ def from_config(config):
   model_config = config.model
   arch = model_config.get("arch", "unet")
   conv_impl = check_conv_impl(model_config)
+  if model_config.dtype not in precision.DTYPES:
+    raise ConfigError(f"model.dtype={model_config.dtype!r} is not one of {precision.DTYPES}; "
+                      "set --config.model.dtype to one of them")
+  dtype = precision.compute_dtype(model_config.dtype, conv_impl)
   if arch in ("resnet18_unet", "resnet34_unet"):
     return ResNetUNet(num_classes=config.num_classes, arch=arch.removesuffix("_unet"),
-                      dtype=jnp.dtype(model_config.dtype), conv_impl=conv_impl)
+                      dtype=dtype, conv_impl=conv_impl)
   if arch == "simple_encoder_decoder":
     return SimpleEncoderDecoder(num_classes=config.num_classes, features=model_config.features,
-                                depth=model_config.depth, dtype=jnp.dtype(model_config.dtype),
+                                depth=model_config.depth, dtype=dtype,
                                 conv_impl=conv_impl)
   if arch != "unet":
     raise ConfigError(f"model.arch={arch!r} is not one of unet, resnet18_unet, resnet34_unet, "
@@ -59,7 +61,7 @@ def from_config(config):
   return UNet(num_classes=config.num_classes, features=model_config.features,
               depth=model_config.depth, dropout=dropout if isinstance(dropout, (int, float))
               else tuple(dropout), norm=model_config.norm, upsample=model_config.upsample,
-              padding=model_config.padding, dtype=jnp.dtype(model_config.dtype),
+              padding=model_config.padding, dtype=dtype,
               upsample_impl=model_config.get("upsample_impl", "matmul"),
               remat=model_config.get("remat", False), conv_impl=conv_impl,
               **_valid_output(model_config.get("valid_output", "overlap_tile")))
