@@ -92,7 +92,7 @@ def compute_dtype(requested: str, conv_impl: str = "auto") -> jnp.dtype:
 
 def accelerator_plugin() -> str | None:
   """The first JAX accelerator plugin installed, without starting any backend."""
-  platforms = os.environ.get("JAX_PLATFORMS", "") or (jax.config.read("jax_platforms") or "")
+  platforms = os.environ.get("JAX_PLATFORMS", "") or (jax.config.jax_platforms or "")
   if platforms and all(p.strip() == "cpu" for p in platforms.split(",")):
     return None
   return next((name for name in ACCELERATOR_PLUGINS if importlib.util.find_spec(name)), None)
