@@ -19,6 +19,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.ignore_index = -1  # Label value left out of loss and metrics (CamVid void = 11); -1 none.
   config.num_workers = 0  # grain worker processes for decoding/augmenting (0 = threads only).
   config.prefetch = 4  # Host batches prefetched ahead of the train step.
+  # Cross-validation: 0 = the prepared train/val split; K >= 2 pools train + val and holds out
+  # fold `fold` (TGS stratified by salt coverage, Carvana by car, CamVid by sequence).
+  config.num_folds = 0
+  config.fold = 0  # The held-out fold, 0..num_folds-1 (python -m unet_jax.cross_validate runs all).
   config.cache_decoded_mb = 2048  # Decode a prepared split into RAM once if it fits (0 = never).
 
   # Synthetic shapes (dataset = 'synthetic').

@@ -7,7 +7,7 @@ import tqdm
 from absl import logging as absl_logging
 import tensorflow_datasets as tfds
 
-from unet_jax.data import builders, camvid, carvana, imaging, tgs_salt
+from unet_jax.data import builders, camvid, carvana, folds, imaging, tgs_salt
 from unet_jax.errors import ConfigError, MissingDataError
 
 BUILDERS = {"tgs": tgs_salt.TgsSalt, "carvana": carvana.Carvana, "camvid": camvid.Camvid}
@@ -132,19 +132,38 @@ def _decoded_megabytes(first_element: dict, count: int) -> float:
   return count * sum(np.asarray(v).nbytes for v in first_element.values()) / 2**20
 
 
-def load_prepared(config, split: str):
-  """The `split` of `config.dataset` prepared in `config.data_dir`, at `config.image_size`."""
+def _stored_records(config, split: str):
+  """(records of `split` as stored: encoded images, name); with config.num_folds, fold
+  config.fold of the pooled train + val records (folds.py)."""
   height, width = config.image_size
   resolution = config.data_resolution or f"{height}x{width}"
   builder = prepared_builder(config.dataset, resolution, config.data_dir)
-  if split not in builder.info.splits:
-    raise ConfigError(f"{config.dataset} has no split {split!r}; it has "
-                      f"{', '.join(builder.info.splits)}")
+  name = f"{builder.name}/{builder.builder_config.name}"
+  num_folds = folds.check(config)
+  wanted = ("train", "val") if num_folds else (split,)
+  for part in wanted:
+    if part not in builder.info.splits:
+      raise ConfigError(f"{config.dataset} has no split {part!r}; it has "
+                        f"{', '.join(builder.info.splits)}")
   skip = tfds.decode.SkipDecoding()
-  data_source = builder.as_data_source(split, decoders={"image": skip, "mask": skip})
-  source = PreparedSource(data_source, (height, width),
-                          config.ignore_index if config.ignore_index >= 0 else None,
-                          name=f"{builder.name}/{builder.builder_config.name}:{split}")
+  parts = [builder.as_data_source(part, decoders={"image": skip, "mask": skip}) for part in wanted]
+  if not num_folds:
+    return parts[0], f"{name}:{split}"
+  if split not in ("train", "val"):
+    raise ConfigError(f"split {split!r} with num_folds={num_folds}: folds pool train and val; "
+                      "ask for train or val")
+  pooled = folds.Pooled(parts)
+  fold_of = folds.assign(config.dataset, pooled, num_folds)
+  held_out = fold_of == config.fold
+  indices = np.flatnonzero(held_out if split == "val" else ~held_out)
+  return folds.Subset(pooled, indices), f"{name}:fold{config.fold}of{num_folds}-{split}"
+
+
+def load_prepared(config, split: str):
+  """The `split` of `config.dataset` prepared in `config.data_dir`, at `config.image_size`."""
+  records, name = _stored_records(config, split)
+  source = PreparedSource(records, tuple(config.image_size),
+                          config.ignore_index if config.ignore_index >= 0 else None, name=name)
   if not len(source):
     return source
   first = source[0]  # A size mismatch fails now, not mid-epoch.

@@ -1,0 +1,99 @@
+"""K-fold cross-validation splits: deterministic, disjoint, grouped and stratified."""
+
+import collections
+
+import numpy as np
+import pytest
+
+from configs import carvana as carvana_config
+from configs import tgs as tgs_config
+from tests import _data_samples
+from tests.conftest import shared_data_dir
+from unet_jax import data
+from unet_jax.data import folds, prepare
+from unet_jax.errors import ConfigError
+
+
+def test_deal_folds_balances_each_stratum_and_is_deterministic():
+  groups = {f"id{i}": i % 3 for i in range(31)}  # Three strata of 11, 10, 10.
+  fold_of = folds.deal_folds(groups, 4)
+  assert fold_of == folds.deal_folds(dict(reversed(list(groups.items()))), 4)
+  sizes = collections.Counter(fold_of.values())
+  assert max(sizes.values()) - min(sizes.values()) <= 1
+  for stratum in range(3):
+    per_fold = collections.Counter(f for g, f in fold_of.items() if groups[g] == stratum)
+    assert max(per_fold.values()) - min(per_fold.values()) <= 1
+
+
+def test_group_keys_keep_cars_and_sequences_together():
+  assert folds.group_key("carvana", "00087a6bd4dc_01") == "00087a6bd4dc"
+  assert folds.group_key("camvid", "0001TP_006690") == "0001TP"
+  assert folds.group_key("tgs", "000e218f21") == "000e218f21"
+  assert folds.coverage_stratum(np.zeros((4, 4))) == 0
+  assert folds.coverage_stratum(np.eye(4)) == 3  # 25% salt -> ceil(2.5).
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"num_folds": 1}, "num_folds=1"),
+    ({"num_folds": 3, "fold": 3}, "fold=3 is not in 0..2"),
+    ({"num_folds": 3, "dataset": "synthetic"}, "synthetic"),
+])
+def test_bad_fold_settings_are_config_errors(overrides, message):
+  config = tgs_config.get_config()
+  config.update(overrides)
+  with pytest.raises(ConfigError, match=message):
+    folds.check(config)
+
+
+@pytest.fixture(scope="module")
+def tgs_prepared(tmp_path_factory):
+  zip_dir, _ = _data_samples.tgs_layouts(shared_data_dir("tgs"),
+                                         tmp_path_factory.mktemp("tgs"), count=40)
+  data_dir = tmp_path_factory.mktemp("tfds")
+  prepare.prepare("tgs", zip_dir, data_dir)
+  return data_dir
+
+
+def _ids(source):
+  return [source.data_source[i]["id"].decode() for i in range(len(source))]
+
+
+def _plain(data_dir, **overrides):
+  """configs/tgs.py on the prepared sample, records kept on disk (their ids stay readable)."""
+  config = tgs_config.get_config()
+  config.data_dir, config.cache_decoded_mb = str(data_dir), 0
+  config.update(overrides)
+  return config
+
+
+def test_tgs_folds_partition_the_pooled_ids_stratified_by_coverage(tgs_prepared):
+  plain = _plain(tgs_prepared)
+  everything = set(_ids(data.load_split(plain, "train"))) | set(_ids(data.load_split(plain, "val")))
+  held_out, empty_counts = [], []
+  for fold in range(3):
+    config = _plain(tgs_prepared, num_folds=3, fold=fold)
+    train, val = data.load_split(config, "train"), data.load_split(config, "val")
+    train_ids, val_ids = set(_ids(train)), _ids(val)
+    assert not train_ids & set(val_ids) and train_ids | set(val_ids) == everything
+    held_out.append(val_ids)
+    empty_counts.append(sum(folds.coverage_stratum(val[i]["mask"]) == 0 for i in range(len(val))))
+  assert sorted(i for val_ids in held_out for i in val_ids) == sorted(everything)
+  assert max(map(len, held_out)) - min(map(len, held_out)) <= 1
+  # Empty masks are one stratum, dealt evenly over the folds.
+  assert max(empty_counts) - min(empty_counts) <= 1 and sum(empty_counts) > 0
+
+
+def test_carvana_folds_never_split_a_car(tmp_path):
+  zip_dir, _ = _data_samples.carvana_layouts(shared_data_dir("carvana"), tmp_path / "dl")
+  prepare.prepare("carvana", zip_dir, tmp_path / "tfds", resolution="64x96")
+  config = carvana_config.get_config()
+  config.data_dir, config.image_size, config.cache_decoded_mb = str(tmp_path / "tfds"), (64, 96), 0
+  config.num_folds = 3
+  cars_per_fold = []
+  for fold in range(3):
+    config.fold = fold
+    val_cars = {folds.group_key("carvana", i) for i in _ids(data.load_split(config, "val"))}
+    train_cars = {folds.group_key("carvana", i) for i in _ids(data.load_split(config, "train"))}
+    assert len(val_cars) == 1 and not val_cars & train_cars  # 3 cars, 3 folds.
+    cars_per_fold.append(val_cars)
+  assert len(set.union(*cars_per_fold)) == 3
