@@ -1,14 +1,20 @@
 """evaluate: the metrics table, JSON, grid and threshold search of a trained run."""
 
+import atexit
+import functools
 import json
+import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
+import numpy as np
 import pytest
 
 from tests._trained_run import trained_workdir
 from tests.conftest import tiny_config
-from unet_jax import data, evaluate, inference
+from unet_jax import data, evaluate, inference, steps, train
 from unet_jax.errors import ConfigError, WorkdirError
 
 
@@ -67,3 +73,53 @@ def test_centre_window_scores_only_the_original_pixels(tmp_path):
   centre = evaluate.evaluate_run(trained_workdir(), crop="4x4", output_dir=tmp_path)
   assert whole["scored_window"] is None
   assert whole["scores"]["pixel_accuracy"] != centre["scores"]["pixel_accuracy"]
+
+
+@functools.cache
+def _second_run():
+  """Another tiny run of the same task (another seed): a second ensemble member."""
+  workdir = pathlib.Path(tempfile.mkdtemp(prefix="unet_jax_trained_seed1_"))
+  atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+  train.train_and_evaluate(tiny_config(num_train_steps=2, eval_every_steps=2,
+                                       log_every_steps=1, seed=1), workdir)
+  return workdir
+
+
+def test_ensemble_averages_the_members_probabilities(tmp_path):
+  members = [trained_workdir(), _second_run()]
+  ensemble = inference.load_ensemble(members)
+  assert [step for _, step in ensemble.members] == [2, 2]
+  images = np.stack([data.load_split(tiny_config(), "val")[i]["image"] for i in range(4)])
+  each = [inference.probabilities(inference.load(w).state, images) for w in members]
+  averaged = inference.make_predict_fn("none")(ensemble.state, images)
+  np.testing.assert_allclose(averaged, (each[0] + each[1]) / 2, atol=1e-6)
+  assert not np.allclose(each[0], each[1])  # Two different models, so the mean means something.
+  report = evaluate.evaluate_run(members, output_dir=tmp_path)
+  assert [m["step"] for m in report["members"]] == [2, 2]
+  assert (tmp_path / "val_ensemble_metrics.json").exists()
+  assert "ensemble of 2 runs" in (tmp_path / "val_ensemble_metrics.md").read_text()
+
+
+def test_flip_tta_scores_the_averaged_mirror_and_keeps_the_plain_report(tmp_path):
+  plain = evaluate.evaluate_run(trained_workdir(), output_dir=tmp_path)
+  flipped = evaluate.evaluate_run(trained_workdir(), output_dir=tmp_path, tta="flip",
+                                  search=True)
+  assert json.loads((tmp_path / "val_metrics.json").read_text())["tta"] == "none"
+  assert json.loads((tmp_path / "val_tta_metrics.json").read_text())["tta"] == "flip"
+  assert flipped["scores"] != plain["scores"]
+  # The sweep at 0.5 and the TTA eval step see the same averaged probabilities.
+  at_half = next(r for r in flipped["threshold_search"]["rows"] if r["threshold"] == 0.5)
+  assert at_half["dice"] == pytest.approx(flipped["scores"]["dice"], abs=1e-6)
+  # Averaged logits: a single run without TTA keeps its own logits exactly.
+  model = inference.load(trained_workdir())
+  images = np.stack([data.load_split(tiny_config(), "val")[i]["image"] for i in range(2)])
+  np.testing.assert_array_equal(inference.averaged_logits(model.state, images),
+                                steps.model_logits(model.state, images))
+
+
+def test_ensemble_of_different_tasks_is_refused(tmp_path):
+  other = tmp_path / "other"
+  train.train_and_evaluate(tiny_config(num_train_steps=1, eval_every_steps=1,
+                                       image_size=(32, 32)), other)
+  with pytest.raises(WorkdirError, match="ensemble only runs trained for the same task"):
+    inference.load_ensemble([trained_workdir(), other])

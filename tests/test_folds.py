@@ -1,6 +1,7 @@
 """K-fold cross-validation splits: deterministic, disjoint, grouped and stratified."""
 
 import collections
+import json
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from configs import carvana as carvana_config
 from configs import tgs as tgs_config
 from tests import _data_samples
 from tests.conftest import shared_data_dir
-from unet_jax import data
+from unet_jax import cross_validate, data
 from unet_jax.data import folds, prepare
 from unet_jax.errors import ConfigError
 
@@ -97,3 +98,32 @@ def test_carvana_folds_never_split_a_car(tmp_path):
     assert len(val_cars) == 1 and not val_cars & train_cars  # 3 cars, 3 folds.
     cars_per_fold.append(val_cars)
   assert len(set.union(*cars_per_fold)) == 3
+
+
+def test_cross_validate_trains_each_fold_and_tabulates_mean_and_std(tgs_prepared, tmp_path):
+  config = _plain(tgs_prepared, num_train_steps=2, eval_every_steps=2, log_every_steps=1,
+                  batch_size=8, eval_batch_size=8)
+  config.model.update(features=4, depth=2)
+  summary = cross_validate.cross_validate(config, tmp_path, num_folds=2, tta="flip")
+  assert sorted(summary["folds"]) == [0, 1] and summary["steps"] == {0: 2, 1: 2}
+  for fold in (0, 1):
+    saved = json.loads((tmp_path / f"fold{fold}" / "config.json").read_text())
+    assert (saved["num_folds"], saved["fold"]) == (2, fold)
+  tgs = [summary["folds"][k]["tgs_map"] for k in (0, 1)]
+  assert summary["mean"]["tgs_map"] == pytest.approx(np.mean(tgs))
+  assert summary["std"]["tgs_map"] == pytest.approx(np.std(tgs, ddof=1))
+  table = (tmp_path / "cv_scores_tta.md").read_text()
+  assert "mean +- std" in table and "flip TTA" in table
+  # A rerun trains nothing again: the finished folds' checkpoints are left as they were.
+  before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "fold0" / "checkpoints").rglob("*"))
+  again = cross_validate.cross_validate(config, tmp_path, num_folds=2, folds="1")
+  assert again["folds"][0]["dice"] == pytest.approx(
+      json.loads((tmp_path / "fold0" / "eval" / "val_metrics.json").read_text())["scores"]["dice"])
+  assert before == sorted(p.stat().st_mtime_ns
+                          for p in (tmp_path / "fold0" / "checkpoints").rglob("*"))
+
+
+@pytest.mark.parametrize("folds_flag, message", [("0,5", "outside 0..2"), ("a", "comma-separated")])
+def test_bad_folds_flag(folds_flag, message):
+  with pytest.raises(ConfigError, match=message):
+    cross_validate.parse_folds(folds_flag, 3)

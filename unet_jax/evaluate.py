@@ -1,8 +1,10 @@
 """Evaluates a run's best checkpoint on a split: metrics table (JSON + markdown) and plots.
 
-  python -m unet_jax.evaluate --workdir runs/tgs [--split val] [--threshold_search]
+  python -m unet_jax.evaluate --workdir runs/tgs [--split val] [--threshold_search] [--tta flip]
+  python -m unet_jax.evaluate --workdir runs/cv/fold0 --workdir runs/cv/fold1 ...  # An ensemble.
 
-Writes workdir/eval/<split>_metrics.{json,md} and <split>_predictions.png. The optional
+Writes workdir/eval/<split>_metrics.{json,md} and <split>_predictions.png (<split>_tta_...
+with flip TTA, <split>_ensemble_... for several runs, in the first run's eval/). The optional
 threshold search (binary tasks) scores 19 sigmoid thresholds 0.05..0.95 in one pass; it is tuned
 on the split it reports, so report it on a split you did not tune on.
 """
@@ -41,22 +43,22 @@ def _parse_window(crop: str, source, config) -> tuple[int, int] | None:
   return height, width
 
 
-def _sweep_step(state, batch, *, thresholds, ignore_index):
+def _sweep_step(state, batch, *, thresholds, ignore_index, flip):
   valid = batch.get("valid")
   weights = losses.pixel_weights(batch["mask"], ignore_index, valid)
   if "weight" in batch:
     weights = weights * batch["weight"]
-  foreground = steps.predict_probabilities(state, batch["image"])[..., 0]
+  foreground = inference.probabilities(state, batch["image"], flip)[..., 0]
   return metrics.threshold_sweep_sums(foreground, batch["mask"], weights, thresholds, valid)
 
 
-def threshold_search(model: inference.TrainedModel, source,
-                     thresholds=SWEEP_THRESHOLDS) -> list[dict]:
+def threshold_search(model: inference.TrainedModel, source, thresholds=SWEEP_THRESHOLDS,
+                     tta: str = "none") -> list[dict]:
   """Scores at each sigmoid threshold over the whole split (binary tasks)."""
   config = model.config
   ignore_index = config.ignore_index if config.ignore_index >= 0 else None
   sweep = jax.jit(functools.partial(_sweep_step, thresholds=tuple(thresholds),
-                                    ignore_index=ignore_index))
+                                    ignore_index=ignore_index, flip=tta == "flip"))
   totals = None
   for batch in pipeline.eval_batches(source, global_batch_size=config.eval_batch_size,
                                      shard=parallel.process_shard()):
@@ -70,12 +72,12 @@ def threshold_search(model: inference.TrainedModel, source,
   return rows
 
 
-def _prediction_grid(model, source, path, overlay: bool, threshold: float = 0.5) -> None:
+def _prediction_grid(model, source, path, overlay: bool, tta: str = "none",
+                     threshold: float = 0.5) -> None:
   count = min(len(source), 6)
   examples = [source[i] for i in range(count)]
   images = np.stack([np.asarray(e["image"]) for e in examples])
-  probabilities = np.asarray(jax.device_get(
-      jax.jit(steps.predict_probabilities)(model.state, images)))
+  probabilities = np.asarray(jax.device_get(inference.make_predict_fn(tta)(model.state, images)))
   if model.is_binary:
     predicted = (probabilities[..., 0] > threshold).astype(np.int32)
   else:
@@ -88,7 +90,11 @@ def markdown_table(report: dict) -> str:
   """The report as markdown: the scores, then the threshold search if any."""
   window = report.get("scored_window")
   scored = f", scored on the centred {window[0]}x{window[1]}" if window else ""
-  lines = [f"# {report['workdir']}: split {report['split']}, step {report['step']}, "
+  members = report.get("members")
+  what = (f"ensemble of {len(members)} runs (steps {', '.join(str(m['step']) for m in members)})"
+          if members else f"step {report['step']}")
+  tta = ", flip TTA" if report.get("tta") == "flip" else ""
+  lines = [f"# {report['workdir']}: split {report['split']}, {what}{tta}, "
            f"{report['examples']} examples{scored}", "", "| metric | value |", "|---|---|"]
   lines += [f"| {name} | {value:.4f} |" for name, value in report["scores"].items()]
   search = report.get("threshold_search")
@@ -103,14 +109,30 @@ def markdown_table(report: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _eval_step(model: inference.TrainedModel, tta: str):
+  """The run's jitted eval step, or one scoring the flip-TTA / ensemble average."""
+  config = model.config
+  if tta == "none" and not model.members:
+    return steps.jit_steps(config)[1]
+  if tta not in ("none", "flip"):
+    raise ConfigError(f"--tta={tta!r}; use none or flip")
+  return jax.jit(functools.partial(
+      steps.eval_step, loss_fn=losses.get_loss(config.loss),
+      ignore_index=config.ignore_index if config.ignore_index >= 0 else None,
+      num_classes=config.num_classes,
+      logits_fn=functools.partial(inference.averaged_logits, flip=tta == "flip")))
+
+
 def evaluate_run(workdir, split: str = "val", search: bool = False, overlay: bool = False,
-                 output_dir=None, crop: str = "auto", threshold_metric: str = "") -> dict:
-  """Scores the best checkpoint of `workdir` on `split`; writes JSON, markdown and a grid.
+                 output_dir=None, crop: str = "auto", threshold_metric: str = "",
+                 tta: str = "none") -> dict:
+  """Scores the best checkpoint of `workdir` (or the average of several runs') on `split`;
+  writes JSON, markdown and a grid.
 
   crop: 'auto' scores only the original pixels of images that training padded (TGS), 'none'
-  the whole image_size, 'HxW' the centred window.
+  the whole image_size, 'HxW' the centred window. tta 'flip' averages the mirrored pass.
   """
-  model = inference.load(workdir)
+  model = inference.load_ensemble(workdir)
   config = model.config
   if search and not model.is_binary:
     raise ConfigError(f"--threshold_search needs a binary task, this run has "
@@ -118,13 +140,14 @@ def evaluate_run(workdir, split: str = "val", search: bool = False, overlay: boo
   source = data.load_split(config, split)
   window = _parse_window(crop, source, config)
   scored = CentreWindow(source, window) if window else source
-  _, eval_step, _ = steps.jit_steps(config)
-  scores = train.evaluate(model.state, eval_step, scored, config, model.mesh)
-  report = {"workdir": str(pathlib.Path(workdir).expanduser().absolute()), "split": split,
-            "step": model.step, "examples": len(source), "scored_window": window,
+  scores = train.evaluate(model.state, _eval_step(model, tta), scored, config, model.mesh)
+  first = workdir if isinstance(workdir, (str, pathlib.Path)) else workdir[0]
+  report = {"workdir": str(pathlib.Path(first).expanduser().absolute()), "split": split,
+            "step": model.step, "examples": len(source), "scored_window": window, "tta": tta,
+            "members": [{"workdir": w, "step": step} for w, step in model.members],
             "scores": scores}
   if search:
-    rows = threshold_search(model, scored)
+    rows = threshold_search(model, scored, tta=tta)
     metric = threshold_metric or (config.best_metric if config.best_metric in SWEEP_METRICS
                                   else "dice")
     if metric not in SWEEP_METRICS:
@@ -133,19 +156,22 @@ def evaluate_run(workdir, split: str = "val", search: bool = False, overlay: boo
                                   "best": max(rows, key=lambda row: row[metric])}
   output_dir = pathlib.Path(output_dir or pathlib.Path(report["workdir"]) / "eval")
   output_dir.mkdir(parents=True, exist_ok=True)
-  (output_dir / f"{split}_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-  (output_dir / f"{split}_metrics.md").write_text(markdown_table(report))
-  _prediction_grid(model, source, output_dir / f"{split}_predictions.png", overlay)
+  # Each kind of score keeps its own files: a TTA or ensemble report never replaces the run's.
+  name = split + ("_tta" if tta == "flip" else "") + ("_ensemble" if model.members else "")
+  (output_dir / f"{name}_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+  (output_dir / f"{name}_metrics.md").write_text(markdown_table(report))
+  _prediction_grid(model, source, output_dir / f"{name}_predictions.png", overlay, tta)
   if search:
     plots.plot_threshold_search(report["threshold_search"]["rows"], SWEEP_METRICS,
-                                output_dir / f"{split}_thresholds.png")
-  logging.info("wrote %s_metrics.json, .md and plots to %s", split, output_dir)
+                                output_dir / f"{name}_thresholds.png")
+  logging.info("wrote %s_metrics.json, .md and plots to %s", name, output_dir)
   return report
 
 
 def define_flags() -> None:
-  flags.DEFINE_string("workdir", None, "Training run to evaluate (best checkpoint).",
-                      required=True)
+  flags.DEFINE_multi_string("workdir", None, "Training run to evaluate (best checkpoint); "
+                            "repeat it to score the average of several runs (e.g. folds).",
+                            required=True)
   flags.DEFINE_string("split", "val", "Split of the run's dataset: val or train.")
   flags.DEFINE_bool("threshold_search", False, "Binary tasks: also score thresholds 0.05..0.95.")
   flags.DEFINE_bool("overlay", False, "Predictions grid: overlay the prediction on the image.")
@@ -154,6 +180,7 @@ def define_flags() -> None:
                       "size of images training padded (TGS 101x101 in 128x128), none, or HxW.")
   flags.DEFINE_string("threshold_metric", "", "Metric the threshold search maximises "
                       "(tgs_map, dice, iou, pixel_accuracy; default config.best_metric).")
+  flags.DEFINE_enum("tta", "none", ["none", "flip"], "flip: average with the mirrored pass.")
 
 
 def main(argv):
@@ -161,7 +188,7 @@ def main(argv):
   f = flags.FLAGS
   with cli.exit_on_user_error():
     report = evaluate_run(f.workdir, f.split, f.threshold_search, f.overlay, f.output,
-                          f.crop, f.threshold_metric)
+                          f.crop, f.threshold_metric, f.tta)
   print(markdown_table(report), end="")
 
 

@@ -43,6 +43,9 @@ class TrainedModel:
   step: int
   input_channels: int
   mesh: Mesh
+  # An ensemble: `state` is a tuple of the members' states, whose probabilities are averaged;
+  # members lists (workdir, step) of each. Empty for a single run.
+  members: tuple = ()
 
   @property
   def image_size(self) -> tuple[int, int]:
@@ -154,7 +157,27 @@ def load(workdir, which: str = "best") -> TrainedModel:
   return TrainedModel(config, state, step, channels, mesh)
 
 
-def _probabilities(state, images, flip: bool):
+def load_ensemble(workdirs, which: str = "best") -> TrainedModel:
+  """One run, or several (e.g. the folds of a cross-validation) whose probabilities predict
+  and evaluate average; they must share image size, classes and input channels."""
+  workdirs = [workdirs] if isinstance(workdirs, (str, pathlib.Path)) else list(workdirs)
+  runs = [load(w, which) for w in workdirs]
+  if len(runs) == 1:
+    return runs[0]
+  first = runs[0]
+  for workdir, run in zip(workdirs[1:], runs[1:]):
+    theirs = (run.image_size, run.config.num_classes, run.input_channels)
+    ours = (first.image_size, first.config.num_classes, first.input_channels)
+    if theirs != ours:
+      raise WorkdirError(f"{workdir} predicts (image size, classes, channels) {theirs} but "
+                         f"{workdirs[0]} {ours}; ensemble only runs trained for the same task")
+  members = tuple((str(w), r.step) for w, r in zip(workdirs, runs))
+  logging.info("ensemble of %d runs: %s", len(runs),
+               ", ".join(f"{w} (step {step})" for w, step in members))
+  return dataclasses.replace(first, state=tuple(r.state for r in runs), members=members)
+
+
+def _single_probabilities(state, images, flip: bool):
   """Probabilities (N, H, W, C); with `flip`, the mean with the mirrored pass on the device."""
   if not flip:
     return steps.predict_probabilities(state, images)
@@ -163,8 +186,27 @@ def _probabilities(state, images, flip: bool):
   return (plain + mirrored[:, :, ::-1]) / 2.0
 
 
+def probabilities(state, images, flip: bool = False):
+  """Probabilities of a run, or the mean of an ensemble's (a tuple of states)."""
+  if not isinstance(state, tuple):
+    return _single_probabilities(state, images, flip)
+  return sum(_single_probabilities(s, images, flip) for s in state) / len(state)
+
+
+def averaged_logits(state, images, flip: bool = False):
+  """Logits whose sigmoid/softmax are the averaged probabilities (for loss and metrics); a
+  single run without TTA gives its own logits unchanged."""
+  if not flip and not isinstance(state, tuple):
+    return steps.model_logits(state, images)
+  averaged = jnp.clip(probabilities(state, images, flip), 1e-7, 1 - 1e-7)
+  if averaged.shape[-1] == 1:
+    return jnp.log(averaged) - jnp.log1p(-averaged)
+  return jnp.log(averaged)
+
+
 def make_predict_fn(tta: str = "none"):
-  """jit(state, uint8 images (N, H, W[, C])) -> probabilities; tta 'none' or 'flip'."""
+  """jit(state, uint8 images (N, H, W[, C])) -> probabilities; tta 'none' or 'flip'; `state`
+  may be an ensemble's tuple."""
   if tta not in ("none", "flip"):
     raise ValueError(f"unknown TTA {tta!r}; use none or flip")
-  return jax.jit(functools.partial(_probabilities, flip=tta == "flip"))
+  return jax.jit(functools.partial(probabilities, flip=tta == "flip"))

@@ -2,6 +2,8 @@
 
   python -m unet_jax.predict --workdir runs/tgs --input test.zip --output runs/tgs/test
       --tta flip --submission submission.csv --format tgs   (one command line)
+  python -m unet_jax.predict --workdir runs/cv/fold0 --workdir runs/cv/fold1 ... (an ensemble:
+      the runs' probabilities are averaged before thresholding)
 
 Batches have a fixed shape (the last one is padded), so the jitted model compiles once.
 Each image is brought to config.image_size as in training (--fit auto): centred and padded by
@@ -228,7 +230,7 @@ class Predictor:
 
 def predict(workdir, input_path, output_dir, options: Options = Options()) -> dict:
   """Writes output_dir/<stem>.png masks (binary: 0/255) and the optional submission CSV."""
-  model = inference.load(workdir)
+  model = inference.load_ensemble(workdir)
   fmt = _submission_format(model, options)
   items = list_inputs(input_path)
   output_dir = pathlib.Path(output_dir).expanduser()
@@ -261,7 +263,9 @@ def predict(workdir, input_path, output_dir, options: Options = Options()) -> di
 
 
 def define_flags() -> None:
-  flags.DEFINE_string("workdir", None, "Training run to load (best checkpoint).", required=True)
+  flags.DEFINE_multi_string("workdir", None, "Training run to load (best checkpoint); repeat "
+                            "it to average several runs' probabilities (e.g. the folds of "
+                            "python -m unet_jax.cross_validate).", required=True)
   flags.DEFINE_string("input", None, "Folder (searched recursively) or .zip of images.",
                       required=True)
   flags.DEFINE_string("output", None, "Folder for the mask PNGs (<stem>.png).", required=True)

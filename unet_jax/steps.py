@@ -95,15 +95,20 @@ def _skip_update(state: TrainState, grads, batch_stats) -> TrainState:
                        first_nonfinite_step=first)
 
 
+def model_logits(state: TrainState, images):
+  """The model's inference logits for uint8 (or 0..255 float) images."""
+  return state.apply_fn(_variables(state), normalize_images(images), train=False)
+
+
 def eval_step(state: TrainState, batch: dict, *, loss_fn, ignore_index: int | None,
-              num_classes: int):
+              num_classes: int, logits_fn=model_logits):
   """Sums for one eval batch: weighted loss, weight, the confusion matrix and, for binary
-  tasks, the TGS metric's per-image sums."""
-  images = normalize_images(batch["image"])
+  tasks, the TGS metric's per-image sums. `logits_fn(state, images)` may be an ensemble's or a
+  test-time augmentation's (inference.averaged_logits)."""
   weights = losses.pixel_weights(batch["mask"], ignore_index, batch.get("valid"))
   if "weight" in batch:  # E.g. 0 on padding that is not part of the original image.
     weights = weights * batch["weight"]
-  logits = state.apply_fn(_variables(state), images, train=False)
+  logits = logits_fn(state, batch["image"])
   predictions = metrics.predicted_labels(logits)
   weight_sum = jnp.sum(weights)
   sums = {
@@ -119,7 +124,7 @@ def eval_step(state: TrainState, batch: dict, *, loss_fn, ignore_index: int | No
 
 def predict_probabilities(state: TrainState, images):
   """Per-pixel probabilities (N, H, W, C): sigmoid for one channel, softmax otherwise."""
-  logits = state.apply_fn(_variables(state), normalize_images(images), train=False)
+  logits = model_logits(state, images)
   return jax.nn.sigmoid(logits) if logits.shape[-1] == 1 else jax.nn.softmax(logits)
 
 

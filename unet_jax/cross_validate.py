@@ -1,0 +1,116 @@
+"""K-fold cross-validation: trains every fold of a config in turn, then tabulates their scores.
+
+  python -m unet_jax.cross_validate --config configs/tgs.py --workdir runs/tgs_cv --num_folds 5
+
+Fold k trains in workdir/fold<k> with `--config.num_folds=K --config.fold=k` (unet_jax/data/
+folds.py: TGS stratified by coverage, Carvana by car, CamVid by sequence), so each fold resumes
+like any run and a finished one is not trained again. Each fold's best checkpoint is then
+scored on its held-out fold (optionally with flip TTA) and workdir/cv_scores.{json,md} give the
+per-fold scores with their mean and standard deviation. `--folds 0,1` runs some folds only (e.g.
+one per machine); the table covers every fold that has finished. Predict with the folds as an
+ensemble: python -m unet_jax.predict --workdir runs/tgs_cv/fold0 --workdir runs/tgs_cv/fold1 ...
+"""
+
+import json
+import logging
+import pathlib
+
+import ml_collections
+import numpy as np
+from absl import flags
+from ml_collections import config_flags
+
+from unet_jax import cli, evaluate, inference, train
+from unet_jax.errors import ConfigError
+
+TABLE_METRICS = ("tgs_map", "iou", "dice", "pixel_accuracy", "miou", "loss")
+
+
+def fold_config(config, num_folds: int, fold: int) -> ml_collections.ConfigDict:
+  """A copy of `config` that trains fold `fold` of `num_folds`."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.num_folds, config.fold = num_folds, fold
+  return config
+
+
+def parse_folds(folds: str, num_folds: int) -> list[int]:
+  """'' -> every fold; '0,2' -> [0, 2], checked against num_folds."""
+  if num_folds < 2:
+    raise ConfigError(f"--num_folds={num_folds}; cross-validation needs at least 2 folds")
+  if not folds:
+    return list(range(num_folds))
+  try:
+    chosen = sorted({int(f) for f in folds.split(",")})
+  except ValueError:
+    raise ConfigError(f"--folds={folds!r} is not a comma-separated list of fold numbers like "
+                      "0,2") from None
+  if chosen[0] < 0 or chosen[-1] >= num_folds:
+    raise ConfigError(f"--folds={folds} names a fold outside 0..{num_folds - 1}")
+  return chosen
+
+
+def is_finished(workdir: pathlib.Path, num_train_steps: int) -> bool:
+  return max(inference.saved_steps(workdir), default=0) >= num_train_steps
+
+
+def summarize(reports: dict[int, dict]) -> dict:
+  """{'folds': {k: scores}, 'mean': {...}, 'std': {...}} over the metrics every fold has."""
+  names = [m for m in TABLE_METRICS if all(m in r["scores"] for r in reports.values())]
+  folds = {k: {m: reports[k]["scores"][m] for m in names} for k in sorted(reports)}
+  values = {m: np.array([scores[m] for scores in folds.values()]) for m in names}
+  return {"folds": folds, "steps": {k: reports[k]["step"] for k in sorted(reports)},
+          "mean": {m: float(v.mean()) for m, v in values.items()},
+          "std": {m: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for m, v in values.items()}}
+
+
+def markdown(summary: dict, title: str) -> str:
+  names = list(summary["mean"])
+  lines = [f"# {title}", "", "| fold | step | " + " | ".join(names) + " |",
+           "|---" * (len(names) + 2) + "|"]
+  for fold, scores in summary["folds"].items():
+    lines.append(f"| {fold} | {summary['steps'][fold]} | "
+                 + " | ".join(f"{scores[m]:.4f}" for m in names) + " |")
+  lines.append("| mean +- std | | " + " | ".join(
+      f"{summary['mean'][m]:.4f} +- {summary['std'][m]:.4f}" for m in names) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def cross_validate(config, workdir, num_folds: int, folds: str = "", tta: str = "none") -> dict:
+  """Trains the chosen folds (resuming), scores every finished fold, writes the table."""
+  workdir = pathlib.Path(workdir).expanduser().absolute()
+  for fold in parse_folds(folds, num_folds):
+    fold_dir = workdir / f"fold{fold}"
+    if is_finished(fold_dir, config.num_train_steps):
+      logging.info("fold %d of %d already trained in %s", fold, num_folds, fold_dir)
+      continue
+    logging.info("training fold %d of %d in %s", fold, num_folds, fold_dir)
+    train.train_and_evaluate(fold_config(config, num_folds, fold), fold_dir)
+  reports = {fold: evaluate.evaluate_run(workdir / f"fold{fold}", "val", tta=tta)
+             for fold in range(num_folds)
+             if is_finished(workdir / f"fold{fold}", config.num_train_steps)}
+  summary = {"num_folds": num_folds, "tta": tta, "dataset": config.dataset, **summarize(reports)}
+  name = "cv_scores" + ("_tta" if tta == "flip" else "")
+  title = (f"{config.dataset}: {len(reports)} of {num_folds} folds, best checkpoints on their "
+           f"held-out fold{', flip TTA' if tta == 'flip' else ''}")
+  (workdir / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+  (workdir / f"{name}.md").write_text(markdown(summary, title))
+  logging.info("cross-validation table in %s.md:\n%s", workdir / name, markdown(summary, title))
+  return summary
+
+
+def main(argv):
+  cli.reject_extra_args(argv)
+  f = flags.FLAGS
+  with cli.exit_on_user_error():
+    cross_validate(f.config, f.workdir, f.num_folds, f.folds, f.tta)
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("workdir", None, "Folder for the folds' runs (fold<k>/) and the table.",
+                      required=True)
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/tgs.py.",
+                                  lock_config=True)
+  flags.DEFINE_integer("num_folds", 5, "K: how many folds.")
+  flags.DEFINE_string("folds", "", "Comma-separated folds to train now (default all).")
+  flags.DEFINE_enum("tta", "none", ["none", "flip"], "Score the folds with flip TTA too.")
+  cli.run(main)
