@@ -50,6 +50,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.norm = "batch"  # batch | none.
   config.model.upsample = "transpose"  # transpose (2x2 up-conv) | bilinear (+ 1x1 conv).
   config.model.upsample_impl = "matmul"  # transpose via matmul (fast) | conv_transpose; same math.
+  # Level unit: double_conv (the paper's) | residual (ResNet BasicBlock, 1x1 projection
+  # shortcut; SAME + batch norm only), as the Kaggle TGS Res-U-Nets.
+  config.model.block = "double_conv"
+  config.model.squeeze_excitation = False  # Gate each level's channels (squeeze-excitation).
   config.model.remat = False  # Recompute activations per level in backward (saves memory).
   config.model.padding = "SAME"  # SAME | VALID (the paper's unpadded convs, cropped skips).
   # VALID only: overlap_tile (mirror-pad the input so the output covers it) | resize_nearest |
@@ -67,6 +71,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Loss and optimisation.
   config.loss = "bce"  # losses.LOSSES: bce softmax_ce dice bce_dice focal lovasz_hinge/_softmax.
+  # A second stage in the same run (the Kaggle TGS habit: BCE + Dice, then Lovasz hinge):
+  # from step loss_stage2_step on, train with loss_stage2 ('' = one stage). Validation loss
+  # stays `loss`, so its curve is comparable across the switch.
+  config.loss_stage2 = ""
+  config.loss_stage2_step = 0
   config.weight_map = False  # Weight pixels by the 2015 paper's boundary map (BoundaryWeights).
   config.weight_map_w0 = 10.0  # Boundary map: peak extra weight between two objects (paper: 10).
   config.weight_map_sigma = 5.0  # Boundary map: decay in pixels of the border term (paper: 5).

@@ -140,3 +140,38 @@ def test_remat_gives_the_same_loss_and_gradients():
   np.testing.assert_allclose(value_a, value_b, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("block", ["double_conv", "residual"])
+def test_level_blocks_and_squeeze_excitation(block):
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 16, 1)), jnp.float32)
+  plain = tiny_unet(block=block, conv_impl="xla")
+  gated = tiny_unet(block=block, squeeze_excitation=True, conv_impl="xla")
+  variables = plain.init(jax.random.key(0), x)
+  level = variables["params"]["encoder_0"]
+  if block == "residual":  # A ResNet BasicBlock with a 1x1 projection (1 -> 4 channels).
+    assert level["downsample_conv"]["kernel"].shape == (1, 1, 1, 4)
+    assert level["conv1"]["kernel"].shape == (3, 3, 1, 4)
+  else:
+    assert set(level) == {"ConvBNReLU_0", "ConvBNReLU_1"}
+  gated_variables = gated.init(jax.random.key(0), x)
+  se = gated_variables["params"]["encoder_0"]["se"]
+  assert se["reduce"]["kernel"].shape == (4, 1) and se["expand"]["kernel"].shape == (1, 4)
+  assert plain.apply(variables, x).shape == gated.apply(gated_variables, x).shape == (2, 16, 16, 1)
+  # The same weights without their gates give another function: the gate is in the graph.
+  # (A residual branch starts at zero, its bn2 scale zero-initialised: give it a value.)
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, v: jnp.ones_like(v) if "bn2" in jax.tree_util.keystr(path)
+      and "scale" in jax.tree_util.keystr(path) else v, gated_variables["params"])
+  gated_variables = {**gated_variables, "params": params}
+  ungated = {k: {n: m for n, m in v.items() if n != "se"} for k, v in params.items()}
+  assert not np.allclose(gated.apply(gated_variables, x),
+                         plain.apply({**gated_variables, "params": ungated}, x))
+  remat = tiny_unet(block=block, squeeze_excitation=True, conv_impl="xla", remat=True)
+  np.testing.assert_allclose(remat.apply(gated_variables, x), gated.apply(gated_variables, x),
+                             rtol=1e-6, atol=1e-6)
+
+
+def test_residual_block_needs_same_padding_and_batch_norm():
+  with pytest.raises(ValueError, match="block='residual' needs padding='SAME'"):
+    tiny_unet(block="residual", padding="VALID").init(jax.random.key(0), jnp.zeros((1, 64, 64, 1)))

@@ -32,8 +32,10 @@ def _env(devices: int):
 
 
 def _command(workdir, *extra):
+  # float32 whatever model.dtype='auto' picks here: the 1-vs-2-process checks are to float32
+  # rounding (the all-reduce order differs), which bf16 activations would amplify.
   return [sys.executable, "-m", "unet_jax.main", "--config=tests/tiny_config.py",
-          f"--workdir={workdir}", *extra]
+          f"--workdir={workdir}", "--config.model.dtype=float32", *extra]
 
 
 def _launch_two(workdir, *overrides):

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from configs import synthetic as synthetic_config
-from tests.conftest import tiny_config
+from tests.conftest import metrics_by_step, tiny_config
+from unet_jax.errors import ConfigError
 from unet_jax import plots, train
 
 
@@ -76,3 +77,25 @@ def test_cpu_dispatch_setting_after_the_client_exists_is_named_not_silent(caplog
     train.configure_cpu_dispatch(not current)
   assert any("comes too late" in record.getMessage() for record in caplog.records)
   train.configure_cpu_dispatch(current)
+
+
+def test_second_loss_stage_takes_over_at_its_step(tmp_path, caplog):
+  one_stage = train.train_and_evaluate(tiny_config(num_train_steps=4, log_every_steps=1),
+                                       tmp_path / "one")
+  with caplog.at_level("INFO"):
+    two_stage = train.train_and_evaluate(tiny_config(
+        num_train_steps=4, log_every_steps=1, loss_stage2="lovasz_hinge", loss_stage2_step=3),
+        tmp_path / "two")
+  assert any("step 3: training with lovasz_hinge" in r.getMessage() for r in caplog.records)
+  first, second = (metrics_by_step(tmp_path / name, "train") for name in ("one", "two"))
+  for step in (1, 2):  # The same BCE steps until the switch...
+    assert first[step]["loss"] == second[step]["loss"]
+  for step in (3, 4):  # ...then the Lovasz hinge, another loss of other values.
+    assert first[step]["loss"] != second[step]["loss"]
+  assert two_stage != one_stage
+  with pytest.raises(ConfigError, match="loss_stage2_step=9 is not in 1..4"):
+    train.train_and_evaluate(tiny_config(loss_stage2="lovasz_hinge", loss_stage2_step=9),
+                             tmp_path / "bad")
+  with pytest.raises(ConfigError, match="unknown loss 'hinge'"):
+    train.train_and_evaluate(tiny_config(loss_stage2="hinge", loss_stage2_step=2),
+                             tmp_path / "bad")

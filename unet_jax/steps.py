@@ -128,10 +128,11 @@ def predict_probabilities(state: TrainState, images):
   return jax.nn.sigmoid(logits) if logits.shape[-1] == 1 else jax.nn.softmax(logits)
 
 
-def jit_steps(config):
-  """The three steps jitted for `config`; train_step donates the old state."""
+def jit_steps(config, loss: str = ""):
+  """The three steps jitted for `config` (with `loss` instead of config.loss if given);
+  train_step donates the old state."""
   ignore_index = config.ignore_index if config.ignore_index >= 0 else None
-  return _jit_steps(config.loss, ignore_index, config.num_classes)
+  return _jit_steps(loss or config.loss, ignore_index, config.num_classes)
 
 
 @functools.lru_cache(maxsize=16)

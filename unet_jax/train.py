@@ -130,6 +130,12 @@ def _check_choices(config) -> None:
     if config[name] not in ("min", "max"):
       raise ConfigError(f"{name}={config[name]!r}; set --config.{name} to min or max")
   models.check_conv_impl(config.model)  # Before anything is written.
+  if config.get("loss_stage2"):
+    losses.get_loss(config.loss_stage2)  # An unknown name is a ConfigError now.
+    if not 0 < config.loss_stage2_step <= config.num_train_steps:
+      raise ConfigError(f"loss_stage2_step={config.loss_stage2_step} is not in 1.."
+                        f"{config.num_train_steps}; set --config.loss_stage2_step to the step "
+                        "the second loss starts at")
   optim.make_optimizer(config, config.num_train_steps)  # Unknown optimizer, schedule, plateau.
 
 
@@ -164,6 +170,7 @@ class Run:
   checkpoints: checkpoints.Checkpoints
   log: logs.MetricsLog
   train_step: object
+  train_step_stage2: object  # With config.loss_stage2: the step from loss_stage2_step on.
   eval_step: object
   predict: object
   early_stopping: resilience.EarlyStopping
@@ -172,6 +179,15 @@ class Run:
   plateau: object  # optim.plateau_update, or None when reduce-on-plateau is off.
   lr_scale: float = 1.0  # The reduce-on-plateau multiplier in the state (host copy).
   skipped_seen: int = 0
+
+  def step_fn(self, step: int):
+    """The jitted train step of `step`: the second loss's from loss_stage2_step on."""
+    if self.train_step_stage2 is None or step < self.config.loss_stage2_step:
+      return self.train_step
+    if step == self.config.loss_stage2_step:
+      logging.info("step %d: training with %s from now on (loss_stage2)", step,
+                   self.config.loss_stage2)
+    return self.train_step_stage2
 
   def progress(self) -> dict:
     return {"early_stopping": self.early_stopping.to_json(), "best": self.best.to_json()}
@@ -288,6 +304,8 @@ def _setup(config, workdir):
             log=logs.MetricsLog(workdir / "metrics.jsonl",
                            tensorboard.TensorBoard(workdir / "tensorboard", config.tensorboard)),
             train_step=train_step, eval_step=eval_step, predict=predict,
+            train_step_stage2=(steps.jit_steps(config, config.loss_stage2)[0]
+                               if config.get("loss_stage2") else None),
             early_stopping=resilience.EarlyStopping(config.early_stopping_patience,
                                                     config.early_stopping_metric,
                                                     config.early_stopping_mode),
@@ -334,7 +352,7 @@ def _train_loop(run: Run, state, train_iterator, start_step: int, stop) -> dict:
     batch = _next_batch(train_iterator, step, run.mesh)
     while len(in_flight) >= MAX_STEPS_IN_FLIGHT:
       jax.block_until_ready(in_flight.popleft())
-    state, metrics = run.train_step(state, batch)
+    state, metrics = run.step_fn(step)(state, batch)
     in_flight.append(metrics)
     if previous is not None and previous[0] % config.log_every_steps == 0:
       run.check_finite(logger.write(*previous))

@@ -16,6 +16,7 @@ _CHOICES = {
     "upsample_impl": ("matmul", "conv_transpose"),
     "valid_output": ("overlap_tile", "resize_nearest", "resize_bilinear"),
     "conv_impl": library.IMPLS,
+    "block": ("double_conv", "residual"),
 }
 
 
@@ -54,6 +55,10 @@ def from_config(config):
     if model_config.get(field, choices[0]) not in choices:
       raise ConfigError(f"model.{field}={model_config[field]!r} is not one of {choices}; "
                         f"set --config.model.{field} to one of them")
+  block = model_config.get("block", "double_conv")
+  if block == "residual" and (model_config.padding, model_config.norm) != ("SAME", "batch"):
+    raise ConfigError("model.block=residual needs model.padding=SAME and model.norm=batch; "
+                      "set them, or use --config.model.block=double_conv")
   dropout = model_config.dropout
   if not isinstance(dropout, (int, float)) and len(dropout) != model_config.depth + 1:
     raise ConfigError(f"model.dropout has {len(dropout)} rates but depth {model_config.depth} "
@@ -63,7 +68,8 @@ def from_config(config):
               else tuple(dropout), norm=model_config.norm, upsample=model_config.upsample,
               padding=model_config.padding, dtype=dtype,
               upsample_impl=model_config.get("upsample_impl", "matmul"),
-              remat=model_config.get("remat", False), conv_impl=conv_impl,
+              remat=model_config.get("remat", False), conv_impl=conv_impl, block=block,
+              squeeze_excitation=model_config.get("squeeze_excitation", False),
               **_valid_output(model_config.get("valid_output", "overlap_tile")))
 
 

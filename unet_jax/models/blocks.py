@@ -1,5 +1,6 @@
 """Building blocks shared by the U-Net variants (NHWC, flax.linen)."""
 
+import functools
 from typing import Any, Literal
 
 import flax.linen as nn
@@ -43,7 +44,8 @@ class ConvBNReLU(nn.Module):
 
 
 class DoubleConv(nn.Module):
-  """Two ConvBNReLU layers: the unit every U-Net level is made of."""
+  """Two ConvBNReLU layers: the unit every U-Net level is made of; with
+  `squeeze_excitation`, its output channels are gated by SqueezeExcitation."""
 
   features: int
   padding: Padding = "SAME"
@@ -51,13 +53,58 @@ class DoubleConv(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   conv_impl: str = "xla"
+  squeeze_excitation: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool):
     for _ in range(2):
       x = ConvBNReLU(self.features, self.padding, self.norm, self.dtype, self.param_dtype,
                      self.conv_impl)(x, train)
-    return x
+    return SqueezeExcitation(name="se")(x) if self.squeeze_excitation else x
+
+
+class SqueezeExcitation(nn.Module):
+  """Squeeze-and-excitation (Hu et al. 2018): channels rescaled by a gate computed from their
+  spatial means (two small dense layers, float32)."""
+
+  reduction: int = 8
+
+  @nn.compact
+  def __call__(self, x):
+    channels = x.shape[-1]
+    squeezed = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    hidden = nn.relu(nn.Dense(max(1, channels // self.reduction), name="reduce")(squeezed))
+    gate = nn.sigmoid(nn.Dense(channels, name="expand")(hidden))
+    return (x * gate[:, None, None, :].astype(x.dtype)).astype(x.dtype)
+
+
+class BasicBlock(nn.Module):
+  """torchvision's BasicBlock: two 3x3 convs with BatchNorm, identity or 1x1 shortcut; with
+  `squeeze_excitation`, the residual branch is gated by SqueezeExcitation before the sum."""
+
+  features: int
+  stride: int = 1
+  dtype: Dtype = jnp.float32
+  conv_impl: str = "xla"  # Resolved: xla | onednn.
+  squeeze_excitation: bool = False
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = functools.partial(layers.batch_norm_relu, self.conv_impl, train=train,
+                             dtype=self.dtype)
+    conv = functools.partial(layers.conv, self.conv_impl, use_bias=False,
+                             kernel_init=he_normal, dtype=self.dtype)
+    stride = (self.stride, self.stride)
+    y = conv(self.features, (3, 3), strides=stride, padding=((1, 1), (1, 1)), name="conv1")(x)
+    y = norm(y, name="bn1")
+    y = conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
+    y = norm(y, relu=False, name="bn2", scale_init=nn.initializers.zeros)
+    if self.squeeze_excitation:
+      y = SqueezeExcitation(name="se")(y)
+    if self.stride != 1 or x.shape[-1] != self.features:
+      x = conv(self.features, (1, 1), strides=stride, name="downsample_conv")(x)
+      x = norm(x, relu=False, name="downsample_bn")
+    return nn.relu(x + y)
 
 
 class UpConv2x2(nn.Module):

@@ -4,42 +4,16 @@ The encoder mirrors torchvision's ResNet layer for layer, so an ImageNet state_d
 already has can be imported (models/torchvision_import.py); nothing is downloaded.
 """
 
-import functools
 from typing import Literal
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from unet_jax.models.blocks import DoubleConv, Dtype, UpSample, he_normal
+from unet_jax.models.blocks import BasicBlock, DoubleConv, Dtype, UpSample, he_normal
 from unet_jax.ops import layers
 
 STAGE_BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 STAGE_FEATURES = (64, 128, 256, 512)
-
-
-class BasicBlock(nn.Module):
-  """torchvision's BasicBlock: two 3x3 convs with BatchNorm, identity or 1x1 shortcut."""
-
-  features: int
-  stride: int = 1
-  dtype: Dtype = jnp.float32
-  conv_impl: str = "xla"  # Resolved: xla | onednn.
-
-  @nn.compact
-  def __call__(self, x, train: bool):
-    norm = functools.partial(layers.batch_norm_relu, self.conv_impl, train=train,
-                             dtype=self.dtype)
-    conv = functools.partial(layers.conv, self.conv_impl, use_bias=False,
-                             kernel_init=he_normal, dtype=self.dtype)
-    stride = (self.stride, self.stride)
-    y = conv(self.features, (3, 3), strides=stride, padding=((1, 1), (1, 1)), name="conv1")(x)
-    y = norm(y, name="bn1")
-    y = conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
-    y = norm(y, relu=False, name="bn2", scale_init=nn.initializers.zeros)
-    if self.stride != 1 or x.shape[-1] != self.features:
-      x = conv(self.features, (1, 1), strides=stride, name="downsample_conv")(x)
-      x = norm(x, relu=False, name="downsample_bn")
-    return nn.relu(x + y)
 
 
 class ResNetEncoder(nn.Module):

@@ -7,7 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from unet_jax.models.blocks import DoubleConv, Dtype, Padding, UpSample, center_crop, he_normal
+from unet_jax.models.blocks import (BasicBlock, DoubleConv, Dtype, Padding, UpSample,
+                                    center_crop, he_normal)
 from unet_jax.ops import layers
 
 
@@ -103,6 +104,11 @@ class UNet(nn.Module):
       save activation memory; same results.
     conv_impl: 'auto' (oneDNN kernels on the CPU when built, else XLA), 'xla' or 'onednn':
       which kernels run the convolutions, BatchNorm + ReLU and max-pools; same variables.
+    block: each level's unit: 'double_conv' (the paper's two conv-BN-ReLU) or 'residual' (a
+      ResNet BasicBlock with a 1x1 projection shortcut: the Kaggle TGS Res-U-Nets; SAME
+      padding and BatchNorm only).
+    squeeze_excitation: gate each level's channels by squeeze-and-excitation (after the double
+      conv, or on the residual branch).
   """
 
   num_classes: int = 1
@@ -119,6 +125,8 @@ class UNet(nn.Module):
   upsample_impl: Literal["matmul", "conv_transpose"] = "matmul"
   remat: bool = False
   conv_impl: Literal["auto", "xla", "onednn"] = "auto"
+  block: Literal["double_conv", "residual"] = "double_conv"
+  squeeze_excitation: bool = False
 
   @nn.compact
   def __call__(self, images, train: bool = False):
@@ -142,14 +150,26 @@ class UNet(nn.Module):
       x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), mode="reflect")
     return x, crop
 
+  def _level_block(self, impl: str):
+    """The unit of every level: features, name= -> module(x, train)."""
+    if self.block == "residual":
+      if self.padding != "SAME" or self.norm != "batch":
+        raise ValueError("block='residual' needs padding='SAME' and norm='batch'")
+      unit, kwargs = BasicBlock, {"stride": 1, "dtype": self.dtype, "conv_impl": impl}
+    elif self.block == "double_conv":
+      unit, kwargs = DoubleConv, {"padding": self.padding, "norm": self.norm, "dtype": self.dtype,
+                                  "param_dtype": self.param_dtype, "conv_impl": impl}
+    else:
+      raise ValueError(f"block must be 'double_conv' or 'residual', got {self.block!r}")
+    # remat: each level's activations are recomputed in the backward pass instead of kept,
+    # trading ~1/3 more compute for memory (full-resolution Carvana on one GPU).
+    unit = nn.remat(unit, static_argnums=(2,)) if self.remat else unit
+    return functools.partial(unit, squeeze_excitation=self.squeeze_excitation, **kwargs)
+
   def _unet(self, x, train: bool):
     dropout = _levels(self.dropout, self.depth)
     impl = layers.resolve(self.conv_impl)
-    # remat: each level's activations are recomputed in the backward pass instead of kept,
-    # trading ~1/3 more compute for memory (full-resolution Carvana on one GPU).
-    block = nn.remat(DoubleConv, static_argnums=(2,)) if self.remat else DoubleConv
-    conv = functools.partial(block, padding=self.padding, norm=self.norm, dtype=self.dtype,
-                             param_dtype=self.param_dtype, conv_impl=impl)
+    conv = self._level_block(impl)
     skips = []
     for level in range(self.depth):
       x = conv(self.features * 2**level, name=f"encoder_{level}")(x, train)
