@@ -291,6 +291,17 @@ def test_predictions_come_back_at_each_images_own_size(mixed, tmp_path):
   np.testing.assert_array_equal(deep, shallow)  # Scaled as prepare scales it, not clipped.
 
 
+def test_lossy_jpeg_masks_keep_their_brighter_half(tgs_dir, tmp_path):
+  key = next(i for i in _data_samples.tgs_ids(tgs_dir, 40)
+             if np.asarray(Image.open(tgs_dir / "train" / "masks" / f"{i}.png")).any())
+  truth = np.asarray(Image.open(tgs_dir / "train" / "masks" / f"{key}.png")) > 0
+  Image.fromarray(truth.astype(np.uint8) * np.uint8(255)).save(tmp_path / "m.jpg", quality=75)
+  jpeg = Image.open(tmp_path / "m.jpg")
+  labels, found = folder.mask_labels(jpeg, "m.jpg", None)
+  assert len(found) > 2  # Ringing: values a binary PNG never has.
+  assert (labels == truth).mean() > 0.99 > ((np.asarray(jpeg) > 0) == truth).mean()
+
+
 def test_channels_rule(tmp_path):
   gray = np.full((4, 4), 7, np.uint8)
   colour = np.stack([gray, gray, gray + 1], -1)

@@ -9,7 +9,7 @@ read once here; training reads the prepared records like any other dataset.
   R == G == B everywhere), else RGB; 16-bit gray is scaled to 8 bits (/257), alpha dropped.
   Native JPEG and PNG images already in that mode are stored as shipped.
 - Masks: binary by default: foreground is any value > 0 (palette masks: index > 0; colour
-  masks: any channel > 0; JPEG masks, which are lossy: > 127), stored as 0/1.
+  masks: any channel > 0; JPEG masks, which are lossy: > half their maximum), stored as 0/1.
   `--classes` maps mask values to class ids instead (`parse_classes`); `void` marks pixels
   left out of loss and metrics, stored as VOID = 255 (configs/folder.py's ignore_index, also
   the label of the padding that brings smaller images to image_size).
@@ -122,7 +122,8 @@ def mask_labels(image, name, class_map: ClassMap | None) -> tuple[np.ndarray, np
   lossy = image.format == "JPEG"
   if class_map is None:
     values = _mask_values(image, name, colours=False, any_channel=True)
-    return (values > (127 if lossy else 0)).astype(np.uint8), _found(values)
+    threshold = values.max(initial=0) // 2 if lossy else 0  # JPEG: the brighter half.
+    return (values > threshold).astype(np.uint8), _found(values)
   values = _mask_values(image, name, class_map.colours)
   found = _found(values)
   unknown = [int(v) for v in found if int(v) not in class_map.classes]
