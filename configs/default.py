@@ -11,7 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   # Data.
-  config.dataset = "synthetic"  # synthetic | tgs | carvana | camvid.
+  config.dataset = "synthetic"  # synthetic | tgs | carvana | camvid | folder (your own).
   config.data_dir = "~/tensorflow_datasets"  # Where `python -m unet_jax.data.prepare` wrote data.
   config.data_resolution = "native"  # Prepared size: native | HxW | "" = image_size.
   config.image_size = (64, 64)  # (height, width) the model sees.

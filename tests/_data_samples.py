@@ -4,6 +4,9 @@ import pathlib
 import shutil
 import zipfile
 
+import numpy as np
+from PIL import Image
+
 
 def copy_files(files, source_root: pathlib.Path, target_root: pathlib.Path) -> pathlib.Path:
   """Copies `files` (paths relative to source_root) keeping their relative layout."""
@@ -59,3 +62,18 @@ def camvid_layout(camvid_dir: pathlib.Path, root: pathlib.Path, per_split: int =
     names = sorted(p.name for p in (camvid_dir / split).glob("*.png"))[:per_split]
     files += [f"{split}/{n}" for n in names] + [f"{split}annot/{n}" for n in names]
   return copy_files(files, camvid_dir, root / "camvid")
+
+
+def save_binary_mask(source: pathlib.Path, target: pathlib.Path, high: int = 255):
+  """A TGS mask (16-bit {0, 65535} or 8-bit zeros) re-saved as 8-bit {0, high}."""
+  mask = np.asarray(Image.open(source)) > 0
+  target.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(mask.astype(np.uint8) * np.uint8(high)).save(target)
+
+
+def tgs_folder(tgs_dir: pathlib.Path, root: pathlib.Path, ids) -> pathlib.Path:
+  """DIR/images/<id>.png as shipped, DIR/masks/<id>.png re-saved as 0/255 8-bit PNG."""
+  copy_files([f"images/{i}.png" for i in ids], tgs_dir / "train", root)
+  for i in ids:
+    save_binary_mask(tgs_dir / "train" / "masks" / f"{i}.png", root / "masks" / f"{i}.png")
+  return root

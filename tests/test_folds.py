@@ -127,3 +127,9 @@ def test_cross_validate_trains_each_fold_and_tabulates_mean_and_std(tgs_prepared
 def test_bad_folds_flag(folds_flag, message):
   with pytest.raises(ConfigError, match=message):
     cross_validate.parse_folds(folds_flag, 3)
+
+
+def test_a_folder_datasets_group_regex_keeps_its_groups_in_one_fold():
+  assert folds.group_key("folder", "car7_03", r"^(.+)_\d\d$") == "car7"
+  assert folds.group_key("folder", "car7_03", r"^(?P<group>car\d)") == "car7"
+  assert folds.group_key("folder", "car7_03") == "car7_03"

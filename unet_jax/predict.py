@@ -30,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from unet_jax import cli, inference, parallel, rle
+from unet_jax.data import imaging
 from unet_jax.errors import ConfigError, MissingDataError, UserError, WorkdirError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
@@ -72,8 +73,11 @@ def read_image(item: InputImage, channels: int) -> np.ndarray:
   """uint8 (H, W, channels) or UnreadableImageError naming the file."""
   try:
     with Image.open(io.BytesIO(item.read())) as image:
-      return np.asarray(image.convert(_PIL_MODES[channels])).reshape(
-          image.height, image.width, channels)
+      if channels in (1, 3):  # As prepare stores them (16-bit gray scaled, not clipped).
+        array = imaging.image_array(image, channels)
+      else:
+        array = np.asarray(image.convert(_PIL_MODES[channels]))
+      return array.reshape(image.height, image.width, channels)
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     reason = "not an image format PIL knows" if isinstance(e, UnidentifiedImageError) else e
     raise UnreadableImageError(f"cannot read image {item.name}: {reason}; remove or replace "

@@ -16,7 +16,8 @@ def load_split(config, split: str):
     seed = config.seed * 2 + (0 if split == "train" else 1)
     return synthetic.SyntheticShapes(size, tuple(config.image_size), seed,
                                      multiclass=config.synthetic.multiclass)
-  if config.dataset in ("tgs", "carvana", "camvid"):
+  if config.dataset in ("tgs", "carvana", "camvid", "folder"):
     from unet_jax.data import sources  # pylint: disable=import-outside-toplevel  # Imports TFDS.
     return sources.load_prepared(config, split)
-  raise ConfigError(f"unknown dataset {config.dataset!r}; choose synthetic, tgs, carvana or camvid")
+  raise ConfigError(f"unknown dataset {config.dataset!r}; choose synthetic, tgs, carvana, camvid "
+                    "or folder")

@@ -71,6 +71,8 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
   NATIVE_FORMAT = "png"  # Encoding of native images (JPEG downloads are kept as shipped).
   RESIZED_FORMAT = "png"  # Encoding of resized images.
   EXPECTED = ""  # What manual_dir holds, for messages.
+  BAD_FILE_FIX = imaging.RESTORE  # The fix a message about a corrupt file gives.
+  BAD_PAIR_FIX = imaging.RESTORE_PAIR  # ... about a mask whose size differs from its image.
   HOMEPAGE = ""
 
   @tfds.core.utils.classproperty
@@ -81,6 +83,10 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
 
   def _extra_features(self) -> dict:
     return {}
+
+  def _metadata(self) -> tfds.core.MetadataDict | None:
+    """What the prepared data keeps beside its records (metadata.json); None: nothing."""
+    return None
 
   def _image_format(self) -> str:
     return self.RESIZED_FORMAT if self.builder_config.size else self.NATIVE_FORMAT
@@ -96,7 +102,8 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     }
     return tfds.core.DatasetInfo(builder=self, description=self.__doc__,
                                  features=tfds.features.FeaturesDict(features),
-                                 supervised_keys=("image", "mask"), homepage=self.HOMEPAGE)
+                                 supervised_keys=("image", "mask"), homepage=self.HOMEPAGE,
+                                 metadata=self._metadata())
 
   def _manual_dir(self, dl_manager):
     try:
@@ -120,10 +127,11 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
   def _load_pair(self, image_member, mask_member, draft: bool = False):
     """(image bytes, decoded PIL image, decoded PIL mask), checked to have the same size."""
     size = self.builder_config.size
-    mask = imaging.open_image(mask_member.read(), mask_member)
+    mask = imaging.open_image(mask_member.read(), mask_member, fix=self.BAD_FILE_FIX)
     image_bytes = image_member.read()
     image = imaging.open_image(image_bytes, image_member, same_size_as=(mask, mask_member),
-                               draft_size=tuple(2 * s for s in size) if draft and size else None)
+                               draft_size=tuple(2 * s for s in size) if draft and size else None,
+                               fix=self.BAD_FILE_FIX, pair_fix=self.BAD_PAIR_FIX)
     return image_bytes, image, mask
 
   def _resize(self, image: np.ndarray, mask: np.ndarray, labels: bool = False):

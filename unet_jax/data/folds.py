@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from unet_jax.data import imaging
+from unet_jax.data import folder_layout, imaging
 from unet_jax.errors import ConfigError
 
 COVERAGE_BINS = 10  # TGS strata: ceil(10 * salt fraction) -> 0 (empty) .. 10.
@@ -40,8 +40,12 @@ def deal_folds(groups: dict[str, int], num_folds: int) -> dict[str, int]:
   return folds
 
 
-def group_key(dataset: str, example_id: str) -> str:
-  """What must stay on one side of a split: the car, the video sequence, or the image."""
+def group_key(dataset: str, example_id: str, group_regex: str = "") -> str:
+  """What must stay on one side of a split: the car, the video sequence, the group of a
+  folder dataset's --group_regex, or the image."""
+  group = folder_layout.group_of(example_id, re.compile(group_regex)) if group_regex else None
+  if group is not None:
+    return group
   if dataset == "carvana":
     return re.sub(r"_\d\d$", "", example_id)
   if dataset == "camvid":
@@ -59,10 +63,10 @@ def _record_id(record) -> str:
   return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def assign(dataset: str, records, num_folds: int) -> np.ndarray:
+def assign(dataset: str, records, num_folds: int, group_regex: str = "") -> np.ndarray:
   """The fold of each record of `records` (a sequence of stored TFDS records)."""
   ids = [_record_id(records[i]) for i in range(len(records))]
-  groups = [group_key(dataset, i) for i in ids]
+  groups = [group_key(dataset, i, group_regex) for i in ids]
   if dataset == "tgs":
     strata = {g: coverage_stratum(imaging.decode_array(records[i]["mask"]))
               for i, g in enumerate(groups)}

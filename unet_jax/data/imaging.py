@@ -13,11 +13,15 @@ except ImportError:  # pragma: no cover - PIL fallback.
 from unet_jax.data.downloads import BadDataError
 
 JPEG_QUALITY = 95  # Resized caches of JPEG downloads (Carvana): ~25 KB at 256x384, fast to decode.
+RESTORE = "restore it from the original download"  # The fix for a bad file of a download.
+RESTORE_PAIR = "restore the pair from the original download"  # ... for a mask of another size.
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I")  # PIL modes of 16-bit gray images.
 
 
 def open_image(data: bytes, name, draft_size: tuple[int, int] | None = None,
-               same_size_as=None) -> Image.Image:
-  """The decoded PIL image, or a BadDataError naming the file.
+               same_size_as=None, fix: str = RESTORE,
+               pair_fix: str = RESTORE_PAIR) -> Image.Image:
+  """The decoded PIL image, or a BadDataError naming the file and `fix` (`pair_fix` for sizes).
 
   `same_size_as` (mask image, mask name) checks the sizes before decoding; `draft_size`
   (height, width) lets a JPEG decode at a reduced scale that stays >= that size.
@@ -26,24 +30,42 @@ def open_image(data: bytes, name, draft_size: tuple[int, int] | None = None,
     image = Image.open(io.BytesIO(data))
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
     raise BadDataError(f"cannot decode {name}: not a readable image; the file is corrupt: "
-                       "restore it from the original download") from None
+                       f"{fix}") from None
   if same_size_as is not None:
-    check_same_size(image, same_size_as[0], name, same_size_as[1])
+    check_same_size(image, same_size_as[0], name, same_size_as[1], pair_fix)
   try:
     if draft_size is not None and image.format == "JPEG":
       image.draft("RGB", (draft_size[1], draft_size[0]))
     image.load()
     return image
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-    raise BadDataError(f"cannot decode {name} ({e}); the file is corrupt: restore it from the "
-                       "original download") from None
+    raise BadDataError(f"cannot decode {name} ({e}); the file is corrupt: {fix}") from None
 
 
-def check_same_size(image: Image.Image, mask: Image.Image, image_name, mask_name) -> None:
+def check_same_size(image: Image.Image, mask: Image.Image, image_name, mask_name,
+                    fix: str = RESTORE_PAIR) -> None:
   if image.size != mask.size:
     raise BadDataError(f"mask {mask_name} is {mask.size[0]}x{mask.size[1]} (WxH) but its image "
-                       f"{image_name} is {image.size[0]}x{image.size[1]}; restore the pair "
-                       "from the original download")
+                       f"{image_name} is {image.size[0]}x{image.size[1]}; {fix}")
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+  """16-bit gray scaled to 8-bit 'L' (value / 257, as 65535 -> 255); other modes unchanged.
+
+  PIL's own convert('L') clips 16-bit values at 255 instead.
+  """
+  if image.mode not in _SIXTEEN_BIT:
+    return image
+  values = np.clip(np.asarray(image), 0, 65535) / 257.0
+  return Image.fromarray(np.round(values).astype(np.uint8))
+
+
+def is_gray(image: Image.Image) -> bool:
+  """True for 1-channel images and colour ones whose R == G == B everywhere (TGS)."""
+  if image.mode in ("1", "L", "LA") + _SIXTEEN_BIT:
+    return True
+  array = rgb(image)
+  return bool((array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all())
 
 
 def gray(image: Image.Image) -> np.ndarray:
@@ -54,6 +76,17 @@ def gray(image: Image.Image) -> np.ndarray:
 
 def rgb(image: Image.Image) -> np.ndarray:
   return np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
+
+
+def image_array(image: Image.Image, channels: int) -> np.ndarray:
+  """uint8 (H, W) for channels 1 (gray, or luminance of colour), else (H, W, 3) RGB.
+
+  16-bit gray is scaled to 8 bits (`to_8bit`); alpha is dropped.
+  """
+  image = to_8bit(image)
+  if channels == 1:
+    return gray(image) if is_gray(image) else np.asarray(image.convert("L"))
+  return rgb(image)
 
 
 def binary_mask(image: Image.Image) -> np.ndarray:

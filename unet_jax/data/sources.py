@@ -7,16 +7,22 @@ import tqdm
 from absl import logging as absl_logging
 import tensorflow_datasets as tfds
 
-from unet_jax.data import builders, camvid, carvana, folds, imaging, tgs_salt
+from unet_jax.data import builders, camvid, carvana, folder, folds, imaging, tgs_salt
 from unet_jax.errors import ConfigError, MissingDataError
 
-BUILDERS = {"tgs": tgs_salt.TgsSalt, "carvana": carvana.Carvana, "camvid": camvid.Camvid}
+BUILDERS = {"tgs": tgs_salt.TgsSalt, "carvana": carvana.Carvana, "camvid": camvid.Camvid,
+            "folder": folder.Folder}
+
+
+def manual_dir_hint(dataset: str) -> str:
+  """Where the prepare command examples say the original files are."""
+  return "YOUR_FOLDER" if dataset == "folder" else f"~/Downloads/{dataset}"
 
 
 def prepare_command(dataset: str, data_dir, resolution: str = "native") -> str:
   """The exact command that prepares `dataset` at `resolution` into `data_dir`."""
   command = (f"python -m unet_jax.data.prepare --dataset {dataset} "
-             f"--manual_dir ~/Downloads/{dataset} --data_dir {data_dir}")
+             f"--manual_dir {manual_dir_hint(dataset)} --data_dir {data_dir}")
   return command if resolution == "native" else f"{command} --resolution {resolution}"
 
 
@@ -33,7 +39,7 @@ def prepared_builder(dataset: str, resolution: str, data_dir):
   if not prepared:
     raise MissingDataError(
         f"{dataset} ({resolution}) is not prepared in {builder.data_path}; put the original "
-        f"download in ~/Downloads/{dataset} and run: "
+        f"files in {manual_dir_hint(dataset)} and run: "
         f"{prepare_command(dataset, data_dir, resolution)}")
   return builder
 
@@ -153,7 +159,8 @@ def _stored_records(config, split: str):
     raise ConfigError(f"split {split!r} with num_folds={num_folds}: folds pool train and val; "
                       "ask for train or val")
   pooled = folds.Pooled(parts)
-  fold_of = folds.assign(config.dataset, pooled, num_folds)
+  group_regex = (builder.info.metadata or {}).get("options", {}).get("group_regex", "")
+  fold_of = folds.assign(config.dataset, pooled, num_folds, group_regex)
   held_out = fold_of == config.fold
   indices = np.flatnonzero(held_out if split == "val" else ~held_out)
   return folds.Subset(pooled, indices), f"{name}:fold{config.fold}of{num_folds}-{split}"

@@ -27,8 +27,13 @@ class CentreWindow:
 
 
 def native_window(source, config) -> tuple[int, int] | None:
-  """The stored image size when training padded smaller images into image_size, else None."""
-  if config.get("data_resolution") != "native" or not hasattr(source, "data_source"):
+  """The stored image size when training padded smaller images into image_size, else None.
+
+  None too when the padding is labelled ignore_index (CamVid, folder): it is never scored
+  then, and each image's own pixels are, whatever its size (folders of mixed sizes).
+  """
+  if (config.get("data_resolution") != "native" or not hasattr(source, "data_source")
+      or config.ignore_index >= 0):
     return None
   from unet_jax.data import imaging  # pylint: disable=import-outside-toplevel
   shape = imaging.decode_array(source.data_source[0]["image"]).shape[:2]
