@@ -4,8 +4,9 @@ The graph maps `images` (batch, H, W, C) float32 in 0..255 to `probabilities` (s
 one class, softmax otherwise), as the StableHLO export does. The model is traced to a jaxpr
 by JAX itself and jax2onnx converts its lax primitives: tracing the flax model under
 jax2onnx's own flax/jax.image patches fails on this project's pooling and bilinear upsampling
-with a symbolic batch. The one primitive jax2onnx lowers to an operator onnxruntime cannot
-run (an NHWC max-pool, which becomes a 4-D MaxPool) is re-expressed on the way.
+with a symbolic batch. On the way, nested calls are inlined and the one primitive jax2onnx
+lowers to an operator onnxruntime cannot run (an NHWC max-pool, which becomes a 4-D MaxPool)
+is re-expressed.
 """
 
 import contextlib
@@ -23,6 +24,10 @@ from unet_jax.errors import UserError
 
 OPSET = 17  # ONNX opset: run by onnxruntime >= 1.13 and TensorRT >= 8.6.
 TOLERANCE = 1e-4  # Max |onnxruntime - checkpoint| accepted on the check batch.
+# Call primitives whose body is evaluated in place (same values at inference): jax2onnx 0.17
+# reads nested jits with jax.core.ClosedJaxpr, which JAX 0.12 removed.
+INLINED = {"jit": "jaxpr", "pjit": "jaxpr", "custom_jvp_call": "call_jaxpr",
+           "custom_vjp_call": "call_jaxpr"}
 
 
 def require_packages():
@@ -57,7 +62,7 @@ def _max_pool_as_3d(x, window_dimensions, window_strides, padding, **_):
 
 
 def _evaluate(jaxpr, consts, *args):
-  """jax.core.eval_jaxpr, inlining nested jits and re-expressing NHWC max-pools."""
+  """jax.core.eval_jaxpr, inlining INLINED calls and re-expressing NHWC max-pools."""
   env = {}
   read = lambda v: v.val if isinstance(v, jax_core.Literal) else env[v]
   env.update(zip(jaxpr.constvars, consts))
@@ -66,8 +71,9 @@ def _evaluate(jaxpr, consts, *args):
     values = [read(v) for v in eqn.invars]
     if _is_nhwc_max_pool(eqn):
       outs = [_max_pool_as_3d(*values, **eqn.params)]
-    elif eqn.primitive.name in ("jit", "pjit"):  # Inlined: a max-pool may be inside.
-      outs = _evaluate(eqn.params["jaxpr"].jaxpr, eqn.params["jaxpr"].consts, *values)
+    elif eqn.primitive.name in INLINED:
+      body = eqn.params[INLINED[eqn.primitive.name]]
+      outs = _evaluate(body.jaxpr, body.consts, *values)
     else:
       outs = eqn.primitive.bind(*values, **eqn.primitive.get_bind_params(eqn.params))
       outs = outs if eqn.primitive.multiple_results else [outs]
