@@ -75,7 +75,11 @@ def _evaluate(jaxpr, consts, *args):
       body = eqn.params[INLINED[eqn.primitive.name]]
       outs = _evaluate(body.jaxpr, body.consts, *values)
     else:
-      outs = eqn.primitive.bind(*values, **eqn.primitive.get_bind_params(eqn.params))
+      params = eqn.primitive.get_bind_params(eqn.params)
+      if isinstance(params, tuple):  # Older JAX (0.8.1): (subfuns, params).
+        subfuns, params = params
+        values = [*subfuns, *values]
+      outs = eqn.primitive.bind(*values, **params)
       outs = outs if eqn.primitive.multiple_results else [outs]
     env.update(zip(eqn.outvars, outs))
   return [read(v) for v in jaxpr.outvars]
