@@ -85,17 +85,23 @@ def log(text: str) -> None:
 
 
 def nvidia_smi() -> dict:
-  """Name, driver, memory, clocks and power limit of the first GPU; {} without nvidia-smi."""
-  fields = "name,driver_version,memory.total,compute_cap,clocks.max.sm,power.limit"
-  try:
-    done = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"],
-                          capture_output=True, text=True, timeout=30, check=True)
-    full = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30,
-                          check=False).stdout
-  except (OSError, subprocess.SubprocessError):
-    return {}
-  values = [v.strip() for v in done.stdout.splitlines()[0].split(",")]
-  return {**dict(zip(fields.split(","), values)), "text": full}
+  """Name, driver, memory, compute capability, clocks and power limit of the first GPU, each
+  field asked for on its own (a driver that lacks one still gives the rest); {} without
+  nvidia-smi."""
+  found = {}
+  for field in ("name", "driver_version", "memory.total", "compute_cap", "clocks.max.sm",
+                "power.limit"):
+    try:
+      done = subprocess.run(["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader"],
+                            capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+      continue
+    if done.stdout.strip():
+      found[field] = done.stdout.splitlines()[0].strip()
+  if found:
+    found["text"] = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30,
+                                   check=False).stdout
+  return found
 
 
 def _call(conn, module: str, function: str, kwargs: dict) -> None:

@@ -141,3 +141,20 @@ def test_the_compilation_cache_keeps_xla_autotuning_results(tmp_path):
   finally:
     for name, value in before.items():
       jax.config.update(name, value)
+
+
+def test_nvidia_smi_fields_are_read_one_by_one(tmp_path, monkeypatch):
+  """A driver's nvidia-smi that refuses one field (here compute_cap) still gives the rest."""
+  fake = tmp_path / "nvidia-smi"
+  fake.write_text('#!/bin/sh\ncase "$1" in\n'
+                  '  --query-gpu=name) echo "NVIDIA H200" ;;\n'
+                  '  --query-gpu=driver_version) echo "580.159.03" ;;\n'
+                  '  --query-gpu=compute_cap) echo "Field is not valid" >&2; exit 2 ;;\n'
+                  '  --query-gpu=*) echo "" ;;\n'
+                  '  *) echo "full table" ;;\nesac\n')
+  fake.chmod(0o755)
+  monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+  found = gpu_check.nvidia_smi()
+  assert found == {"name": "NVIDIA H200", "driver_version": "580.159.03",
+                   "text": "full table\n"}
+  assert machine.detect_device()["slug"] == "gpu-h200"
