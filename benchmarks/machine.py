@@ -13,7 +13,9 @@ GPU_PEAK_TFLOPS = {
     "H100": {"fp32": 67.0, "bf16": 989.0},
     "A100": {"fp32": 19.5, "bf16": 312.0},
 }
-_PACKAGES = ("jax", "jaxlib", "flax", "optax", "torch", "numpy", "matplotlib")
+_PACKAGES = ("jax", "jaxlib", "flax", "optax", "torch", "numpy", "matplotlib",
+             "orbax-checkpoint", "grain", "tensorflow-datasets", "jax-cuda12-plugin",
+             "jax-cuda13-plugin")
 
 
 def cpu_model() -> str:
@@ -48,12 +50,17 @@ def slugify(text: str) -> str:
   return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
 
 
+def gpu_slug(name: str) -> str:
+  """'NVIDIA H200' -> 'gpu-h200': the model, without the vendor every such GPU shares."""
+  return "gpu-" + slugify(re.sub(r"\bnvidia\b", "", name, flags=re.IGNORECASE))
+
+
 def detect_device() -> dict:
   """{'platform', 'name', 'slug', 'cores'}; the slug names benchmarks/results/<slug>/."""
   cores = usable_cores()
   name = gpu_name()
   if name:
-    return {"platform": "gpu", "name": name, "slug": f"gpu-{slugify(name)}", "cores": cores}
+    return {"platform": "gpu", "name": name, "slug": gpu_slug(name), "cores": cores}
   name = cpu_model()
   return {"platform": "cpu", "name": name, "slug": f"cpu-{slugify(name)}-{cores}c",
           "cores": cores}

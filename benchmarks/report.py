@@ -85,7 +85,9 @@ def markdown(data) -> str:
       f"({flops['formula']}); XLA cost analysis of the JAX fp32 step: "
       f"{_fmt(xla and xla / 1e9, '.2f')} GFLOP ({_fmt(flops['xla_to_formula'], '.3f')}x).",
       f"- MFU peak: {peak_text} ({peak['method']}; measured "
-      f"{json.dumps({k: {d: round(g) for d, g in v.items()} for k, v in peak['measured_gflops'].items()})}).",
+      f"{json.dumps({k: {d: round(g) for d, g in v.items()} for k, v in peak['measured_gflops'].items()})}"
+      + (f"; data sheet {json.dumps(peak['datasheet_gflops'])}" if "datasheet_gflops" in peak
+         else "") + ").",
       f"- Versions: jax {versions.get('jax')}, jaxlib {versions.get('jaxlib')}, flax "
       f"{versions.get('flax')}, optax {versions.get('optax')}, torch {versions.get('torch')}, "
       f"python {versions.get('python')}; XLA_FLAGS={env['env'].get('XLA_FLAGS')!r}; threads "
@@ -118,7 +120,8 @@ def bar_chart(data, path: pathlib.Path) -> None:
   for index, (median, result) in enumerate(zip(medians, done)):
     axis.text(result["img_per_s"]["max"], index, f"  {median:.3g}", va="center", ha="left",
               fontsize=8)
-  axis.set_xlim(0, 1.15 * max(r["img_per_s"]["max"] for r in done))
+  # No bars when nothing was timed (every variant failed or was not built).
+  axis.set_xlim(0, 1.15 * max((r["img_per_s"]["max"] for r in done), default=1.0))
   figure.tight_layout()
   figure.savefig(path, dpi=110)
   plt.close(figure)

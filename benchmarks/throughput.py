@@ -50,9 +50,10 @@ def preset_spec(name: str, platform: str) -> dict:
     spec = {**_MODEL, "features": 16, "depth": 3, "height": 128, "width": 128, "batch": 64,
             "in_channels": 1}
   elif name == "classic":
-    size = (96, 128) if platform == "cpu" else (256, 256)
+    # On a GPU: 256x256 and batch 32 (~9 TFLOP a step), enough work per step to fill it.
+    size, batch = ((96, 128), 8) if platform == "cpu" else ((256, 256), 32)
     spec = {**_MODEL, "features": 64, "depth": 4, "height": size[0], "width": size[1],
-            "batch": 8, "in_channels": 3}
+            "batch": batch, "in_channels": 3}
   elif name == "carvana":
     spec = _carvana_spec()
   elif name == "tiny":  # For the unit tests: compiles and runs in seconds.
@@ -66,10 +67,10 @@ def preset_spec(name: str, platform: str) -> dict:
 class Worker:
   """One variant in its own spawned process, driven over a pipe."""
 
-  def __init__(self, context, name: str, spec: dict):
+  def __init__(self, context, name: str, spec: dict, build_lock=None):
     self.name = name
     self.conn, child = context.Pipe()
-    self.process = context.Process(target=variants.worker, args=(child, name, spec),
+    self.process = context.Process(target=variants.worker, args=(child, name, spec, build_lock),
                                    daemon=True)
     self.process.start()
     self.info, self.error = None, None
@@ -77,6 +78,7 @@ class Worker:
   def wait_ready(self, timeout: float):
     if not self.conn.poll(timeout):
       self.error = f"no first step within {timeout:.0f} s"
+      self.process.kill()  # It may hold the build lock or the device.
       return
     try:
       status, payload = self.conn.recv()
@@ -101,9 +103,19 @@ class Worker:
         self.call("stop")
       except (RuntimeError, EOFError, OSError):
         pass
-    self.process.join(timeout=30)
+    self.process.join(timeout=30 if self.error is None else 1)  # A stuck build: no waiting.
     if self.process.is_alive():
       self.process.kill()
+
+
+class NotBuilt:
+  """A variant left out because the build budget ran out before its turn."""
+
+  def __init__(self, name: str, reason: str):
+    self.name, self.error, self.info = name, reason, None
+
+  def stop(self):
+    pass
 
 
 def _meets_minimum(protocol, platform: str) -> bool:
@@ -113,18 +125,19 @@ def _meets_minimum(protocol, platform: str) -> bool:
           protocol["repeats"] >= minimum["repeats"])
 
 
-def _matmul_peak(workers, size: int) -> dict:
-  """Best measured matmul GFLOP/s per dtype over the frameworks (for CPU MFU)."""
+def _matmul_peak(workers, size: int, inner: int = 1) -> dict:
+  """Best measured matmul GFLOP/s per dtype over the frameworks: the MFU denominators."""
   measured = {}
   for framework in ("jax", "torch"):
     for worker in workers:
       if worker.info is not None and variants.VARIANTS[worker.name][0] == framework:
-        measured[framework] = worker.call("matmul_peak", size)
+        measured[framework] = worker.call("matmul_peak", size, 8, inner)
         break
   best = {dtype: max((m[dtype] for m in measured.values()), default=None)
           for dtype in ("fp32", "bf16")}
   return {"measured_gflops": measured, "peak_gflops": best,
-          "method": f"best-of-8 {size}x{size} square matmul, fp32 and bf16, per framework"}
+          "method": f"best-of-8 blocks of {inner} random {size}x{size} square matmuls, fp32 "
+                    "(each framework's default precision) and bf16, best framework"}
 
 
 def _time_rounds(workers, protocol, spec, log) -> dict[str, list[float]]:
@@ -186,15 +199,50 @@ def _summary(results) -> dict:
   return summary
 
 
+def _build_workers(context, names, spec, ready_timeout, deadline, overlap_imports, log):
+  """Starts and builds the variants' workers, one build at a time; those whose turn comes
+  after `deadline` (a time.perf_counter() value) are NotBuilt. overlap_imports: every
+  process starts at once and imports meanwhile (a many-core GPU host), builds still in turn."""
+  lock = context.Lock() if overlap_imports else None
+  pending = [Worker(context, name, spec, lock) for name in names] if overlap_imports else []
+  workers = []
+  for index, name in enumerate(names):  # One at a time: no compile time inflated by another.
+    left = (deadline - time.perf_counter()) if deadline is not None else ready_timeout
+    if left <= 0:
+      workers.append(NotBuilt(name, "not built: the time budget was spent"))
+      if pending:
+        pending[index].error = workers[-1].error
+        pending[index].stop()
+      log(f"  skipped {name}: the time budget was spent")
+      continue
+    worker = pending[index] if pending else Worker(context, name, spec)
+    worker.wait_ready(min(ready_timeout, left))
+    workers.append(worker)
+    log(f"  built {name}: " + (f"first step {worker.info['first_step_s']:.1f} s"
+                               if worker.error is None else "FAILED " +
+                               worker.error.strip().splitlines()[-1]))
+  return workers
+
+
 def run(preset: str = "tgs", out_dir=None, warmup_steps=None, timed_steps=None, repeats=None,
         variant_names=None, ready_timeout: float = 1800.0, spec_overrides=None,
-        quiet: bool = False, note: str = "") -> dict:
-  """Runs the benchmark, writes <out_dir>/<slug>/<preset>.{json,md,png}, returns the report."""
+        quiet: bool = False, note: str = "", deadline=None, overlap_imports: bool = False,
+        slug=None, matmul_size=None) -> dict:
+  """Runs the benchmark, writes <out_dir>/<slug>/<preset>.{json,md,png}, returns the report.
+
+  deadline: a time.perf_counter() value after which no further variant is built (they are
+  reported as not built); overlap_imports: see _build_workers; slug overrides the device's;
+  matmul_size: of the peak measurement (default 2048 on a CPU, 8192 on a GPU).
+  """
   log = (lambda *_: None) if quiet else (lambda text: print(text, flush=True))
   device = machine.detect_device()
   environment_start = machine.environment()
   protocol = dict(_GPU_PROTOCOL if device["platform"] == "gpu" else _CPU_PROTOCOL)
-  protocol["matmul_size"] = 512 if preset == "tiny" else 2048
+  # A GPU needs a large product, several per timed block, to show its peak.
+  on_gpu = device["platform"] == "gpu"
+  protocol["matmul_size"] = matmul_size or (512 if preset == "tiny" else
+                                            8192 if on_gpu else 2048)
+  protocol["matmul_inner"] = 10 if on_gpu else 1
   for key, value in (("warmup_steps", warmup_steps), ("timed_steps", timed_steps),
                      ("repeats", repeats)):
     if value is not None:
@@ -208,18 +256,12 @@ def run(preset: str = "tgs", out_dir=None, warmup_steps=None, timed_steps=None, 
   context = multiprocessing.get_context("spawn")
   workers = []
   try:
-    for name in names:  # One at a time, so compile times are not inflated by each other.
-      worker = Worker(context, name, spec)
-      worker.wait_ready(ready_timeout)
-      workers.append(worker)
-      log(f"  built {name}: " + (f"first step {worker.info['first_step_s']:.1f} s"
-                                 if worker.error is None else "FAILED " +
-                                 worker.error.strip().splitlines()[-1]))
-    peak = _matmul_peak(workers, protocol["matmul_size"])
-    if device["platform"] == "gpu" and machine.gpu_peak_tflops(device["name"]):
-      spec_peak = machine.gpu_peak_tflops(device["name"])
-      peak.update(peak_gflops={k: v * 1e3 for k, v in spec_peak.items()},
-                  method="vendor data-sheet dense peak (measured matmul kept for reference)")
+    workers = _build_workers(context, names, spec, ready_timeout, deadline, overlap_imports,
+                             log)
+    peak = _matmul_peak(workers, protocol["matmul_size"], protocol["matmul_inner"])
+    if on_gpu and machine.gpu_peak_tflops(device["name"]):  # For reference; MFU uses measured.
+      peak["datasheet_gflops"] = {k: v * 1e3
+                                  for k, v in machine.gpu_peak_tflops(device["name"]).items()}
     runs = _time_rounds(workers, protocol, spec, log)
     train = flops.train_flops(spec["height"], spec["width"], spec["in_channels"],
                               spec["features"], spec["depth"], spec["padding"], spec["upsample"])
@@ -260,6 +302,7 @@ def run(preset: str = "tgs", out_dir=None, warmup_steps=None, timed_steps=None, 
           "command": " ".join(sys.argv),
       },
       "protocol": {**protocol, "interleaved": True, "process_per_variant": True,
+                   "imports_overlapped": overlap_imports,
                    "meets_issue_minimum": _meets_minimum(protocol, device["platform"])},
       "flops": {"train_per_image": train, "forward_per_image": forward,
                 "formula": "3 * forward conv FLOPs - first conv forward (benchmarks/flops.py)",
@@ -269,7 +312,7 @@ def run(preset: str = "tgs", out_dir=None, warmup_steps=None, timed_steps=None, 
       "results": results,
   }
   data["summary"] = _summary(results)
-  paths = report.write(data, pathlib.Path(out_dir or RESULTS) / device["slug"])
+  paths = report.write(data, pathlib.Path(out_dir or RESULTS) / (slug or device["slug"]))
   log(report.markdown(data))
   log(f"wrote {', '.join(str(p) for p in paths)}")
   return data

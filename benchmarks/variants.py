@@ -8,6 +8,7 @@ Variants run with glibc's default malloc (training's default, config.host_malloc
 except the `*_reuse_malloc` ones: unet_jax.host_memory's 'reuse' settings, for both frameworks.
 """
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -40,6 +41,8 @@ VARIANTS = {
                                {"channels_last": True, "autocast": True}),
     "torch_compile": ("torch", "PyTorch torch.compile fp32 channels_last",
                       {"channels_last": True, "compile": True}),
+    "torch_compile_bf16": ("torch", "PyTorch torch.compile autocast bf16 channels_last",
+                           {"channels_last": True, "autocast": True, "compile": True}),
     "torch_eager_cl_reuse_malloc": ("torch", "PyTorch eager channels_last fp32, reuse malloc",
                                     {"channels_last": True, "malloc": "reuse"}),
     "torch_autocast_bf16_cl_reuse_malloc": ("torch", "PyTorch autocast bf16 channels_last, "
@@ -141,8 +144,9 @@ def build_torch(spec, channels_last=False, autocast=False, compile=False):  # py
   images = images.contiguous(memory_format=memory_format)
   targets = torch.from_numpy(masks > 0).float()[:, None].to(device)
   forward = model
-  if compile:
-    forward = torch.compile(model, mode="max-autotune" if cuda else "default")
+  if compile:  # spec["torch_compile_mode"] overrides, e.g. to fit a GPU session's budget.
+    mode = spec.get("torch_compile_mode") or ("max-autotune" if cuda else "default")
+    forward = torch.compile(model, mode=mode)
 
   def train_step():
     optimizer.zero_grad(set_to_none=True)
@@ -170,32 +174,41 @@ def build_torch(spec, channels_last=False, autocast=False, compile=False):  # py
   return step, peak_memory_mib, info
 
 
-def matmul_peak_gflops(framework: str, size: int = 2048, repeats: int = 8) -> dict:
-  """Best-of-`repeats` square matmul throughput (GFLOP/s) in fp32 and bf16."""
+def matmul_peak_gflops(framework: str, size: int = 2048, repeats: int = 8,
+                       inner: int = 1) -> dict:
+  """Best-of-`repeats` square matmul throughput (GFLOP/s) in fp32 and bf16.
+
+  Random operands (zeros or ones can run faster than real data); each timed block runs
+  `inner` products back to back, so a GPU's launch and sync overhead is amortised. fp32 is
+  each framework's default precision: TF32 for JAX on a GPU, true fp32 for torch's matmul.
+  """
+  import numpy as np  # pylint: disable=import-outside-toplevel
   results = {}
-  flops = 2 * size**3
+  flops = 2 * size**3 * inner
+  operand = np.random.default_rng(0).standard_normal((size, size), np.float32)
   for dtype_name in ("fp32", "bf16"):
     if framework == "jax":
       import jax  # pylint: disable=import-outside-toplevel
       import jax.numpy as jnp
       dtype = jnp.float32 if dtype_name == "fp32" else jnp.bfloat16
-      a = jnp.ones((size, size), dtype)
+      a = jnp.asarray(operand, dtype)
       # A float32 accumulator: XLA:CPU's bf16 dot runs at its fast rate only when asked for
       # a float32 result (bf16 x bf16 -> bf16 runs at the fp32 rate or below).
       matmul = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
-      run = lambda: matmul(a).block_until_ready()  # pylint: disable=cell-var-from-loop
+      products = lambda: [matmul(a) for _ in range(inner)]  # pylint: disable=cell-var-from-loop
+      sync = lambda results: results[-1].block_until_ready()
     else:
       import torch  # pylint: disable=import-outside-toplevel
       dtype = torch.float32 if dtype_name == "fp32" else torch.bfloat16
       device = "cuda" if torch.cuda.is_available() else "cpu"
-      a = torch.ones((size, size), dtype=dtype, device=device)
-      sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-      run = lambda: (a @ a, sync())  # pylint: disable=cell-var-from-loop
-    run()
+      a = torch.from_numpy(operand).to(device=device, dtype=dtype)
+      products = lambda: [torch.mm(a, a) for _ in range(inner)]  # pylint: disable=cell-var-from-loop
+      sync = lambda _: torch.cuda.synchronize() if device == "cuda" else None  # pylint: disable=cell-var-from-loop
+    sync(products())
     best = float("inf")
     for _ in range(repeats):
       start = time.perf_counter()
-      run()
+      sync(products())
       best = min(best, time.perf_counter() - start)
     results[dtype_name] = flops / best / 1e9
   return results
@@ -216,10 +229,19 @@ def _remove_inductor_cache():
     shutil.rmtree(os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 
-def worker(conn, name: str, spec) -> None:
-  """Builds one variant, reports its first step, then answers ('run', n) / ('peak',) / ('stop',)."""
+def worker(conn, name: str, spec, build_lock=None) -> None:
+  """Builds one variant, reports its first step, then answers ('run', n) / ('peak',) / ('stop',).
+
+  With `build_lock` (a multiprocessing Lock), the imports run at once in every worker and
+  only the builds and first steps take turns: on a GPU host that starts several variants
+  together, no compile or autotuning run shares the device or the cores with another.
+  """
   if VARIANTS[name][2].get("compile"):  # A cold compile: no inductor cache from earlier runs.
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="unet-jax-inductor-")
+  # Every variant process holds the one GPU at once: JAX must not take 75% of its memory
+  # up front (its default), or the next process cannot start. Allocation then grows on
+  # demand in the same BFC allocator; a variable set by the caller wins.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   # Before either framework starts its threads.
   host_memory.configure(VARIANTS[name][2].get("malloc", "system"))
   try:
@@ -228,10 +250,11 @@ def worker(conn, name: str, spec) -> None:
     else:
       from benchmarks import torch_reference  # pylint: disable=import-outside-toplevel,unused-import
     baseline = _rss_mib("VmRSS")
-    start = time.perf_counter()
-    step, device_peak, info = _build(name, spec)
-    step(1)
-    info["first_step_s"] = time.perf_counter() - start
+    with build_lock or contextlib.nullcontext():
+      start = time.perf_counter()
+      step, device_peak, info = _build(name, spec)
+      step(1)
+      info["first_step_s"] = time.perf_counter() - start
     info["baseline_rss_mib"] = baseline
     info["pid"] = os.getpid()
     conn.send(("ready", info))
@@ -247,7 +270,7 @@ def worker(conn, name: str, spec) -> None:
         step(args[0])
         conn.send(("ok", time.perf_counter() - start))
       elif command == "matmul_peak":
-        conn.send(("ok", matmul_peak_gflops(VARIANTS[name][0], args[0])))
+        conn.send(("ok", matmul_peak_gflops(VARIANTS[name][0], *args)))
       elif command == "memory":
         peak = device_peak()
         if peak is None:

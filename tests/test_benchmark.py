@@ -4,6 +4,7 @@ The benchmark itself is a script (benchmarks/throughput.py), never a timed test.
 """
 
 import json
+import time
 
 import pytest
 
@@ -66,6 +67,23 @@ def test_device_slug_is_detected_and_path_safe():
   assert device["slug"].startswith(("cpu-", "gpu-"))
   assert device["slug"].replace("-", "").isalnum()
   assert machine.slugify("AMD EPYC 9B45 96-Core Processor") == "amd-epyc-9b45"
+
+
+def test_variants_past_the_deadline_are_reported_not_built(tmp_path):
+  data = throughput.run("tiny", out_dir=tmp_path, warmup_steps=0, timed_steps=1, repeats=1,
+                        variant_names=["jax_fp32", "torch_eager_cl"], quiet=True,
+                        deadline=time.perf_counter() - 1, slug="budget")
+  assert [r["status"] for r in data["results"]] == ["failed", "failed"]
+  assert all(r["error"].startswith("not built") for r in data["results"])
+  assert data["summary"]["ratio_jax_to_best_torch"] is None
+  assert (tmp_path / "budget" / "tiny.png").read_bytes()[:4] == b"\x89PNG"  # No bars.
+
+
+def test_gpu_presets_fill_the_gpu():
+  classic = throughput.preset_spec("classic", "gpu")
+  assert (classic["height"], classic["width"], classic["batch"]) == (256, 256, 32)
+  assert throughput.preset_spec("carvana", "gpu")["height"] == 256
+  assert machine.gpu_slug("NVIDIA H200") == "gpu-h200"
 
 
 def test_unknown_preset_is_refused():

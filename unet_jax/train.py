@@ -153,10 +153,20 @@ def configure_cpu_dispatch(asynchronous: bool) -> None:
 
 
 def enable_compilation_cache(cache_dir: str) -> None:
-  """Persists compiled XLA programs in `cache_dir` so later runs skip compilation."""
+  """Persists compiled XLA programs in `cache_dir` so later runs skip compilation.
+
+  On a GPU, also XLA's per-fusion autotuning results (the convolution algorithms and GEMM
+  tilings it measured), so a rerun whose program changed still skips re-measuring the
+  fusions that did not; jax 0.10-0.12 enable this with the cache by default, set here so it
+  does not depend on that default. Older jax without the option: the cache alone."""
   if cache_dir:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache_dir))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    try:
+      jax.config.update("jax_persistent_cache_enable_xla_caches",
+                        "xla_gpu_per_fusion_autotune_cache_dir")
+    except AttributeError:
+      pass
 
 
 @dataclasses.dataclass

@@ -1,0 +1,135 @@
+"""One end-to-end training run through the project's own trainer, and where its time goes.
+
+`run` (in a process of its own, started by benchmarks/gpu_check.py):
+1. trains `config` with unet_jax.train.train_and_evaluate in a fresh workdir (the real grain
+   pipeline, evaluation, checkpoints, plots), TGS prepared first from its raw download;
+2. reads the step time with the input pipeline off metrics.jsonl: the trainer measures it
+   between its log steps, evaluations excluded (logs.TrainLogger);
+3. times the same jitted step again on one batch held on the device, under the trainer's
+   bound of steps in flight: the step time without the input pipeline;
+4. times the grain iterator alone (no device work): the batches per second it delivers, as
+   configured (threads) and in one worker process per core.
+The device waits for data for 1 - without / with of the step time.
+"""
+
+import collections
+import pathlib
+import shutil
+import statistics
+import time
+
+def make_config(dataset: str, steps: int, dtype: str, tiny: bool, data_dir=None):
+  """configs/<dataset>.py for `steps` steps in `dtype`; tiny: a 4-channel depth-2 U-Net."""
+  from configs import synthetic, tgs  # pylint: disable=import-outside-toplevel
+  config = (synthetic if dataset == "synthetic" else tgs).get_config()
+  config.num_train_steps = steps
+  config.eval_every_steps = max(steps // (2 if tiny else 3), 1)  # A short validation curve.
+  config.log_every_steps = max(min(25, steps // 6), 1)  # Windows of the step-time measure.
+  config.model.dtype = dtype
+  if data_dir is not None:
+    config.data_dir = str(data_dir)
+  if tiny:
+    config.model.features, config.model.depth = 4, 2
+    config.batch_size, config.eval_batch_size = 8, 16
+    if dataset == "synthetic":
+      config.image_size = (32, 32)
+      config.synthetic.num_train, config.synthetic.num_val = 64, 32
+  return config
+
+
+def _train_records(workdir: pathlib.Path):
+  from unet_jax import plots  # pylint: disable=import-outside-toplevel
+  records = plots.read_metrics(workdir / "metrics.jsonl")
+  return ([r for r in records if r["split"] == "train"],
+          [r for r in records if r["split"] == "val"])
+
+
+def device_only_step_ms(config, steps: int) -> float:
+  """The trainer's jitted step on one batch held on the device, `steps` times, with at most
+  train.MAX_STEPS_IN_FLIGHT in flight: the step time when data costs nothing."""
+  import jax  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel,protected-access
+  from unet_jax import data, parallel, steps as steps_lib, train
+  mesh = parallel.make_mesh()
+  source = data.load_split(config, "train")
+  state = train._initial_state(config, mesh, source)
+  batch = parallel.shard_batch(next(train._make_train_iterator(config, source)), mesh)
+  train_step, _, _ = steps_lib.jit_steps(config)  # The trainer's (cached) jitted step.
+  state, metrics = train_step(state, batch)
+  jax.block_until_ready(metrics)
+  in_flight = collections.deque()
+  start = time.perf_counter()
+  for _ in range(steps):
+    while len(in_flight) >= train.MAX_STEPS_IN_FLIGHT:
+      jax.block_until_ready(in_flight.popleft())
+    state, metrics = train_step(state, batch)
+    in_flight.append(metrics)
+  jax.block_until_ready((state, metrics))
+  return 1e3 * (time.perf_counter() - start) / steps
+
+
+def pipeline_only_ms(config, batches: int) -> float:
+  """Milliseconds per batch of the trainer's grain iterator alone, after a warm-up."""
+  from unet_jax import data, train  # pylint: disable=import-outside-toplevel
+  iterator = train._make_train_iterator(config, data.load_split(config, "train"))  # pylint: disable=protected-access
+  for _ in range(min(10, batches)):
+    next(iterator)
+  start = time.perf_counter()
+  for _ in range(batches):
+    next(iterator)
+  return 1e3 * (time.perf_counter() - start) / batches
+
+
+def run(dataset: str, steps: int, dtype: str, tiny: bool, workdir, tgs_dir=None,
+        plots_dir=None) -> dict:
+  """Trains, then times the step without the pipeline and the pipeline alone; the results."""
+  from unet_jax import train  # pylint: disable=import-outside-toplevel
+  from unet_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  workdir = pathlib.Path(workdir)
+  data_dir, prepare_s = None, None
+  if dataset == "tgs":
+    from unet_jax.data import prepare  # pylint: disable=import-outside-toplevel
+    start = time.perf_counter()
+    prepare.prepare("tgs", tgs_dir, workdir / "tfds")
+    data_dir, prepare_s = workdir / "tfds", time.perf_counter() - start
+  config = make_config(dataset, steps, dtype, tiny, data_dir)
+  # A fresh persistent cache: the run compiles cold and writes it as a user's first run does.
+  config.compilation_cache_dir = str(workdir / "xla_cache")
+  start = time.perf_counter()
+  scores = train.train_and_evaluate(config, workdir / "run")
+  train_wall_s = time.perf_counter() - start
+  train_records, val_records = _train_records(workdir / "run")
+  windows = [r["step_time_ms"] for r in train_records if "step_time_ms" in r]
+  with_pipeline_ms = statistics.median(windows) if windows else None
+  without_ms = device_only_step_ms(config, 5 if tiny else max(50, min(steps, 200)))
+  pipeline_ms = pipeline_only_ms(config, 20 if tiny else 200)
+  # The same pipeline in worker processes, one per core (at most 16), instead of threads.
+  in_processes = config.copy_and_resolve_references()
+  in_processes.num_workers = pipeline.default_threads()
+  pipeline_processes_ms = pipeline_only_ms(in_processes, 20 if tiny else 200)
+  cache = pathlib.Path(config.compilation_cache_dir)
+  if plots_dir is not None:
+    shutil.copyfile(workdir / "run" / "plots" / "loss.png",
+                    pathlib.Path(plots_dir) / f"e2e_{dataset}_loss.png")
+  return {
+      "dataset": dataset, "steps": steps, "dtype": dtype, "batch_size": config.batch_size,
+      "image_size": list(config.image_size),
+      "model": {k: config.model[k] for k in ("features", "depth", "upsample_impl", "conv_impl")},
+      "prepare_s": prepare_s, "train_wall_s": train_wall_s,
+      "final_scores": {k: float(v) for k, v in scores.items() if not k.startswith("class")},
+      "val_curve": [{k: v for k, v in r.items() if k in ("step", "loss", "dice", "iou",
+                                                         "tgs_map")} for r in val_records],
+      "step_ms_with_pipeline": with_pipeline_ms, "step_ms_windows": windows,
+      "step_ms_device_only": without_ms,
+      "data_wait_share": (max(0.0, 1.0 - without_ms / with_pipeline_ms)
+                          if with_pipeline_ms else None),
+      "pipeline_only_ms_per_batch": pipeline_ms,
+      "pipeline_only_img_per_s": 1e3 * config.batch_size / pipeline_ms,
+      "pipeline_to_step_ratio": without_ms / pipeline_ms,
+      "pipeline_processes_img_per_s": 1e3 * config.batch_size / pipeline_processes_ms,
+      "pipeline_processes": in_processes.num_workers,
+      "grain": {"num_workers": config.num_workers, "prefetch": config.prefetch,
+                "threads": pipeline.default_threads()},
+      "compilation_cache_files": len(list(cache.iterdir())) if cache.is_dir() else 0,
+      "autotune_cache_written": (cache / "xla_gpu_per_fusion_autotune_cache_dir").is_dir(),
+  }

@@ -1,0 +1,160 @@
+"""benchmarks/gpu_check.py, the one command a GPU session runs: its dry run end to end on
+the CPU (tiny models, a few steps), and its budget and argument handling."""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+
+from tests import _data_samples
+from tests.conftest import REPO
+
+pytest.importorskip("torch")
+gpu_check = pytest.importorskip("benchmarks.gpu_check")
+# pylint: disable=wrong-import-position
+from benchmarks import device_checks, gpu_check_report, machine
+
+SCRIPT = REPO / "benchmarks" / "gpu_check.py"
+# e2e:synthetic runs the same code as e2e:tgs (less the prepare step): left out for time.
+DRY_STAGES = ("checks", "throughput:classic", "e2e:tgs")
+
+
+@pytest.mark.slow
+def test_dry_run_writes_every_report(tgs_dir, tmp_path):
+  tgs = _data_samples.tgs_layouts(tgs_dir, tmp_path / "tgs", count=50)[1]
+  out = tmp_path / "out"
+  # LLVM -O0: the tiny programs compile in half the time; the numbers mean nothing here.
+  env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+  command = [sys.executable, str(SCRIPT), "--dry-run", f"--out={out}", f"--tgs_dir={tgs}",
+             f"--only={','.join(DRY_STAGES)}"]
+  done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env,
+                        check=False)
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  assert {p.name for p in out.iterdir()} == {"gpu_check.json", "gpu_check.md", "results.tar.gz"}
+  data = json.loads((out / "gpu_check.json").read_text())
+
+  slug = machine.detect_device()["slug"]
+  assert data["benchmark"] == "gpu_check" and data["dry_run"] and data["slug"] == slug
+  assert data["environment"]["versions"]["jax"] and "XLA_FLAGS" in data["environment"]["env"]
+  assert {name: r["status"] for name, r in data["stages"].items()} == {
+      name: "ok" if name in DRY_STAGES else "skipped" for name in gpu_check.STAGES}
+  assert data["summary"]["all_passed"], data["summary"]
+
+  checks = {k: v for k, v in data["checks"].items() if k != "shape"}
+  assert set(checks) == set(device_checks.CHECKS)
+  assert all(result["passed"] for result in checks.values())
+  assert checks["conv_impl_auto"]["backend"] == data["device_info"]["jax_backend"]
+  assert checks["parity_fp32"]["eval"]["max_error"] < device_checks.FP32_MAX_ERROR
+  assert 0 < checks["parity_bf16"]["train"]["l2_error"] < device_checks.BF16_L2_ERROR
+
+  classic = data["throughput"]["classic"]
+  assert classic["best_jax"]["variant"] == "jax_bf16"
+  assert classic["best_torch"]["variant"] == "torch_eager_cl"
+  assert classic["ratio_jax_to_best_torch"] > 0 and classic["peak_bf16_gflops"] > 0
+  assert set(classic["goal"]) == {"ratio", "mfu"} and not classic["failed_variants"]
+
+  run = data["e2e"]["tgs"]
+  assert run["steps"] == 8 and run["dtype"] == "float32" and run["prepare_s"] > 0
+  assert 0 <= run["final_scores"]["iou"] <= 1 and 0 <= run["final_scores"]["tgs_map"] <= 1
+  assert [point["step"] for point in run["val_curve"]] == [4, 8]
+  assert run["step_ms_device_only"] > 0 and run["pipeline_only_img_per_s"] > 0
+  assert run["pipeline_processes_img_per_s"] > 0 and run["pipeline_processes"] >= 1
+  assert run["step_ms_with_pipeline"] > 0 and 0 <= run["data_wait_share"] <= 1
+
+  with tarfile.open(out / "results.tar.gz") as archive:
+    names = set(archive.getnames())
+    inner = json.load(archive.extractfile(f"{slug}/gpu_check.json"))
+  expected = {f"{slug}/{n}" for n in ("gpu_check.json", "gpu_check.md", "classic.json",
+                                      "classic.md", "classic.png", "e2e_tgs_loss.png")}
+  assert expected <= names and inner["summary"] == data["summary"]
+  markdown = (out / "gpu_check.md").read_text()
+  for section in ("## Checks", "## Train-step throughput", "## End-to-end training",
+                  "## Stages", "| parity_fp32 | pass |", "All passed."):
+    assert section in markdown
+
+
+def _session(tmp_path, **overrides):
+  args = argparse.Namespace(**{"dry_run": False, "budget_s": 480.0, "only": list(gpu_check.STAGES),
+                               "out": str(tmp_path), "tgs_dir": None, "e2e_steps": 8,
+                               "e2e_dtype": None, **overrides})
+  data = {"slug": "cpu-test", "stages": {}, "checks": {}, "throughput": {}, "e2e": {}}
+  return gpu_check.Session(args=args, device={"platform": "cpu"}, staging=tmp_path,
+                           work=tmp_path, start=time.perf_counter(), data=data)
+
+
+def _summary(session):
+  return gpu_check_report.summarize(session.data)
+
+
+def test_a_stage_that_no_longer_fits_the_budget_is_skipped(tmp_path):
+  session = _session(tmp_path, budget_s=gpu_check.FINALIZE_S + 30)
+  gpu_check.run_stage(session, "throughput:carvana")  # Needs 70 s; 30 are left.
+  record = session.data["stages"]["throughput:carvana"]
+  assert record["status"] == "skipped" and "the stage needs 70 s" in record["reason"]
+  assert "throughput:carvana" in _summary(session)["skipped_stages"]
+
+
+def test_a_failed_stage_is_recorded_and_the_run_goes_on(tmp_path):
+  session = _session(tmp_path)
+  gpu_check.run_stage(session, "e2e:tgs")  # No --tgs_dir: fails before starting anything.
+  record = session.data["stages"]["e2e:tgs"]
+  assert record["status"] == "failed" and "no --tgs_dir" in record["error"]
+  summary = _summary(session)
+  assert summary["failed_stages"] == ["e2e:tgs"] and not summary["all_passed"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--only", "checks,warp"], "unknown stage(s) warp"),
+    (["--tgs_dir", "/nonexistent"], "has no train/ folder"),
+])
+def test_bad_arguments_are_refused_with_the_fix(argv, message, tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    gpu_check.parse_args(["--out", str(tmp_path), *argv])
+  assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_without_out_or_OUT_the_command_is_refused(monkeypatch, capsys):
+  monkeypatch.delenv("OUT", raising=False)
+  with pytest.raises(SystemExit):
+    gpu_check.parse_args(["--dry-run"])
+  assert "pass --out DIR (or set $OUT)" in capsys.readouterr().err
+
+
+def test_the_compilation_cache_keeps_xla_autotuning_results(tmp_path):
+  """train.enable_compilation_cache also turns on XLA's per-fusion autotune cache (GPU)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from unet_jax import train  # pylint: disable=import-outside-toplevel
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_enable_xla_caches")
+  before = {name: getattr(jax.config, name) for name in names}
+  try:
+    jax.config.update("jax_persistent_cache_enable_xla_caches", None)
+    train.enable_compilation_cache(str(tmp_path))
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path)
+    assert jax.config.jax_persistent_cache_enable_xla_caches == (
+        "xla_gpu_per_fusion_autotune_cache_dir")
+  finally:
+    for name, value in before.items():
+      jax.config.update(name, value)
+
+
+def test_nvidia_smi_fields_are_read_one_by_one(tmp_path, monkeypatch):
+  """A driver's nvidia-smi that refuses one field (here compute_cap) still gives the rest."""
+  fake = tmp_path / "nvidia-smi"
+  fake.write_text('#!/bin/sh\ncase "$1" in\n'
+                  '  --query-gpu=name) echo "NVIDIA H200" ;;\n'
+                  '  --query-gpu=driver_version) echo "580.159.03" ;;\n'
+                  '  --query-gpu=compute_cap) echo "Field is not valid" >&2; exit 2 ;;\n'
+                  '  --query-gpu=*) echo "" ;;\n'
+                  '  *) echo "full table" ;;\nesac\n')
+  fake.chmod(0o755)
+  monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+  found = gpu_check.nvidia_smi()
+  assert found == {"name": "NVIDIA H200", "driver_version": "580.159.03",
+                   "text": "full table\n"}
+  assert machine.detect_device()["slug"] == "gpu-h200"
