@@ -11,26 +11,19 @@ pixels of the split (as evaluate does) and per image (the competition's mean). W
 carvana_fullres.{json,md}.
 """
 
+import argparse
 import json
 import pathlib
 import sys
 import tempfile
 
 import numpy as np
-from absl import app, flags
 from PIL import Image
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=wrong-import-position
 from unet_jax import evaluate, inference, predict
 from unet_jax.data import builders, carvana, downloads, imaging
-
-_WORKDIR = flags.DEFINE_string("workdir", None, "A Carvana training run.", required=True)
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "The Carvana download the run was "
-                                  "prepared from (train/ and train_masks/).", required=True)
-_OUT = flags.DEFINE_string("out", None, "Folder for carvana_fullres.{json,md}.", required=True)
-_TTA = flags.DEFINE_enum("tta", "none", ["none", "flip"], "Flip TTA for both scores.")
-
 
 def validation_pairs(manual_dir: pathlib.Path):
   """[(id, image Member, mask Member)] of the cars the builder puts in 'val'."""
@@ -54,40 +47,45 @@ def dice_scores(predicted_dir: pathlib.Path, pairs) -> dict:
           "images": len(pairs), "size": list(truth.shape)}
 
 
-def main(argv):
-  del argv
-  manual_dir = pathlib.Path(_MANUAL_DIR.value).expanduser()
-  pairs = validation_pairs(manual_dir)
+def run(workdir, manual_dir, out, tta: str = "none") -> dict:
+  """Predicts the validation cars at full size, scores both ways, writes the report."""
+  pairs = validation_pairs(pathlib.Path(manual_dir).expanduser())
   with tempfile.TemporaryDirectory() as tmp:
     inputs, outputs = pathlib.Path(tmp, "in"), pathlib.Path(tmp, "out")
     inputs.mkdir()
     for key, image_member, _ in pairs:
       (inputs / f"{key}.jpg").symlink_to(pathlib.Path(image_member.path).absolute())
-    predict.predict(_WORKDIR.value, inputs, outputs, predict.Options(tta=_TTA.value))
+    predict.predict(workdir, inputs, outputs, predict.Options(tta=tta))
     full = dice_scores(outputs, pairs)
-  trained = evaluate.evaluate_run(_WORKDIR.value, "val", tta=_TTA.value,
-                                  output_dir=pathlib.Path(_WORKDIR.value) / "eval")
-  report = {"workdir": str(_WORKDIR.value), "step": trained["step"], "tta": _TTA.value,
-            "training_resolution": {"size": list(inference.load_config(_WORKDIR.value).image_size),
-                                    "dice": trained["scores"]["dice"],
+  trained = evaluate.evaluate_run(workdir, "val", tta=tta,
+                                  output_dir=pathlib.Path(workdir) / "eval")
+  size = list(inference.load_config(workdir).image_size)
+  report = {"workdir": str(workdir), "step": trained["step"], "tta": tta,
+            "training_resolution": {"size": size, "dice": trained["scores"]["dice"],
                                     "examples": trained["examples"]},
-            "full_resolution": full,
-            "difference": full["dice"] - trained["scores"]["dice"]}
-  out = pathlib.Path(_OUT.value)
+            "full_resolution": full, "difference": full["dice"] - trained["scores"]["dice"]}
+  out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   (out / "carvana_fullres.json").write_text(json.dumps(report, indent=2) + "\n")
-  lines = [f"# Carvana validation cars at full resolution ({_WORKDIR.value}, step "
-           f"{report['step']}, TTA {_TTA.value})", "",
+  lines = [f"# Carvana validation cars at full resolution ({workdir}, step {report['step']}, "
+           f"TTA {tta})", "",
            "| scored at | images | Dice (all pixels) | mean Dice per image |", "|---|---|---|---|",
-           f"| {report['training_resolution']['size'][1]}x{report['training_resolution']['size'][0]}"
-           f", the training resolution (evaluate) | {trained['examples']} | "
+           f"| {size[1]}x{size[0]}, the training resolution (evaluate) | {trained['examples']} | "
            f"{trained['scores']['dice']:.4f} | |",
            f"| {full['size'][1]}x{full['size'][0]} vs the original GIFs (predict) | "
            f"{full['images']} | {full['dice']:.4f} | {full['dice_mean_per_image']:.4f} |", "",
            f"Difference (full - training resolution): {report['difference']:+.4f}"]
   (out / "carvana_fullres.md").write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
+  return report
 
 
 if __name__ == "__main__":
-  app.run(main)
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", required=True, help="A Carvana training run.")
+  parser.add_argument("--manual_dir", required=True, help="The Carvana download the run was "
+                      "prepared from (train/ and train_masks/).")
+  parser.add_argument("--out", required=True, help="Folder for carvana_fullres.{json,md}.")
+  parser.add_argument("--tta", default="none", choices=["none", "flip"])
+  args = parser.parse_args()
+  run(args.workdir, args.manual_dir, args.out, args.tta)

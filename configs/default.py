@@ -121,12 +121,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.early_stopping_mode = "min"  # min | max for early_stopping_metric.
   config.nan_policy = "skip"  # Non-finite loss/gradient: skip (the update) | stop (the run).
   config.restart = False  # True: wipe this workdir's run and start fresh instead of resuming.
-  # Host malloc: auto | system (glibc defaults) | reuse (one never-trimmed arena: XLA:CPU steps
-  # with buffers over 32 MiB stop page-faulting). auto = reuse when no accelerator plugin is
-  # installed, else system. Measured, JAX bf16 native kernels (benchmarks/results/cpu-amd-epyc-2c):
-  # tgs preset 79.1 -> 131.5 img/s for peak memory 1391 -> 1770 MiB, classic 9.90 -> 10.99
-  # img/s for 1551 -> 1707 MiB. RSS can grow 2-3x on other models: see unet_jax/host_memory.py.
-  config.host_malloc = "auto"
+  # Host malloc: system (glibc defaults) | reuse (one never-trimmed arena: XLA:CPU steps with
+  # buffers over 32 MiB stop page-faulting). Measured both in real runs (30 steps + 1 eval,
+  # 2-core Xeon, 2026-12-01): peak RSS carvana 3.3 GB system vs 11.6 GB reuse, tgs 1.7 vs 4.2,
+  # reuse no faster; in the isolated step benchmark it pays (tgs preset 79 -> 131 img/s, AMD).
+  # See unet_jax/host_memory.py.
+  config.host_malloc = "system"
   # False: XLA:CPU runs each step on the calling thread. With the native kernels on 2 cores,
   # 20 queued (asynchronous) tgs steps took 455-710 ms each, inline 453-479; see
   # train.configure_cpu_dispatch.

@@ -56,18 +56,3 @@ def test_unknown_dtype_is_a_config_error():
   config.model.dtype = "fp8"
   with pytest.raises(ValueError, match="model.dtype='fp8' is not one of"):
     models.from_config(config)
-
-
-def test_host_malloc_auto(monkeypatch):
-  assert precision.host_malloc("system")[0] == "system"
-  assert precision.host_malloc("reuse")[0] == "reuse"
-  monkeypatch.setattr(precision, "accelerator_plugin", lambda: None)
-  assert precision.host_malloc("auto")[0] == "reuse"
-  monkeypatch.setattr(precision, "accelerator_plugin", lambda: "jax_cuda13_plugin")
-  choice, reason = precision.host_malloc("auto")
-  assert choice == "system" and "jax_cuda13_plugin" in reason
-
-
-def test_accelerator_plugin_is_none_when_jax_is_told_cpu(monkeypatch):
-  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  assert precision.accelerator_plugin() is None

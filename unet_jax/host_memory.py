@@ -8,16 +8,16 @@ recipe (VALID 16 -> 64 channels, 128x128, batch 64) spent 2.7 s of its 4.0 s CPU
 kernel, 1.25 M page faults per step. One arena fed from the heap and never trimmed reuses the
 same pages: that run's 40 steps took 77 s instead of 172 s, with identical metrics.
 
-It is the default on the CPU (`host_malloc='auto'`), measured in the committed step reports
-(benchmarks/results/cpu-amd-epyc-2c/): JAX bf16 with the native kernels, tgs preset 79.1 ->
-131.5 img/s for a peak of 1391 -> 1770 MiB; classic 9.90 -> 10.99 img/s, 1551 -> 1707 MiB. The
-cost: nothing freed goes back to the kernel and the one heap fragments, so RSS can grow well
-past glibc's peak (XLA's fp32 kernels on the tgs preset: 2813 -> 3293 MiB; the paper recipe at
-batch 32 outgrew the 24 GiB machine by its third step, where glibc's default held ~10 GiB,
-hence its config sets 'system'), and one arena serialises malloc across the input pipeline's
-threads (why a host that feeds a GPU keeps 'system'). The settings apply to allocations made
-afterwards and a thread keeps the arena it first used, so apply them before JAX (or PyTorch)
-starts its thread pools: before the first computation.
+It is not the default (`host_malloc='system'` is): in the isolated step benchmarks it pays
+(benchmarks/results/cpu-amd-epyc-2c, JAX bf16 native kernels: tgs preset 79.1 -> 131.5 img/s
+for a peak of 1391 -> 1770 MiB), but in real training runs, with the input pipeline's threads
+and evaluation, the one never-trimmed heap fragments and grows: 30 steps + one evaluation of
+configs/carvana.py peaked at 11.6 GB RSS against 3.3 GB with glibc's defaults, configs/tgs.py at
+4.2 against 1.7 GB, and neither stepped faster (2-core Intel Xeon, 2026-12-01, machine shared
+with other jobs); the paper recipe at batch 32 outgrew 24 GiB by its third step. Use it where a
+run is bound by page faults (high `sys` time) and has memory to spare. The settings apply to
+allocations made afterwards and a thread keeps the arena it first used, so apply them before
+JAX (or PyTorch) starts its thread pools: before the first computation.
 """
 
 import ctypes
@@ -25,7 +25,7 @@ import ctypes.util
 
 from unet_jax.errors import ConfigError
 
-CHOICES = ("auto", "system", "reuse")
+CHOICES = ("system", "reuse")
 # mallopt parameter numbers from glibc's malloc.h.
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
@@ -42,13 +42,10 @@ _REUSE_SETTINGS = (
 
 def configure(setting: str) -> bool:
   """'reuse' applies the settings above (True if glibc took them all; False off glibc);
-  'system' leaves glibc's defaults (False); 'auto' is 'reuse' where the CPU computes the step
-  and 'system' on a host that feeds an accelerator (unet_jax.precision.host_malloc)."""
+  'system' leaves glibc's defaults (False)."""
   if setting not in CHOICES:
     raise ConfigError(f"host_malloc={setting!r}; set --config.host_malloc to "
-                      f"{', '.join(CHOICES[:-1])} or {CHOICES[-1]}")
-  from unet_jax import precision  # pylint: disable=import-outside-toplevel  # Imports JAX.
-  setting, _ = precision.host_malloc(setting)
+                      f"{' or '.join(CHOICES)}")
   if setting == "system":
     return False
   try:

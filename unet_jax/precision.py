@@ -1,14 +1,11 @@
-"""The defaults that depend on the hardware: compute dtype and host allocator ('auto').
+"""The compute dtype that depends on the hardware: config.model.dtype = 'auto'.
 
 `compute_dtype` maps (platform, CPU features, kernels in use, requested dtype) to the dtype the
-model computes in; `host_malloc` maps 'auto' to an allocator setting. Both are called once at
-setup, log their choice and why, and leave an explicit choice alone.
+model computes in, logs the choice and why once, and leaves an explicit choice alone.
 """
 
 import functools
-import importlib.util
 import logging
-import os
 
 import jax
 import jax.numpy as jnp
@@ -20,10 +17,6 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 # (Cooper Lake, Zen 4/5) or AMX tiles (Sapphire Rapids and later). Without them oneDNN emulates
 # bf16 and it is slower than float32.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-# Python modules of JAX's accelerator plugins: any of them installed means the host feeds an
-# accelerator rather than computing the step itself.
-ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
-                       "jax_rocm7_plugin", "libtpu")
 
 
 @functools.lru_cache(maxsize=None)
@@ -88,27 +81,3 @@ def _resolve(requested: str, conv_impl: str) -> str:
 def compute_dtype(requested: str, conv_impl: str = "auto") -> jnp.dtype:
   """The compute dtype of `config.model.dtype` ('auto' resolved for this process, logged once)."""
   return jnp.dtype(_resolve(requested, conv_impl))
-
-
-def accelerator_plugin() -> str | None:
-  """The first JAX accelerator plugin installed, without starting any backend."""
-  platforms = os.environ.get("JAX_PLATFORMS", "") or (jax.config.jax_platforms or "")
-  if platforms and all(p.strip() == "cpu" for p in platforms.split(",")):
-    return None
-  return next((name for name in ACCELERATOR_PLUGINS if importlib.util.find_spec(name)), None)
-
-
-def host_malloc(setting: str) -> tuple[str, str]:
-  """(setting, why): 'auto' -> 'reuse' where the host computes the step (no accelerator plugin),
-  else 'system'; an explicit setting is kept.
-
-  Called before any backend starts (the allocator settings must precede JAX's threads), so the
-  platform is told by the installed plugins, not by asking the devices.
-  """
-  if setting != "auto":
-    return setting, "set in the config"
-  plugin = accelerator_plugin()
-  if plugin:
-    return "system", f"auto: the {plugin} accelerator plugin is installed, the host only feeds it"
-  return "reuse", ("auto: the CPU computes the step, so freed buffers are reused instead of "
-                   "page-faulted in again (--config.host_malloc=system to turn off)")

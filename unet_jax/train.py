@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from unet_jax import (checkpoints, data, host_memory, logs, losses, models, optim, parallel,
-                      plots, precision, resilience, steps, tensorboard)
+                      plots, resilience, steps, tensorboard)
 from unet_jax.data import augment, pipeline, window
 from unet_jax.models import torchvision_import
 from unet_jax.errors import ConfigError, NonFiniteError, WorkdirError
@@ -294,8 +294,7 @@ def _setup(config, workdir):
   configure_cpu_dispatch(config.cpu_async_dispatch)  # Before anything asks for a device.
   _check_choices(config)
   # Before JAX starts its CPU thread pool; an unknown setting is refused here.
-  malloc, malloc_reason = precision.host_malloc(config.host_malloc)
-  host_memory.configure(malloc)
+  host_memory.configure(config.host_malloc)
   enable_compilation_cache(config.compilation_cache_dir)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh, "batch_size")
@@ -329,7 +328,6 @@ def _setup(config, workdir):
   logging.info("%d devices, global batch %d (%d per device), %d train / %d val examples",
                mesh.devices.size, config.batch_size, config.batch_size // mesh.devices.size,
                len(train_source), len(val_source))
-  logging.info("host_malloc=%s (%s)", malloc, malloc_reason)
   return run, state, train_iterator, start_step
 
 
