@@ -1,6 +1,6 @@
 """The throughput benchmark, run for one tiny step on CPU: its report has the promised shape.
 
-The benchmark itself is a script (benchmarks/throughput.py), never a timed test.
+The benchmark itself is a script (benchmarks/step/throughput.py), never a timed test.
 """
 
 import json
@@ -9,8 +9,9 @@ import time
 import pytest
 
 pytest.importorskip("torch")
-throughput = pytest.importorskip("benchmarks.throughput")
-from benchmarks import flops, machine, report  # pylint: disable=wrong-import-position
+throughput = pytest.importorskip("benchmarks.step.throughput")
+from benchmarks import flops, machine  # pylint: disable=wrong-import-position
+from benchmarks.step import report
 
 RESULT_KEYS = {"variant", "framework", "label", "compute_dtype", "status", "compile_s",
                "first_step_s", "img_per_s", "step_ms_median", "achieved_gflops", "mfu",

@@ -1,9 +1,9 @@
-"""benchmarks/carvana_fullres.py: the validation cars and the full-resolution Dice it reports."""
+"""benchmarks/quality/carvana_fullres.py: the validation cars and the full-resolution Dice it reports."""
 
 import numpy as np
 from PIL import Image
 
-from benchmarks import carvana_fullres
+from benchmarks.quality import carvana_fullres
 from tests.conftest import shared_data_dir
 from unet_jax.data import builders, carvana, imaging
 

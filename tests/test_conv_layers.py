@@ -1,7 +1,7 @@
 """The per-layer convolution benchmark on tiny shapes: its report's shape, and that the three
 implementations it times compute the same convolution.
 
-The benchmark itself is a script (benchmarks/conv_layers.py), never a timed test.
+The benchmark itself is a script (benchmarks/kernels/conv_layers.py), never a timed test.
 """
 
 import json
@@ -11,7 +11,7 @@ import pytest
 
 from unet_jax.ops import library
 
-conv_layers = pytest.importorskip("benchmarks.conv_layers")
+conv_layers = pytest.importorskip("benchmarks.kernels.conv_layers")
 pytestmark = pytest.mark.skipif(library.unavailable_reason() is not None,
                                 reason=f"native kernels: {library.unavailable_reason()}")
 
@@ -81,7 +81,8 @@ def test_the_implementations_compute_the_same_passes(name):
 
 
 def test_model_layers_cover_the_flops_formula():
-  from benchmarks import flops, throughput  # pylint: disable=import-outside-toplevel
+  from benchmarks import flops  # pylint: disable=import-outside-toplevel
+  from benchmarks.step import throughput
   layers = conv_layers.model_layers("tgs")
   spec = throughput.preset_spec("tgs", "cpu")
   forward, first = flops.forward_flops(spec["height"], spec["width"], spec["in_channels"],

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py, the one command a GPU session runs: its dry run end to end on
+"""benchmarks/gpu/gpu_check.py, the one command a GPU session runs: its dry run end to end on
 the CPU (tiny models, a few steps), and its budget and argument handling."""
 
 import argparse
@@ -15,11 +15,12 @@ from tests import _data_samples
 from tests.conftest import REPO
 
 pytest.importorskip("torch")
-gpu_check = pytest.importorskip("benchmarks.gpu_check")
+gpu_check = pytest.importorskip("benchmarks.gpu.gpu_check")
 # pylint: disable=wrong-import-position
-from benchmarks import device_checks, gpu_check_report, machine
+from benchmarks.gpu import device_checks, gpu_check_report
+from benchmarks import machine
 
-SCRIPT = REPO / "benchmarks" / "gpu_check.py"
+SCRIPT = REPO / "benchmarks" / "gpu" / "gpu_check.py"
 # e2e:synthetic runs the same code as e2e:tgs (less the prepare step): left out for time.
 DRY_STAGES = ("checks", "throughput:classic", "e2e:tgs")
 

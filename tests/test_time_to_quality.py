@@ -15,9 +15,10 @@ from unet_jax import losses
 
 torch = pytest.importorskip("torch")
 torch_losses = pytest.importorskip("benchmarks.torch_losses")
-from benchmarks import machine, quality_summary  # pylint: disable=wrong-import-position
+from benchmarks import machine  # pylint: disable=wrong-import-position
+from benchmarks.quality import quality_summary
 
-SCRIPT = REPO / "benchmarks" / "time_to_quality.py"
+SCRIPT = REPO / "benchmarks" / "quality" / "time_to_quality.py"
 
 
 @pytest.mark.parametrize("name", sorted(torch_losses.LOSSES))

@@ -25,10 +25,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/kernels/winograd_gate.py` fr
 
 # pylint: disable=wrong-import-position
 from benchmarks import machine
-try:
-  from benchmarks.kernels import conv_layers
-except ImportError:
-  from benchmarks import conv_layers
+from benchmarks.kernels import conv_layers
 # pylint: enable=wrong-import-position
 
 SOURCE = pathlib.Path(__file__).with_suffix(".cc")

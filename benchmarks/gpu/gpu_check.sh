@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# On the GPU machine, from the repository root: installs the wheels benchmarks/gpu_wheels.sh
-# put in .whl/ (that machine has no network), then runs benchmarks/gpu_check.py with the TGS
+# On the GPU machine, from the repository root: installs the wheels benchmarks/gpu/gpu_wheels.sh
+# put in .whl/ (that machine has no network), then runs benchmarks/gpu/gpu_check.py with the TGS
 # copy in .gpu_data/tgs; its log goes to $OUT/gpu_check.log beside its reports.
 #
-#   OUT=/some/dir bash benchmarks/gpu_check.sh [gpu_check.py options, e.g. --only ...]
+#   OUT=/some/dir bash benchmarks/gpu/gpu_check.sh [gpu_check.py options, e.g. --only ...]
 #
-# Device tool: command `bash benchmarks/gpu_check.sh`, carry [".whl", ".gpu_data"].
+# Device tool: command `bash benchmarks/gpu/gpu_check.sh`, carry [".whl", ".gpu_data"].
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 : "${OUT:?set OUT to the folder for the reports}"
 PYTHON="${PYTHON:-python3}"
 SITE="${SITE:-/tmp/site}"
@@ -30,4 +30,4 @@ export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 tgs=()
 [ -d .gpu_data/tgs ] && tgs=(--tgs_dir .gpu_data/tgs)
 mkdir -p "$OUT"
-"$PYTHON" benchmarks/gpu_check.py --out "$OUT" "${tgs[@]}" "$@" 2>&1 | tee "$OUT/gpu_check.log"
+"$PYTHON" benchmarks/gpu/gpu_check.py --out "$OUT" "${tgs[@]}" "$@" 2>&1 | tee "$OUT/gpu_check.log"

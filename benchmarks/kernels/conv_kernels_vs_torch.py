@@ -1,6 +1,6 @@
 """The project's oneDNN convolution kernels against PyTorch's own, in one process (quick look).
 
-  python benchmarks/conv_kernels_vs_torch.py
+  python benchmarks/kernels/conv_kernels_vs_torch.py
 
 torch links its own oneDNN (3.12 in torch 2.13); the project links the PyPI wheel (3.2). This
 times each bf16 NHWC pass (forward, input gradient, weight gradient) of a few tgs-config and
@@ -13,10 +13,10 @@ import pathlib
 import sys
 import time
 
-if __package__ in (None, ""):  # `python benchmarks/conv_kernels_vs_torch.py` from anywhere.
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # `python benchmarks/kernels/conv_kernels_vs_torch.py` from anywhere.
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from benchmarks import conv_layers  # pylint: disable=wrong-import-position
+from benchmarks.kernels import conv_layers  # pylint: disable=wrong-import-position
 from unet_jax.ops import library  # pylint: disable=wrong-import-position
 
 # (batch, height, width, in channels, kernel size, out channels): SAME, stride 1.

@@ -1,7 +1,7 @@
 """Per-layer convolution throughput: XLA, oneDNN through JAX, and oneDNN called directly.
 
-  python benchmarks/conv_layers.py --preset tgs --dtypes bf16      # or classic; fp32 bf16
-  python benchmarks/conv_layers.py --preset tgs --layers 2 --repeats 2   # quick look
+  python benchmarks/kernels/conv_layers.py --preset tgs --dtypes bf16      # or classic; fp32 bf16
+  python benchmarks/kernels/conv_layers.py --preset tgs --layers 2 --repeats 2   # quick look
 
 Every distinct convolution of the preset's U-Net (the 3x3s, the 1x1 head, the 2x2 stride-2
 up-convolutions), listed by tracing the model (conv_impl='onednn') and recording each kernel
@@ -24,8 +24,8 @@ import sys
 import time
 from unittest import mock
 
-if __package__ in (None, ""):  # `python benchmarks/conv_layers.py` from anywhere.
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # `python benchmarks/kernels/conv_layers.py` from anywhere.
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 # pylint: disable=wrong-import-position
 import flax.linen as nn
@@ -33,7 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import conv_layers_report, machine, throughput
+from benchmarks.kernels import conv_layers_report
+from benchmarks import machine
+from benchmarks.step import throughput
 from unet_jax import host_memory
 from unet_jax.models.unet import UNet
 from unet_jax.ops import kernels, library

@@ -1,6 +1,6 @@
 """Input pipeline throughput: the grain pipeline vs a seed-style PyTorch DataLoader.
 
-  python benchmarks/input_pipeline.py [--seconds 10] [--repeats 3]
+  python benchmarks/input/input_pipeline.py [--seconds 10] [--repeats 3]
 
 Both read the real samples in ../shared/data (UNET_JAX_SHARED_DATA) on the same cores:
 - grain: `python -m unet_jax.data.prepare` output (Carvana pre-resized to 256x384 JPEG, TGS
@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 import cv2  # pylint: disable=wrong-import-position

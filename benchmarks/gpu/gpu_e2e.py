@@ -1,6 +1,6 @@
 """One end-to-end training run through the project's own trainer, and where its time goes.
 
-`run` (in a process of its own, started by benchmarks/gpu_check.py):
+`run` (in a process of its own, started by benchmarks/gpu/gpu_check.py):
 1. trains `config` with unet_jax.train.train_and_evaluate in a fresh workdir (the real grain
    pipeline, evaluation, checkpoints, plots), TGS prepared first from its raw download;
 2. reads the step time with the input pipeline off metrics.jsonl: the trainer measures it

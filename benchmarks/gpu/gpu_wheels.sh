@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepares what benchmarks/gpu_check.sh needs on a GPU machine that has no network:
+# Prepares what benchmarks/gpu/gpu_check.sh needs on a GPU machine that has no network:
 #   .whl/            the project's dependencies that machine lacks, as Python 3.12 manylinux
 #                    x86_64 wheels (pip install --no-index --no-deps there);
 #   .whl/fallback/   protobuf, installed there only when its own is older than the
@@ -8,7 +8,7 @@
 # Both folders are git-ignored; name them in the device call's `carry`. Then checks that they
 # and the tracked files stay under the 64 MiB a device call may carry.
 #
-#   bash benchmarks/gpu_wheels.sh            # from the repository root, where pip reaches PyPI
+#   bash benchmarks/gpu/gpu_wheels.sh            # from the repository root, where pip reaches PyPI
 #
 # The list: the dependency closure of pyproject.toml's dependencies, minus what the GPU image
 # already holds (jax, jaxlib, flax, optax, orbax-checkpoint, numpy, scipy, absl-py, etils,
@@ -16,7 +16,7 @@
 # matplotlib, tensorboard, tqdm, torch ...). Versions are the ones the CPU suite runs with.
 # promise ships only as a source archive: it is built here into a pure-Python wheel.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 PYTHON="${PYTHON:-python3}"
 WHEELS=(

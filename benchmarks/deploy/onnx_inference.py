@@ -1,6 +1,6 @@
 """onnxruntime (CPU, default session options) time for one image, TGS and Carvana models.
 
-  python -m benchmarks.onnx_inference [--runs 20] [--out benchmarks/results/<slug>/onnx.json]
+  python -m benchmarks.deploy.onnx_inference [--runs 20] [--out benchmarks/results/<slug>/onnx.json]
 
 Exports the configs' models (configs/tgs.py: 101x101 gray image mirrored to 128x128;
 configs/carvana.py: 256x384 RGB) with initial weights, as `unet_jax.export --format onnx`

@@ -1,7 +1,7 @@
 """Checks that matter on an accelerator, run in one process on its default device.
 
 Each check returns {'passed': bool, ...numbers...}; one that raises is recorded as failed
-with its error, and the others still run (benchmarks/gpu_check.py collects them):
+with its error, and the others still run (benchmarks/gpu/gpu_check.py collects them):
 - conv_impl_auto: config.model.conv_impl='auto' resolves to XLA off the CPU (oneDNN only on
   the CPU backend), and the lowered train step holds none of the native CPU kernels' calls;
 - finite_train_step: one jitted train step per compute dtype gives a finite loss and

@@ -1,15 +1,15 @@
 """Time to quality on TGS: the project's JAX training against its PyTorch twin, same recipe.
 
-  python benchmarks/time_to_quality.py                       # configs/tgs.py, 600 s each
-  python benchmarks/time_to_quality.py --budget_s=300 --config.model.features=16
+  python benchmarks/quality/time_to_quality.py                       # configs/tgs.py, 600 s each
+  python benchmarks/quality/time_to_quality.py --budget_s=300 --config.model.features=16
   # The committed run: a schedule that ends near the budget, so both curves settle.
-  python benchmarks/time_to_quality.py --config.num_train_steps=700 \
+  python benchmarks/quality/time_to_quality.py --config.num_train_steps=700 \
       --config.model.dtype=bfloat16 --config.host_malloc=reuse --config.data_dir=<prepared>
 
 Both frameworks train the config's model from the same initial weights (ported to torch)
 with the same loss, optimizer, learning-rate schedule, batch size and the same batches in the
 same order (the project's grain pipeline), each for `budget_s` seconds of training on the
-same cores, one after the other, each in its own spawned process (benchmarks/quality_workers).
+same cores, one after the other, each in its own spawned process (benchmarks/quality/quality_workers).
 Validation (IoU and the TGS metric on the stored 101x101 pixels, both scored by
 unet_jax.steps.eval_step) runs at `evals` evenly spaced points of training time and is timed
 apart. Each extra seed of --seeds adds a torch run with that seed (initial weights and data
@@ -24,13 +24,14 @@ import pathlib
 import sys
 import time
 
-if __package__ in (None, ""):  # `python benchmarks/time_to_quality.py` from anywhere.
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # `python benchmarks/quality/time_to_quality.py` from anywhere.
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 # pylint: disable=wrong-import-position
-from benchmarks import machine, quality_report, quality_summary, quality_workers
+from benchmarks import machine
+from benchmarks.quality import quality_report, quality_summary, quality_workers
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
 SCHEMA_VERSION = 1
 # PyTorch's fastest variant of the step benchmark (benchmarks/results/*/tgs.md).

@@ -1,7 +1,7 @@
 """Carvana at full resolution: a run's validation cars predicted at 1918x1280, scored against
 the original GIF masks, beside its score at the training resolution.
 
-  python benchmarks/carvana_fullres.py --workdir runs/carvana \\
+  python benchmarks/quality/carvana_fullres.py --workdir runs/carvana \\
       --manual_dir ../shared/data/carvana_40cars --out benchmarks/results/<device>
 
 The validation cars are the ones the carvana builder held out (SHA-1 of the car id), so the
@@ -20,7 +20,7 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 # pylint: disable=wrong-import-position
 from unet_jax import evaluate, inference, predict
 from unet_jax.data import builders, carvana, downloads, imaging

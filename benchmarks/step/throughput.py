@@ -1,9 +1,9 @@
 """Train-step throughput: the JAX U-Net next to its PyTorch twin, in one run.
 
-  python benchmarks/throughput.py --preset tgs        # or classic, carvana
-  python benchmarks/throughput.py --preset tgs --timed-steps 3 --repeats 1   # quick look
+  python benchmarks/step/throughput.py --preset tgs        # or classic, carvana
+  python benchmarks/step/throughput.py --preset tgs --timed-steps 3 --repeats 1   # quick look
 
-Every variant (benchmarks.variants.VARIANTS) lives in its own process: it is built and run
+Every variant (benchmarks.step.variants.VARIANTS) lives in its own process: it is built and run
 once (compile / first step, reported separately), warmed up, then timed in blocks of
 `timed_steps` steps, `repeats` times, the variants taking turns (in a rotated order each
 round) so that machine drift hits every one of them. Writes
@@ -19,12 +19,13 @@ import statistics
 import sys
 import time
 
-if __package__ in (None, ""):  # `python benchmarks/throughput.py` from anywhere.
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # `python benchmarks/step/throughput.py` from anywhere.
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from benchmarks import flops, machine, report, variants  # pylint: disable=wrong-import-position
+from benchmarks import flops, machine  # pylint: disable=wrong-import-position
+from benchmarks.step import report, variants
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+RESULTS = pathlib.Path(__file__).resolve().parents[1] / "results"
 SCHEMA_VERSION = 1
 _MODEL = {"dropout": 0.0, "norm": "batch", "upsample": "transpose", "padding": "SAME"}
 # The standard protocol (issue 5). On a 2-core CPU it takes about an hour per preset; pass

@@ -1,13 +1,13 @@
 """Renders a throughput report: JSON, a markdown table and a bar chart; README tables.
 
-  python benchmarks/report.py          # prints the README block for every committed report
+  python benchmarks/step/report.py          # prints the README block for every committed report
 """
 
 import json
 import pathlib
 import sys
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+RESULTS = pathlib.Path(__file__).resolve().parents[1] / "results"
 
 
 def _fmt(value, spec: str, missing: str = "-") -> str:

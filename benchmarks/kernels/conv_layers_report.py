@@ -1,4 +1,4 @@
-"""Renders a conv_layers report (benchmarks/conv_layers.py): JSON, markdown and a bar chart."""
+"""Renders a conv_layers report (benchmarks/kernels/conv_layers.py): JSON, markdown and a bar chart."""
 
 import json
 import pathlib

@@ -1,8 +1,8 @@
 """The whole project on one GPU in one command: checks, step throughput, end-to-end training.
 
-  bash benchmarks/gpu_check.sh                  # on the GPU machine: installs .whl/, then
-  python benchmarks/gpu_check.py --out "$OUT" --tgs_dir .gpu_data/tgs
-  python benchmarks/gpu_check.py --dry-run --out /tmp/x --tgs_dir ../shared/data/tgs  # CPU
+  bash benchmarks/gpu/gpu_check.sh                  # on the GPU machine: installs .whl/, then
+  python benchmarks/gpu/gpu_check.py --out "$OUT" --tgs_dir .gpu_data/tgs
+  python benchmarks/gpu/gpu_check.py --dry-run --out /tmp/x --tgs_dir ../shared/data/tgs  # CPU
 
 Stages, in this order, each in processes of its own so that none holds the GPU for the next
 (the GPU's time is short, so the most wanted come first):
@@ -37,11 +37,12 @@ import tempfile
 import time
 import traceback
 
-if __package__ in (None, ""):  # `python benchmarks/gpu_check.py` from anywhere.
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # `python benchmarks/gpu/gpu_check.py` from anywhere.
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 # Light imports only: every spawned child imports this module again.
-from benchmarks import gpu_check_report, machine  # pylint: disable=wrong-import-position
+from benchmarks.gpu import gpu_check_report  # pylint: disable=wrong-import-position
+from benchmarks import machine
 
 SCHEMA_VERSION = 1
 STAGES = ("checks", "throughput:classic", "e2e:synthetic", "e2e:tgs", "throughput:tgs",
@@ -139,13 +140,13 @@ def in_child(module: str, function: str, timeout_s: float, **kwargs):
 
 
 def stage_checks(session: Session, allowed_s: float) -> None:
-  found = in_child("device_checks", "run", allowed_s, tiny=session.args.dry_run)
+  found = in_child("gpu.device_checks", "run", allowed_s, tiny=session.args.dry_run)
   session.data["device_info"] = found["device"]
   session.data["checks"] = {"shape": found["shape"], **found["checks"]}
 
 
 def stage_throughput(session: Session, preset: str, allowed_s: float) -> None:
-  from benchmarks import throughput  # pylint: disable=import-outside-toplevel
+  from benchmarks.step import throughput  # pylint: disable=import-outside-toplevel
   args = session.args
   protocol = DRY_PROTOCOL if args.dry_run else GPU_PROTOCOL
   overrides = {"torch_compile_mode": args.torch_compile_mode,
@@ -170,7 +171,7 @@ def stage_e2e(session: Session, dataset: str, allowed_s: float) -> None:
   dtype = args.e2e_dtype or ("bfloat16" if session.device["platform"] == "gpu" else "float32")
   workdir = pathlib.Path(tempfile.mkdtemp(prefix=f"e2e_{dataset}_", dir=session.work))
   session.data["e2e"][dataset] = in_child(
-      "gpu_e2e", "run", allowed_s, dataset=dataset, steps=args.e2e_steps, dtype=dtype,
+      "gpu.gpu_e2e", "run", allowed_s, dataset=dataset, steps=args.e2e_steps, dtype=dtype,
       tiny=args.dry_run, workdir=str(workdir), tgs_dir=args.tgs_dir,
       plots_dir=str(session.results))
 

@@ -1,0 +1,1 @@
+"""Benchmarks that measure deploy: see benchmarks/README.md."""

@@ -1,0 +1,1 @@
+"""Benchmarks that measure gpu: see benchmarks/README.md."""

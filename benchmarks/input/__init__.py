@@ -1,0 +1,1 @@
+"""Benchmarks that measure input: see benchmarks/README.md."""

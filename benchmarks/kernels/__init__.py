@@ -1,0 +1,1 @@
+"""Benchmarks that measure kernels: see benchmarks/README.md."""

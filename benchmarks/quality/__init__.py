@@ -1,0 +1,1 @@
+"""Benchmarks that measure quality: see benchmarks/README.md."""

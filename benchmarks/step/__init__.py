@@ -1,0 +1,1 @@
+"""Benchmarks that measure step: see benchmarks/README.md."""
