@@ -54,7 +54,7 @@ def test_onnx_matches_the_checkpoint_for_batches_of_1_and_3(architecture, traine
   assert export.export(workdir, path) <= 1e-4
   session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
   assert session.get_inputs()[0].shape[0] == "batch"  # Symbolic: one file, any batch size.
-  trained = inference.load(workdir)
+  trained = export.in_float32(inference.load(workdir))
   for batch in (1, 3):
     images = np.random.default_rng(batch).uniform(
         0, 255, (batch, *trained.image_size, 3)).astype(np.float32)

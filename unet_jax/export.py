@@ -8,9 +8,12 @@ one class, softmax otherwise) and runs without this package: StableHLO with
 `jax.export.deserialize(open(path, 'rb').read()).call(images)`, ONNX in onnxruntime (needs
 `pip install 'unet_jax[onnx]'` to export). --format defaults to onnx for a .onnx output,
 else stablehlo. The file is written next to the output, read back and compared with the
-checkpoint's outputs, and only then renamed to the output path.
+checkpoint's outputs, and only then renamed to the output path. The artifact computes in
+float32 whatever dtype the run trained in (bfloat16 compute is a training-speed choice; the
+weights are float32), so it matches the checkpoint evaluated in float32 and runs on any device.
 """
 
+import dataclasses
 import pathlib
 
 import jax
@@ -30,6 +33,12 @@ def input_spec(trained: inference.TrainedModel, polymorphic_batch: bool = True):
   height, width = trained.image_size
   batch = jax.export.symbolic_shape("batch")[0] if polymorphic_batch else 1
   return jax.ShapeDtypeStruct((batch, height, width, trained.input_channels), jnp.float32)
+
+
+def in_float32(trained: inference.TrainedModel) -> inference.TrainedModel:
+  """The run's model computing in float32 (the exported function, and the reference)."""
+  model = trained.state.apply_fn.__self__.clone(dtype=jnp.float32)
+  return dataclasses.replace(trained, state=trained.state.replace(apply_fn=model.apply))
 
 
 def xla_state(trained: inference.TrainedModel) -> inference.InferenceState:
@@ -89,7 +98,7 @@ def export(workdir, output, which: str = "best", polymorphic_batch: bool = True,
                     "another path")
   if fmt == "onnx":
     onnx_export.require_packages()  # A missing package is one line, before any work.
-  trained = inference.load(workdir, which)
+  trained = in_float32(inference.load(workdir, which))
   data = serialize(trained, fmt, polymorphic_batch)
   tmp = output.with_name(output.name + ".tmp")
   try:
