@@ -2,8 +2,9 @@
 
 Command:
   python -m unet_jax.main --config configs/synthetic.py --workdir runs/demo
-Result: validation Dice 0.980 (IoU 0.961) after 300 steps; 72 s on a 2-core AMD EPYC CPU
-(jax 0.10.2, 2026-11-21), install excluded.
+Result: validation Dice 0.981 (IoU 0.963) after 300 steps; 43 s (no compilation cache; 36 s
+with it) on a 2-core Intel Xeon with AMX, computing in bfloat16 (model.dtype='auto'), jax 0.10.2,
+2026-12-01, install excluded. Before 'auto' (float32): Dice 0.980, 72 s on a 2-core AMD EPYC.
 """
 
 from configs import default
