@@ -10,7 +10,13 @@ It prints the training command, with the image_size (and num_classes, loss) that
 Predict (masks come back at each image's own size):
   python -m unet_jax.predict --workdir runs/folder --input NEW_IMAGES --output runs/folder/masks
 Smaller images are padded to image_size (mirrored; their masks with the ignored label 255), so
-only each image's own pixels count in loss and metrics. Result: depends on your data.
+only each image's own pixels count in loss and metrics.
+Result (depends on your data): the Carvana sample as shipped (48 pairs, 3 cars) prepared with
+  --image_glob 'train/*.jpg' --mask_glob 'train_masks/*.gif' --mask_name '{stem}_mask.gif'
+  --group_regex '^(.+)_\\d\\d$' --resolution 128x192
+(32 train / 16 val, whole cars held out), then the printed command with
+--config.num_train_steps=200 --config.eval_every_steps=100: validation Dice 0.960 (IoU 0.923),
+188 s on a 2-core Intel Xeon with AMX (bf16 by model.dtype=auto), 2026-12-01.
 """
 
 from configs import default
