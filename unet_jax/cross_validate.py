@@ -92,9 +92,10 @@ def cross_validate(config, workdir, num_folds: int, folds: str = "", tta: str = 
   name = "cv_scores" + ("_tta" if tta == "flip" else "")
   title = (f"{config.dataset}: {len(reports)} of {num_folds} folds, best checkpoints on their "
            f"held-out fold{', flip TTA' if tta == 'flip' else ''}")
+  table = markdown(summary, title)
   (workdir / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
-  (workdir / f"{name}.md").write_text(markdown(summary, title))
-  logging.info("cross-validation table in %s.md:\n%s", workdir / name, markdown(summary, title))
+  (workdir / f"{name}.md").write_text(table)
+  logging.info("cross-validation table in %s.md:\n%s", workdir / name, table)
   return summary
 
 

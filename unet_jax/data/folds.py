@@ -14,9 +14,10 @@ import re
 
 import numpy as np
 
-from unet_jax.data import folder_layout, imaging
+from unet_jax.data import carvana, folder_layout, imaging
 from unet_jax.errors import ConfigError
 
+GROUP_NAMES = {"carvana": "cars", "camvid": "sequences", "tgs": "images"}  # For messages.
 COVERAGE_BINS = 10  # TGS strata: ceil(10 * salt fraction) -> 0 (empty) .. 10.
 
 
@@ -47,7 +48,7 @@ def group_key(dataset: str, example_id: str, group_regex: str = "") -> str:
   if group is not None:
     return group
   if dataset == "carvana":
-    return re.sub(r"_\d\d$", "", example_id)
+    return carvana.car_id(example_id)
   if dataset == "camvid":
     return example_id.split("_", 1)[0]  # 0001TP_006690 -> the 0001TP sequence.
   return example_id
@@ -74,7 +75,7 @@ def assign(dataset: str, records, num_folds: int, group_regex: str = "") -> np.n
     strata = {g: 0 for g in groups}
   if len(strata) < num_folds:
     raise ConfigError(f"num_folds={num_folds} but {dataset} has only {len(strata)} groups to "
-                      f"split ({'cars' if dataset == 'carvana' else 'sequences' if dataset == 'camvid' else 'images'}); "
+                      f"split ({GROUP_NAMES.get(dataset, 'groups')}); "
                       "lower --config.num_folds")
   fold_of = deal_folds(strata, num_folds)
   return np.array([fold_of[g] for g in groups], np.int32)
