@@ -20,22 +20,27 @@ from unet_jax.errors import ConfigError, WorkdirError
 
 def test_evaluate_writes_table_json_and_plots(tmp_path):
   report = evaluate.evaluate_run(trained_workdir(), "val", search=True, overlay=True,
-                                 output_dir=tmp_path, crop="12x10")
+                                 output_dir=tmp_path, crop="12x10", min_areas=(0, 121))
   assert report["scored_window"] == (12, 10)
   scores = report["scores"]
   assert {"dice", "iou", "pixel_accuracy", "loss", "tgs_map"} <= set(scores)
   assert report["examples"] == 16 and report["step"] == 2
   saved = json.loads((tmp_path / "val_metrics.json").read_text())
   assert saved["scores"] == pytest.approx(scores)
-  rows = saved["threshold_search"]["rows"]
+  every_row = saved["threshold_search"]["rows"]
+  # 121 pixels is more than the 12x10 window: every prediction is emptied.
+  for row in evaluate.rows_at_min_area(every_row, 121):
+    assert row["dice"] == 0 and row["iou"] == 0
+  rows = evaluate.rows_at_min_area(every_row, 0)
   assert [row["threshold"] for row in rows] == list(evaluate.SWEEP_THRESHOLDS)
   at_half = next(row for row in rows if row["threshold"] == 0.5)
   for name in ("dice", "iou", "pixel_accuracy", "tgs_map"):  # Same split, same threshold.
     assert at_half[name] == pytest.approx(scores[name], abs=1e-6)
   best = saved["threshold_search"]["best"]
-  assert best["dice"] == max(row["dice"] for row in rows)
+  assert best["dice"] == max(row["dice"] for row in every_row)
   table = (tmp_path / "val_metrics.md").read_text()
   assert "| dice |" in table and "Threshold search" in table and "centred 12x10" in table
+  assert "| 121 |" in table  # The best score at each minimum area.
   for name in ("val_predictions.png", "val_thresholds.png"):
     assert (tmp_path / name).stat().st_size > 1000
 
@@ -123,3 +128,12 @@ def test_ensemble_of_different_tasks_is_refused(tmp_path):
                                        image_size=(32, 32)), other)
   with pytest.raises(WorkdirError, match="ensemble only runs trained for the same task"):
     inference.load_ensemble([trained_workdir(), other])
+
+
+def test_min_areas_need_the_search_and_parse_clearly():
+  with pytest.raises(ConfigError, match="add --threshold_search"):
+    evaluate.evaluate_run(trained_workdir(), min_areas=(0, 10))
+  assert evaluate.parse_min_areas("20, 0,10") == (0, 10, 20)
+  for bad in ("", "ten", "-5"):
+    with pytest.raises(ConfigError, match="comma-separated list of pixel counts"):
+      evaluate.parse_min_areas(bad)

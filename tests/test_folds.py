@@ -116,9 +116,21 @@ def test_cross_validate_trains_each_fold_and_tabulates_mean_and_std(tgs_prepared
   assert "mean +- std" in table and "flip TTA" in table
   # A rerun trains nothing again: the finished folds' checkpoints are left as they were.
   before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "fold0" / "checkpoints").rglob("*"))
-  again = cross_validate.cross_validate(config, tmp_path, num_folds=2, folds="1")
-  assert again["folds"][0]["dice"] == pytest.approx(
-      json.loads((tmp_path / "fold0" / "eval" / "val_metrics.json").read_text())["scores"]["dice"])
+  again = cross_validate.cross_validate(config, tmp_path, num_folds=2, folds="1", search=True,
+                                       min_areas=(0, 50), threshold_metric="tgs_map")
+  fold_reports = [json.loads((tmp_path / f"fold{k}" / "eval" / "val_metrics.json").read_text())
+                  for k in (0, 1)]
+  assert again["folds"][0]["dice"] == pytest.approx(fold_reports[0]["scores"]["dice"])
+  # The post-processing pair is the best mean over the folds' own searches.
+  post = again["postprocess"]
+  assert len(post["rows"]) == 2 * 19 and post["metric"] == "tgs_map"
+  best = post["best"]
+  per_fold = [next(r for r in report["threshold_search"]["rows"]
+                   if (r["threshold"], r["min_area"]) == (best["threshold"], best["min_area"]))
+              for report in fold_reports]
+  assert best["tgs_map"] == pytest.approx(np.mean([r["tgs_map"] for r in per_fold]))
+  assert best["tgs_map"] == max(row["tgs_map"] for row in post["rows"])
+  assert "minimum area" in (tmp_path / "cv_postprocess.md").read_text()
   assert before == sorted(p.stat().st_mtime_ns
                           for p in (tmp_path / "fold0" / "checkpoints").rglob("*"))
 

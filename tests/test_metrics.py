@@ -134,16 +134,32 @@ def test_scores_accumulate_over_the_split_not_per_batch():
   assert per_batch_mean != pytest.approx(split["dice"])
 
 
-def test_threshold_sweep_matches_single_thresholds():
+def test_threshold_sweep_matches_single_thresholds_and_min_areas():
   rng = np.random.default_rng(3)
-  probabilities = jnp.asarray(rng.random((5, 6, 7)), jnp.float32)
+  scales = np.array([1.0, 0.55, 0.6, 0.9, 0.52])[:, None, None]  # Few pixels above 0.5 in some.
+  probabilities = jnp.asarray(rng.random((5, 6, 7)) * scales, jnp.float32)
   truth = jnp.asarray(rng.random((5, 6, 7)) < 0.4, jnp.int32)
   weights = losses.pixel_weights(truth)
-  thresholds = [0.3, 0.5, 0.7]
-  swept = metrics.threshold_sweep_sums(probabilities, truth, weights, thresholds)
+  thresholds, min_areas = [0.3, 0.5, 0.7], [0, 5, 12]
+  swept = metrics.threshold_sweep_sums(probabilities, truth, weights, thresholds,
+                                       min_areas=min_areas)
+  assert swept["confusion"].shape == (3, 3, 2, 2)
   for i, threshold in enumerate(thresholds):
-    predicted = (probabilities > threshold).astype(jnp.int32)
-    np.testing.assert_array_equal(swept["confusion"][i],
-                                  metrics.confusion_matrix(predicted, truth, weights, 2))
-    np.testing.assert_allclose(swept["tgs_precision_sum"][i],
-                               metrics.tgs_sums(predicted, truth, weights)["tgs_precision_sum"])
+    for j, min_area in enumerate(min_areas):
+      predicted = np.array(probabilities > threshold, np.int32)
+      predicted[predicted.sum(axis=(1, 2)) < min_area] = 0  # Emptied images.
+      np.testing.assert_array_equal(swept["confusion"][i, j],
+                                    metrics.confusion_matrix(predicted, truth, weights, 2))
+      np.testing.assert_allclose(swept["tgs_precision_sum"][i, j],
+                                 metrics.tgs_sums(predicted, truth, weights)["tgs_precision_sum"])
+  # Some image was emptied by the larger areas, or the test would not test them.
+  assert not np.array_equal(swept["confusion"][1, 0], swept["confusion"][1, 2])
+
+
+def test_drop_small_masks_counts_only_weighted_pixels():
+  predictions = jnp.ones((2, 4, 4), jnp.int32).at[1, :2].set(0)  # 16 and 8 foreground pixels.
+  weights = jnp.ones((2, 4, 4)).at[0, :, :2].set(0)  # Image 0: only 8 counted.
+  kept = metrics.drop_small_masks(predictions, weights, 9)
+  assert kept.sum(axis=(1, 2)).tolist() == [0, 0]
+  kept = metrics.drop_small_masks(predictions, weights, 8)
+  np.testing.assert_array_equal(kept, predictions)

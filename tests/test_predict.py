@@ -62,6 +62,16 @@ def test_flip_tta_is_the_mean_of_the_two_passes(model):
   assert not np.allclose(tta, plain(model.state, images), atol=1e-6)
 
 
+def test_min_area_empties_masks_smaller_than_it(model):
+  size = tuple(model.image_size)
+  probabilities = np.zeros((*size, 1), np.float32)
+  probabilities[:3, :3] = 0.9  # A 9-pixel mask.
+  for min_area, pixels in [(0, 9), (9, 9), (10, 0)]:
+    options = predict.Options(min_area=min_area, fit="pad")
+    mask = predict._to_mask(probabilities, size, model, options)  # pylint: disable=protected-access
+    assert mask.sum() == pixels, min_area
+
+
 def test_odd_sizes_zip_input_and_one_compile(model, tmp_path):
   rng = np.random.default_rng(1)
   sizes = {"a": (17, 23), "b": (101, 101), "c": (5, 9), "d": (16, 16), "e": (33, 7)}

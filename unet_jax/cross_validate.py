@@ -6,7 +6,9 @@ Fold k trains in workdir/fold<k> with `--config.num_folds=K --config.fold=k` (un
 folds.py: TGS stratified by coverage, Carvana by car, CamVid by sequence), so each fold resumes
 like any run and a finished one is not trained again. Each fold's best checkpoint is then
 scored on its held-out fold (optionally with flip TTA) and workdir/cv_scores.{json,md} give the
-per-fold scores with their mean and standard deviation. `--folds 0,1` runs some folds only (e.g.
+per-fold scores with their mean and standard deviation. `--threshold_search` (binary tasks, with
+`--min_areas 0,10,20,40,80`) also scores every sigmoid threshold and minimum predicted area on
+each fold and picks the pair with the best mean over folds: workdir/cv_postprocess.{json,md}. `--folds 0,1` runs some folds only (e.g.
 one per machine); the table covers every fold that has finished. Predict with the folds as an
 ensemble: python -m unet_jax.predict --workdir runs/tgs_cv/fold0 --workdir runs/tgs_cv/fold1 ...
 """
@@ -75,8 +77,38 @@ def markdown(summary: dict, title: str) -> str:
   return "\n".join(lines) + "\n"
 
 
-def cross_validate(config, workdir, num_folds: int, folds: str = "", tta: str = "none") -> dict:
-  """Trains the chosen folds (resuming), scores every finished fold, writes the table."""
+def postprocess_summary(reports: dict[int, dict]) -> dict:
+  """The folds' threshold searches averaged row by row, and the row with the best mean."""
+  searches = [reports[k]["threshold_search"] for k in sorted(reports)]
+  metric = searches[0]["metric"]
+  rows = []
+  for i, row in enumerate(searches[0]["rows"]):
+    per_fold = [search["rows"][i] for search in searches]
+    assert all((r["threshold"], r["min_area"]) == (row["threshold"], row["min_area"])
+               for r in per_fold)
+    mean = {m: float(np.mean([r[m] for r in per_fold])) for m in evaluate.SWEEP_METRICS}
+    rows.append({"threshold": row["threshold"], "min_area": row["min_area"], **mean,
+                 f"{metric}_std": float(np.std([r[metric] for r in per_fold], ddof=1))
+                 if len(per_fold) > 1 else 0.0})
+  return {"metric": metric, "rows": rows, "best": max(rows, key=lambda row: row[metric])}
+
+
+def write_postprocess(workdir: pathlib.Path, name: str, search: dict, folds: int) -> str:
+  best = search["best"]
+  title = (f"# Post-processing chosen by the mean over {folds} folds: threshold "
+           f"{best['threshold']:.2f}, minimum area {best['min_area']} px -> {search['metric']} "
+           f"{best[search['metric']]:.4f} +- {best[search['metric'] + '_std']:.4f}")
+  table = "\n".join([title, "", "Scores are means over the folds' held-out data; the pair is "
+                     "tuned on the same folds, so its gain over 0.50 / 0 px is an upper bound.",
+                     ""] + evaluate.search_tables(search)) + "\n"
+  (workdir / f"{name}.json").write_text(json.dumps(search, indent=2) + "\n")
+  (workdir / f"{name}.md").write_text(table)
+  return table
+
+
+def cross_validate(config, workdir, num_folds: int, folds: str = "", tta: str = "none",
+                   search: bool = False, min_areas=(0,), threshold_metric: str = "") -> dict:
+  """Trains the chosen folds (resuming), scores every finished fold, writes the table(s)."""
   workdir = pathlib.Path(workdir).expanduser().absolute()
   for fold in parse_folds(folds, num_folds):
     fold_dir = workdir / f"fold{fold}"
@@ -85,7 +117,8 @@ def cross_validate(config, workdir, num_folds: int, folds: str = "", tta: str = 
       continue
     logging.info("training fold %d of %d in %s", fold, num_folds, fold_dir)
     train.train_and_evaluate(fold_config(config, num_folds, fold), fold_dir)
-  reports = {fold: evaluate.evaluate_run(workdir / f"fold{fold}", "val", tta=tta)
+  reports = {fold: evaluate.evaluate_run(workdir / f"fold{fold}", "val", search, tta=tta,
+                                         min_areas=min_areas, threshold_metric=threshold_metric)
              for fold in range(num_folds)
              if is_finished(workdir / f"fold{fold}", config.num_train_steps)}
   summary = {"num_folds": num_folds, "tta": tta, "dataset": config.dataset, **summarize(reports)}
@@ -96,6 +129,11 @@ def cross_validate(config, workdir, num_folds: int, folds: str = "", tta: str = 
   (workdir / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
   (workdir / f"{name}.md").write_text(table)
   logging.info("cross-validation table in %s.md:\n%s", workdir / name, table)
+  if search and reports:
+    summary["postprocess"] = postprocess_summary(reports)
+    post_name = "cv_postprocess" + ("_tta" if tta == "flip" else "")
+    table = write_postprocess(workdir, post_name, summary["postprocess"], len(reports))
+    logging.info("post-processing search in %s.md:\n%s", workdir / post_name, table)
   return summary
 
 
@@ -103,7 +141,8 @@ def main(argv):
   cli.reject_extra_args(argv)
   f = flags.FLAGS
   with cli.exit_on_user_error():
-    cross_validate(f.config, f.workdir, f.num_folds, f.folds, f.tta)
+    cross_validate(f.config, f.workdir, f.num_folds, f.folds, f.tta, f.threshold_search,
+                   evaluate.parse_min_areas(f.min_areas), f.threshold_metric)
 
 
 if __name__ == "__main__":
@@ -114,4 +153,10 @@ if __name__ == "__main__":
   flags.DEFINE_integer("num_folds", 5, "K: how many folds.")
   flags.DEFINE_string("folds", "", "Comma-separated folds to train now (default all).")
   flags.DEFINE_enum("tta", "none", ["none", "flip"], "Score the folds with flip TTA too.")
+  flags.DEFINE_bool("threshold_search", False, "Binary tasks: choose the threshold (and minimum "
+                    "area) with the best mean over folds.")
+  flags.DEFINE_string("min_areas", "0", "With --threshold_search: minimum predicted areas in "
+                      "pixels to try, e.g. 0,10,20,40,80 (smaller masks emptied).")
+  flags.DEFINE_string("threshold_metric", "", "Metric the search maximises (tgs_map, dice, iou, "
+                      "pixel_accuracy; default config.best_metric).")
   cli.run(main)

@@ -1,12 +1,15 @@
 """Evaluates a run's best checkpoint on a split: metrics table (JSON + markdown) and plots.
 
   python -m unet_jax.evaluate --workdir runs/tgs [--split val] [--threshold_search] [--tta flip]
+      [--min_areas 0,10,20,40,80,160]
   python -m unet_jax.evaluate --workdir runs/cv/fold0 --workdir runs/cv/fold1 ...  # An ensemble.
 
 Writes workdir/eval/<split>_metrics.{json,md} and <split>_predictions.png (<split>_tta_...
 with flip TTA, <split>_ensemble_... for several runs, in the first run's eval/). The optional
-threshold search (binary tasks) scores 19 sigmoid thresholds 0.05..0.95 in one pass; it is tuned
-on the split it reports, so report it on a split you did not tune on.
+threshold search (binary tasks) scores 19 sigmoid thresholds 0.05..0.95 in one pass, with
+`--min_areas` also each minimum predicted area (a mask with fewer pixels is emptied, as
+`predict --min_area` does); it is tuned on the split it reports, so report it on a split you did
+not tune on (or choose with `cross_validate --postprocess_search`, which averages over folds).
 """
 
 import functools
@@ -43,21 +46,23 @@ def _parse_window(crop: str, source, config) -> tuple[int, int] | None:
   return height, width
 
 
-def _sweep_step(state, batch, *, thresholds, ignore_index, flip):
+def _sweep_step(state, batch, *, thresholds, min_areas, ignore_index, flip):
   valid = batch.get("valid")
   weights = losses.pixel_weights(batch["mask"], ignore_index, valid)
   if "weight" in batch:
     weights = weights * batch["weight"]
   foreground = inference.probabilities(state, batch["image"], flip)[..., 0]
-  return metrics.threshold_sweep_sums(foreground, batch["mask"], weights, thresholds, valid)
+  return metrics.threshold_sweep_sums(foreground, batch["mask"], weights, thresholds, valid,
+                                      min_areas)
 
 
 def threshold_search(model: inference.TrainedModel, source, thresholds=SWEEP_THRESHOLDS,
-                     tta: str = "none") -> list[dict]:
-  """Scores at each sigmoid threshold over the whole split (binary tasks)."""
+                     tta: str = "none", min_areas=(0,)) -> list[dict]:
+  """Scores at each sigmoid threshold and minimum area over the whole split (binary tasks)."""
   config = model.config
   ignore_index = config.ignore_index if config.ignore_index >= 0 else None
   sweep = jax.jit(functools.partial(_sweep_step, thresholds=tuple(thresholds),
+                                    min_areas=tuple(min_areas),
                                     ignore_index=ignore_index, flip=tta == "flip"))
   totals = None
   for batch in pipeline.eval_batches(source, global_batch_size=config.eval_batch_size,
@@ -67,9 +72,27 @@ def threshold_search(model: inference.TrainedModel, source, thresholds=SWEEP_THR
   totals = jax.device_get(totals)
   rows = []
   for i, threshold in enumerate(thresholds):
-    scores = metrics.scores_from_sums({k: v[i] for k, v in totals.items()})
-    rows.append({"threshold": threshold, **{k: scores[k] for k in SWEEP_METRICS}})
+    for j, min_area in enumerate(min_areas):
+      scores = metrics.scores_from_sums({k: v[i, j] for k, v in totals.items()})
+      rows.append({"threshold": threshold, "min_area": int(min_area),
+                   **{k: scores[k] for k in SWEEP_METRICS}})
   return rows
+
+
+def parse_min_areas(text: str) -> tuple[int, ...]:
+  """'0,10,20' -> (0, 10, 20); one clear error otherwise."""
+  try:
+    areas = tuple(sorted({int(a) for a in str(text).split(",") if a.strip()}))
+  except ValueError:
+    areas = ()
+  if not areas or areas[0] < 0:
+    raise ConfigError(f"--min_areas={text!r} is not a comma-separated list of pixel counts >= 0 "
+                      "like 0,10,20,40")
+  return areas
+
+
+def rows_at_min_area(rows: list[dict], min_area: int) -> list[dict]:
+  return [row for row in rows if row.get("min_area", 0) == min_area]
 
 
 def _prediction_grid(model, source, path, overlay: bool, tta: str = "none",
@@ -99,14 +122,28 @@ def markdown_table(report: dict) -> str:
   lines += [f"| {name} | {value:.4f} |" for name, value in report["scores"].items()]
   search = report.get("threshold_search")
   if search:
-    best = search["best"]
-    lines += ["", f"## Threshold search: best {search['metric']} {best[search['metric']]:.4f} "
-              f"at threshold {best['threshold']:.2f}", "",
-              "| threshold | " + " | ".join(SWEEP_METRICS) + " |",
-              "|---" * (len(SWEEP_METRICS) + 1) + "|"]
-    lines += [f"| {row['threshold']:.2f} | " + " | ".join(f"{row[k]:.4f}" for k in SWEEP_METRICS)
-              + " |" for row in search["rows"]]
+    lines += [""] + search_tables(search)
   return "\n".join(lines) + "\n"
+
+
+def search_tables(search: dict) -> list[str]:
+  """Markdown lines: the thresholds at the best minimum area, then the best per area."""
+  best, metric = search["best"], search["metric"]
+  areas = sorted({row.get("min_area", 0) for row in search["rows"]})
+  at_area = f", minimum area {best.get('min_area', 0)} px" if len(areas) > 1 else ""
+  lines = [f"## Threshold search: best {metric} {best[metric]:.4f} at threshold "
+           f"{best['threshold']:.2f}{at_area}", "",
+           "| threshold | " + " | ".join(SWEEP_METRICS) + " |",
+           "|---" * (len(SWEEP_METRICS) + 1) + "|"]
+  lines += [f"| {row['threshold']:.2f} | " + " | ".join(f"{row[k]:.4f}" for k in SWEEP_METRICS)
+            + " |" for row in rows_at_min_area(search["rows"], best.get("min_area", 0))]
+  if len(areas) > 1:
+    lines += ["", f"## Best {metric} for each minimum predicted area", "",
+              f"| min area (px) | threshold | {metric} |", "|---|---|---|"]
+    for area in areas:
+      top = max(rows_at_min_area(search["rows"], area), key=lambda row: row[metric])
+      lines.append(f"| {area} | {top['threshold']:.2f} | {top[metric]:.4f} |")
+  return lines
 
 
 def _eval_step(model: inference.TrainedModel, tta: str):
@@ -125,15 +162,19 @@ def _eval_step(model: inference.TrainedModel, tta: str):
 
 def evaluate_run(workdir, split: str = "val", search: bool = False, overlay: bool = False,
                  output_dir=None, crop: str = "auto", threshold_metric: str = "",
-                 tta: str = "none") -> dict:
+                 tta: str = "none", min_areas=(0,)) -> dict:
   """Scores the best checkpoint of `workdir` (or the average of several runs') on `split`;
   writes JSON, markdown and a grid.
 
   crop: 'auto' scores only the original pixels of images that training padded (TGS), 'none'
   the whole image_size, 'HxW' the centred window. tta 'flip' averages the mirrored pass.
+  min_areas: the search also scores these minimum predicted areas (pixels of the scored window).
   """
   model = inference.load_ensemble(workdir)
   config = model.config
+  if tuple(min_areas) != (0,) and not search:
+    raise ConfigError(f"--min_areas={','.join(map(str, min_areas))} is scored by the threshold "
+                      "search; add --threshold_search")
   if search and not model.is_binary:
     raise ConfigError(f"--threshold_search needs a binary task, this run has "
                       f"{config.num_classes} classes; leave the flag out")
@@ -147,7 +188,7 @@ def evaluate_run(workdir, split: str = "val", search: bool = False, overlay: boo
             "members": [{"workdir": w, "step": step} for w, step in model.members],
             "scores": scores}
   if search:
-    rows = threshold_search(model, scored, tta=tta)
+    rows = threshold_search(model, scored, tta=tta, min_areas=min_areas)
     metric = threshold_metric or (config.best_metric if config.best_metric in SWEEP_METRICS
                                   else "dice")
     if metric not in SWEEP_METRICS:
@@ -162,7 +203,8 @@ def evaluate_run(workdir, split: str = "val", search: bool = False, overlay: boo
   (output_dir / f"{name}_metrics.md").write_text(markdown_table(report))
   _prediction_grid(model, source, output_dir / f"{name}_predictions.png", overlay, tta)
   if search:
-    plots.plot_threshold_search(report["threshold_search"]["rows"], SWEEP_METRICS,
+    best_area = report["threshold_search"]["best"]["min_area"]
+    plots.plot_threshold_search(rows_at_min_area(rows, best_area), SWEEP_METRICS,
                                 output_dir / f"{name}_thresholds.png")
   logging.info("wrote %s_metrics.json, .md and plots to %s", name, output_dir)
   return report
@@ -181,6 +223,8 @@ def define_flags() -> None:
   flags.DEFINE_string("threshold_metric", "", "Metric the threshold search maximises "
                       "(tgs_map, dice, iou, pixel_accuracy; default config.best_metric).")
   flags.DEFINE_enum("tta", "none", ["none", "flip"], "flip: average with the mirrored pass.")
+  flags.DEFINE_string("min_areas", "0", "With --threshold_search: also score these minimum "
+                      "predicted areas in pixels, e.g. 0,10,20,40,80 (smaller masks emptied).")
 
 
 def main(argv):
@@ -188,7 +232,7 @@ def main(argv):
   f = flags.FLAGS
   with cli.exit_on_user_error():
     report = evaluate_run(f.workdir, f.split, f.threshold_search, f.overlay, f.output,
-                          f.crop, f.threshold_metric, f.tta)
+                          f.crop, f.threshold_metric, f.tta, parse_min_areas(f.min_areas))
   print(markdown_table(report), end="")
 
 

@@ -135,6 +135,7 @@ def _ordered_map(pool, fn, items, ahead: int):
 class Options:
   tta: str = "none"
   threshold: float = 0.5
+  min_area: int = 0  # Binary: a mask with fewer foreground pixels (at output size) is emptied.
   batch_size: int | None = None  # None: config.eval_batch_size.
   resize_back: bool = True
   fit: str = "auto"  # auto | pad | resize: how images reach config.image_size (see above).
@@ -164,7 +165,8 @@ def _to_mask(probabilities: np.ndarray, original_size, model, options: Options) 
   size = tuple(original_size) if options.resize_back else probabilities.shape[:2]
   if model.is_binary:
     foreground = _resize(probabilities[..., 0].astype(np.float32), size, Image.BILINEAR)
-    return (foreground > options.threshold).astype(np.uint8)
+    mask = (foreground > options.threshold).astype(np.uint8)
+    return mask if mask.sum() >= options.min_area else np.zeros_like(mask)
   return _resize(probabilities.argmax(-1).astype(np.uint8), size, Image.NEAREST)
 
 
@@ -275,6 +277,9 @@ def define_flags() -> None:
   flags.DEFINE_string("output", None, "Folder for the mask PNGs (<stem>.png).", required=True)
   flags.DEFINE_enum("tta", "none", ["none", "flip"], "flip: average with the mirrored pass.")
   flags.DEFINE_float("threshold", 0.5, "Binary: foreground if probability > this.")
+  flags.DEFINE_integer("min_area", 0, "Binary: empty every mask with fewer foreground pixels "
+                       "than this (the TGS habit; choose it with evaluate --min_areas).",
+                       lower_bound=0)
   flags.DEFINE_integer("batch_size", None, "Images per batch (default config.eval_batch_size).")
   flags.DEFINE_enum("fit", "auto", ["auto", "pad", "resize"], "How images reach "
                     "config.image_size: auto pads (mirrored) like training when "
@@ -292,7 +297,7 @@ def main(argv):
   f = flags.FLAGS
   with cli.exit_on_user_error():
     predict(f.workdir, f.input, f.output, Options(
-        tta=f.tta, threshold=f.threshold, batch_size=f.batch_size, fit=f.fit,
+        tta=f.tta, threshold=f.threshold, min_area=f.min_area, batch_size=f.batch_size, fit=f.fit,
         resize_back=f.resize_back,
         skip_unreadable=f.skip_unreadable, submission=f.submission, format=f.format))
 
