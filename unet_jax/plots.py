@@ -98,6 +98,22 @@ def plot_threshold_search(rows: list[dict], metric_names, out_path) -> None:
   _save(fig, out_path)
 
 
+def plot_cv_candidates(names, means, stds, per_fold, ylabel: str, out_path) -> None:
+  """Cross-validated candidates: mean +- std bars with each fold's score as a dot."""
+  fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 4))
+  positions = np.arange(len(names))
+  ax.bar(positions, means, yerr=stds, capsize=4, color="tab:blue", alpha=0.6)
+  for x, scores in zip(positions, per_fold):
+    ax.plot([x] * len(scores), scores, "k.", alpha=0.7)
+  low = min(min(s) for s in per_fold)
+  ax.set(xticks=positions, ylabel=ylabel, ylim=(max(0.0, low - 0.05), min(1.0, max(
+      m + s for m, s in zip(means, stds)) + 0.03)), title="Cross-validation (dots: folds)")
+  ax.set_xticklabels(names, rotation=20, ha="right")
+  ax.grid(axis="y", alpha=0.3)
+  fig.tight_layout()
+  _save(fig, out_path)
+
+
 def _save(fig, out_path) -> None:
   out_path = pathlib.Path(out_path)
   out_path.parent.mkdir(parents=True, exist_ok=True)

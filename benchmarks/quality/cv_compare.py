@@ -1,0 +1,117 @@
+"""Cross-validated candidates side by side: which lever beats the fold-to-fold spread.
+
+  python -m unet_jax.cross_validate --config configs/tgs.py --workdir runs/cv/base --num_folds 3 \\
+      --tta flip --threshold_search --threshold_metric tgs_map --min_areas 0,10,20,40,80,160
+  (the same for each candidate, with its --config.<field> overrides), then
+  python benchmarks/quality/cv_compare.py --run base=runs/cv/base --run residual=runs/cv/residual \\
+      --baseline base --out benchmarks/results/<device>/tgs_cv
+
+Every candidate must have been cross-validated on the same folds, so fold k of one is paired
+with fold k of the baseline: a lever is kept when its mean paired gain in the TGS metric is
+positive and larger than the standard deviation of those gains over the folds (it wins on
+most folds by more than it wobbles). Writes <out>.md, .json and .png (scores with error bars).
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+# pylint: disable=wrong-import-position
+from benchmarks import machine
+from unet_jax import plots
+
+METRICS = ("tgs_map", "iou", "dice")
+
+
+def load_candidate(workdir: pathlib.Path) -> dict:
+  """A cross_validate workdir's fold scores (flip TTA if scored), post-processing and timing."""
+  for name in ("cv_scores_tta", "cv_scores"):
+    if (workdir / f"{name}.json").exists():
+      summary = json.loads((workdir / f"{name}.json").read_text())
+      post_path = workdir / f"{name.replace('scores', 'postprocess')}.json"
+      break
+  else:
+    raise SystemExit(f"{workdir}: no cv_scores.json; run python -m unet_jax.cross_validate first")
+  config = json.loads((workdir / "fold0" / "config.json").read_text())
+  minutes = [(f / "metrics.jsonl").stat().st_mtime - (f / "config.json").stat().st_mtime
+             for f in sorted(workdir.glob("fold*")) if (f / "metrics.jsonl").exists()]
+  return {"summary": summary, "config": config,
+          "postprocess": json.loads(post_path.read_text()) if post_path.exists() else None,
+          "minutes_per_fold": float(np.mean(minutes)) / 60 if minutes else None}
+
+
+def paired_gain(candidate: dict, baseline: dict, metric: str = "tgs_map") -> dict:
+  folds = sorted(set(candidate["summary"]["folds"]) & set(baseline["summary"]["folds"]))
+  gains = np.array([candidate["summary"]["folds"][k][metric] - baseline["summary"]["folds"][k][metric]
+                    for k in folds])
+  std = float(gains.std(ddof=1)) if len(gains) > 1 else float("inf")
+  mean = float(gains.mean())
+  return {"folds": len(folds), "mean": mean, "std": std, "kept": bool(mean > 0 and mean > std)}
+
+
+def markdown(runs: dict, baseline: str) -> str:
+  first = next(iter(runs.values()))
+  folds = first["summary"]["num_folds"]
+  lines = [f"# TGS cross-validation, {folds} folds (stratified by salt coverage), one schedule",
+           "", f"Machine: {machine.cpu_model()}, {machine.usable_cores()} cores. Scores: best "
+           "checkpoint on its held-out fold, flip TTA, threshold 0.5, mean +- std over folds. "
+           "Paired gain: the candidate minus the baseline on the same fold; kept when its mean "
+           "is positive and above its std over folds. Post-processed: the threshold and minimum "
+           "mask area with the best mean TGS metric over folds (tuned on the same folds).", "",
+           "| candidate | overrides | steps | min/fold | " + " | ".join(METRICS)
+           + f" | paired gain vs {baseline} (TGS) | post-processed TGS |", "|---" * 9 + "|"]
+  for name, run in runs.items():
+    summary = run["summary"]
+    cells = [f"{summary['mean'][m]:.4f} +- {summary['std'][m]:.4f}" for m in METRICS]
+    if name == baseline:
+      gain = "(baseline)"
+    else:
+      g = paired_gain(run, runs[baseline])
+      gain = f"{g['mean']:+.4f} +- {g['std']:.4f} {'kept' if g['kept'] else 'not kept'}"
+    post = run["postprocess"]
+    post_cell = (f"{post['best']['tgs_map']:.4f} (t {post['best']['threshold']:.2f}, "
+                 f"{post['best']['min_area']} px)" if post else "-")
+    minutes = f"{run['minutes_per_fold']:.1f}" if run["minutes_per_fold"] else "-"
+    lines.append(f"| {name} | {run['overrides'] or '-'} | {summary['steps'][next(iter(summary['steps']))]} "
+                 f"| {minutes} | " + " | ".join(cells) + f" | {gain} | {post_cell} |")
+  return "\n".join(lines) + "\n"
+
+
+def plot(runs: dict, out_path: pathlib.Path) -> None:
+  names = list(runs)
+  means = [runs[n]["summary"]["mean"]["tgs_map"] for n in names]
+  stds = [runs[n]["summary"]["std"]["tgs_map"] for n in names]
+  per_fold = [[f["tgs_map"] for f in runs[n]["summary"]["folds"].values()] for n in names]
+  plots.plot_cv_candidates(names, means, stds, per_fold, "TGS metric (flip TTA)", out_path)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--run", action="append", required=True,
+                      help="name=workdir[=overrides shown in the table]; the first is listed first")
+  parser.add_argument("--baseline", required=True, help="The name of the baseline run.")
+  parser.add_argument("--out", required=True, help="Output path without suffix.")
+  args = parser.parse_args()
+  runs = {}
+  for spec in args.run:
+    name, workdir, *overrides = spec.split("=", 2)
+    runs[name] = {**load_candidate(pathlib.Path(workdir)), "overrides": "".join(overrides)}
+  if args.baseline not in runs:
+    raise SystemExit(f"--baseline {args.baseline} is not one of the --run names {list(runs)}")
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  table = markdown(runs, args.baseline)
+  out.with_suffix(".md").write_text(table)
+  out.with_suffix(".json").write_text(json.dumps(
+      {name: {k: v for k, v in run.items() if k != "config"} for name, run in runs.items()},
+      indent=2) + "\n")
+  plot(runs, out.with_suffix(".png"))
+  print(table, end="")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,40 @@
+"""benchmarks/quality/cv_compare.py: paired per-fold gains decide which lever is kept."""
+
+import json
+
+import pytest
+
+from benchmarks.quality import cv_compare
+
+
+def _candidate(tmp_path, name, tgs_scores):
+  workdir = tmp_path / name
+  folds = {str(k): {"tgs_map": s, "iou": s, "dice": s} for k, s in enumerate(tgs_scores)}
+  summary = {"num_folds": len(tgs_scores), "folds": folds,
+             "steps": {k: 240 for k in folds},
+             "mean": {m: sum(tgs_scores) / len(tgs_scores) for m in cv_compare.METRICS},
+             "std": {m: 0.01 for m in cv_compare.METRICS}}
+  for k in folds:
+    (workdir / f"fold{k}").mkdir(parents=True)
+    (workdir / f"fold{k}" / "config.json").write_text("{}")
+    (workdir / f"fold{k}" / "metrics.jsonl").write_text("{}\n")
+  (workdir / "cv_scores_tta.json").write_text(json.dumps(summary))
+  return {**cv_compare.load_candidate(workdir), "overrides": ""}
+
+
+def test_a_lever_is_kept_only_when_its_paired_gain_beats_its_spread(tmp_path):
+  base = _candidate(tmp_path, "base", [0.70, 0.60, 0.80])
+  steady = _candidate(tmp_path, "steady", [0.72, 0.63, 0.825])
+  noisy = _candidate(tmp_path, "noisy", [0.75, 0.56, 0.82])
+  gain = cv_compare.paired_gain(steady, base)
+  assert gain["mean"] == pytest.approx(0.025) and gain["kept"]
+  assert not cv_compare.paired_gain(noisy, base)["kept"]  # +0.01 mean, but +-0.045.
+  table = cv_compare.markdown({"base": base, "steady": steady, "noisy": noisy}, "base")
+  assert "(baseline)" in table and "+0.0250" in table and "not kept" in table
+  cv_compare.plot({"base": base, "steady": steady}, tmp_path / "cv.png")
+  assert (tmp_path / "cv.png").stat().st_size > 1000
+
+
+def test_a_workdir_without_scores_says_what_to_run(tmp_path):
+  with pytest.raises(SystemExit, match="run python -m unet_jax.cross_validate"):
+    cv_compare.load_candidate(tmp_path)
