@@ -114,6 +114,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.max_checkpoints = 2  # Latest checkpoints kept (the best one is kept separately).
   config.best_metric = "dice"  # Validation metric that picks the best checkpoint.
   config.best_mode = "max"  # max | min for best_metric.
+  # Binary tasks: `predict` empties a mask with fewer foreground pixels than this (default of
+  # its --min_area; choose it with cross_validate --threshold_search --min_areas). 0 = off.
+  config.min_area = 0
   config.seed = 0  # Parameter init, dropout and data order.
   config.tensorboard = True  # Also write TensorBoard event files to workdir/tensorboard/.
   config.early_stopping_patience = 0  # Stop after this many evals without improvement (0 = off).

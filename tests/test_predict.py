@@ -66,7 +66,8 @@ def test_min_area_empties_masks_smaller_than_it(model):
   size = tuple(model.image_size)
   probabilities = np.zeros((*size, 1), np.float32)
   probabilities[:3, :3] = 0.9  # A 9-pixel mask.
-  for min_area, pixels in [(0, 9), (9, 9), (10, 0)]:
+  assert model.config.min_area == 0  # The run's default: None below keeps the mask.
+  for min_area, pixels in [(None, 9), (0, 9), (9, 9), (10, 0)]:
     options = predict.Options(min_area=min_area, fit="pad")
     mask = predict._to_mask(probabilities, size, model, options)  # pylint: disable=protected-access
     assert mask.sum() == pixels, min_area

@@ -135,7 +135,9 @@ def _ordered_map(pool, fn, items, ahead: int):
 class Options:
   tta: str = "none"
   threshold: float = 0.5
-  min_area: int = 0  # Binary: a mask with fewer foreground pixels (at output size) is emptied.
+  # Binary: a mask with fewer foreground pixels (at output size) is emptied; None: the run's
+  # config.min_area (0 in runs from before it existed).
+  min_area: int | None = None
   batch_size: int | None = None  # None: config.eval_batch_size.
   resize_back: bool = True
   fit: str = "auto"  # auto | pad | resize: how images reach config.image_size (see above).
@@ -166,7 +168,9 @@ def _to_mask(probabilities: np.ndarray, original_size, model, options: Options) 
   if model.is_binary:
     foreground = _resize(probabilities[..., 0].astype(np.float32), size, Image.BILINEAR)
     mask = (foreground > options.threshold).astype(np.uint8)
-    return mask if mask.sum() >= options.min_area else np.zeros_like(mask)
+    min_area = (model.config.get("min_area", 0) if options.min_area is None
+                else options.min_area)
+    return mask if mask.sum() >= min_area else np.zeros_like(mask)
   return _resize(probabilities.argmax(-1).astype(np.uint8), size, Image.NEAREST)
 
 
@@ -277,8 +281,9 @@ def define_flags() -> None:
   flags.DEFINE_string("output", None, "Folder for the mask PNGs (<stem>.png).", required=True)
   flags.DEFINE_enum("tta", "none", ["none", "flip"], "flip: average with the mirrored pass.")
   flags.DEFINE_float("threshold", 0.5, "Binary: foreground if probability > this.")
-  flags.DEFINE_integer("min_area", 0, "Binary: empty every mask with fewer foreground pixels "
-                       "than this (the TGS habit; choose it with evaluate --min_areas).",
+  flags.DEFINE_integer("min_area", None, "Binary: empty every mask with fewer foreground "
+                       "pixels than this (default: the run's config.min_area; choose it with "
+                       "cross_validate or evaluate --threshold_search --min_areas).",
                        lower_bound=0)
   flags.DEFINE_integer("batch_size", None, "Images per batch (default config.eval_batch_size).")
   flags.DEFINE_enum("fit", "auto", ["auto", "pad", "resize"], "How images reach "
