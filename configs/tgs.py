@@ -31,7 +31,8 @@ def get_config():
   config.schedule = "warmup_cosine"
   config.batch_size = 32
   config.eval_batch_size = 64
-  config.num_train_steps = 4000
-  config.eval_every_steps = 500
+  config.num_train_steps = 2400  # ~55 min of steps on 2 CPU cores (1.37 s each, bf16).
+  config.eval_every_steps = 400
   config.best_metric = "iou"
+  config.min_area = 80  # predict empties masks under 80 px (cross-validated: see docstring).
   return config

@@ -38,3 +38,15 @@ def test_a_lever_is_kept_only_when_its_paired_gain_beats_its_spread(tmp_path):
 def test_a_workdir_without_scores_says_what_to_run(tmp_path):
   with pytest.raises(SystemExit, match="run python -m unet_jax.cross_validate"):
     cv_compare.load_candidate(tmp_path)
+
+
+def test_post_processing_gain_is_paired_per_fold(tmp_path):
+  for fold, (plain, post) in enumerate([(0.60, 0.62), (0.70, 0.71), (0.65, 0.665)]):
+    rows = [{"threshold": 0.5, "min_area": 0, "tgs_map": plain},
+            {"threshold": 0.5, "min_area": 80, "tgs_map": post}]
+    (tmp_path / f"fold{fold}" / "eval").mkdir(parents=True)
+    (tmp_path / f"fold{fold}" / "eval" / "val_tta_metrics.json").write_text(
+        json.dumps({"threshold_search": {"rows": rows}}))
+  gain = cv_compare.postprocess_gain(tmp_path, 0.5, 80)
+  assert gain["gains"] == pytest.approx([0.02, 0.01, 0.015]) and gain["kept"]
+  assert cv_compare.postprocess_gain(tmp_path / "missing", 0.5, 80) is None

@@ -53,6 +53,23 @@ def paired_gain(candidate: dict, baseline: dict, metric: str = "tgs_map") -> dic
   return {"folds": len(folds), "mean": mean, "std": std, "kept": bool(mean > 0 and mean > std)}
 
 
+def postprocess_gain(workdir: pathlib.Path, threshold: float, min_area: int) -> dict | None:
+  """Per-fold gain of (threshold, min_area) over (0.5, 0 px), from each fold's search."""
+  gains = []
+  for fold_dir in sorted(workdir.glob("fold*")):
+    for name in ("val_tta_metrics.json", "val_metrics.json"):
+      path = fold_dir / "eval" / name
+      if path.exists() and "threshold_search" in json.loads(path.read_text()):
+        rows = json.loads(path.read_text())["threshold_search"]["rows"]
+        score = {(r["threshold"], r.get("min_area", 0)): r["tgs_map"] for r in rows}
+        gains.append(score[(threshold, min_area)] - score[(0.5, 0)])
+        break
+  if len(gains) < 2:
+    return None
+  mean, std = float(np.mean(gains)), float(np.std(gains, ddof=1))
+  return {"gains": gains, "mean": mean, "std": std, "kept": bool(mean > 0 and mean > std)}
+
+
 def markdown(runs: dict, baseline: str) -> str:
   first = next(iter(runs.values()))
   folds = first["summary"]["num_folds"]
@@ -61,7 +78,8 @@ def markdown(runs: dict, baseline: str) -> str:
            "checkpoint on its held-out fold, flip TTA, threshold 0.5, mean +- std over folds. "
            "Paired gain: the candidate minus the baseline on the same fold; kept when its mean "
            "is positive and above its std over folds. Post-processed: the threshold and minimum "
-           "mask area with the best mean TGS metric over folds (tuned on the same folds).", "",
+           "mask area with the best mean TGS metric over folds (tuned on the same folds). min/fold: "
+           "wall minutes per fold as run, other work sharing the cores included.", "",
            "| candidate | overrides | steps | min/fold | " + " | ".join(METRICS)
            + f" | paired gain vs {baseline} (TGS) | post-processed TGS |", "|---" * 9 + "|"]
   for name, run in runs.items():
@@ -78,6 +96,15 @@ def markdown(runs: dict, baseline: str) -> str:
     minutes = f"{run['minutes_per_fold']:.1f}" if run["minutes_per_fold"] else "-"
     lines.append(f"| {name} | {run['overrides'] or '-'} | {summary['steps'][next(iter(summary['steps']))]} "
                  f"| {minutes} | " + " | ".join(cells) + f" | {gain} | {post_cell} |")
+  post = runs[baseline]["postprocess"]
+  gain = runs[baseline].get("postprocess_gain")
+  if post and gain:
+    best = post["best"]
+    lines += ["", f"Post-processing as a lever on {baseline}: threshold {best['threshold']:.2f} "
+              f"and minimum area {best['min_area']} px against 0.50 and none, per fold "
+              + ", ".join(f"{g:+.4f}" for g in gain["gains"])
+              + f" (mean {gain['mean']:+.4f} +- {gain['std']:.4f}: "
+              f"{'kept' if gain['kept'] else 'not kept'}; tuned on the same folds)."]
   return "\n".join(lines) + "\n"
 
 
@@ -100,6 +127,10 @@ def main() -> None:
   for spec in args.run:
     name, workdir, *overrides = spec.split("=", 2)
     runs[name] = {**load_candidate(pathlib.Path(workdir)), "overrides": "".join(overrides)}
+    if runs[name]["postprocess"]:
+      best = runs[name]["postprocess"]["best"]
+      runs[name]["postprocess_gain"] = postprocess_gain(pathlib.Path(workdir), best["threshold"],
+                                                        best["min_area"])
   if args.baseline not in runs:
     raise SystemExit(f"--baseline {args.baseline} is not one of the --run names {list(runs)}")
   out = pathlib.Path(args.out)
