@@ -8,8 +8,9 @@ like any run and a finished one is not trained again. Each fold's best checkpoin
 scored on its held-out fold (optionally with flip TTA) and workdir/cv_scores.{json,md} give the
 per-fold scores with their mean and standard deviation. `--threshold_search` (binary tasks, with
 `--min_areas 0,10,20,40,80`) also scores every sigmoid threshold and minimum predicted area on
-each fold and picks the pair with the best mean over folds: workdir/cv_postprocess.{json,md}. `--folds 0,1` runs some folds only (e.g.
-one per machine); the table covers every fold that has finished. Predict with the folds as an
+each fold and picks the pair with the best mean over folds: workdir/cv_postprocess.{json,md}.
+`--folds 0,1` runs some folds only (e.g. one per machine); the table covers every fold that has
+finished. Predict with the folds as an
 ensemble: python -m unet_jax.predict --workdir runs/tgs_cv/fold0 --workdir runs/tgs_cv/fold1 ...
 """
 
