@@ -46,8 +46,8 @@ def load_candidate(workdir: pathlib.Path) -> dict:
 
 def paired_gain(candidate: dict, baseline: dict, metric: str = "tgs_map") -> dict:
   folds = sorted(set(candidate["summary"]["folds"]) & set(baseline["summary"]["folds"]))
-  gains = np.array([candidate["summary"]["folds"][k][metric] - baseline["summary"]["folds"][k][metric]
-                    for k in folds])
+  scores = candidate["summary"]["folds"], baseline["summary"]["folds"]
+  gains = np.array([scores[0][k][metric] - scores[1][k][metric] for k in folds])
   std = float(gains.std(ddof=1)) if len(gains) > 1 else float("inf")
   mean = float(gains.mean())
   return {"folds": len(folds), "mean": mean, "std": std, "kept": bool(mean > 0 and mean > std)}
@@ -78,8 +78,8 @@ def markdown(runs: dict, baseline: str) -> str:
            "checkpoint on its held-out fold, flip TTA, threshold 0.5, mean +- std over folds. "
            "Paired gain: the candidate minus the baseline on the same fold; kept when its mean "
            "is positive and above its std over folds. Post-processed: the threshold and minimum "
-           "mask area with the best mean TGS metric over folds (tuned on the same folds). min/fold: "
-           "wall minutes per fold as run, other work sharing the cores included.", "",
+           "mask area with the best mean TGS metric over folds (tuned on the same folds). "
+           "min/fold: wall minutes per fold as run, other work sharing the cores included.", "",
            "| candidate | overrides | steps | min/fold | " + " | ".join(METRICS)
            + f" | paired gain vs {baseline} (TGS) | post-processed TGS |", "|---" * 9 + "|"]
   for name, run in runs.items():
@@ -94,8 +94,9 @@ def markdown(runs: dict, baseline: str) -> str:
     post_cell = (f"{post['best']['tgs_map']:.4f} (t {post['best']['threshold']:.2f}, "
                  f"{post['best']['min_area']} px)" if post else "-")
     minutes = f"{run['minutes_per_fold']:.1f}" if run["minutes_per_fold"] else "-"
-    lines.append(f"| {name} | {run['overrides'] or '-'} | {summary['steps'][next(iter(summary['steps']))]} "
-                 f"| {minutes} | " + " | ".join(cells) + f" | {gain} | {post_cell} |")
+    steps = next(iter(summary["steps"].values()))
+    lines.append(f"| {name} | {run['overrides'] or '-'} | {steps} | {minutes} | "
+                 + " | ".join(cells) + f" | {gain} | {post_cell} |")
   post = runs[baseline]["postprocess"]
   gain = runs[baseline].get("postprocess_gain")
   if post and gain:
