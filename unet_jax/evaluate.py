@@ -9,7 +9,7 @@ with flip TTA, <split>_ensemble_... for several runs, in the first run's eval/).
 threshold search (binary tasks) scores 19 sigmoid thresholds 0.05..0.95 in one pass, with
 `--min_areas` also each minimum predicted area (a mask with fewer pixels is emptied, as
 `predict --min_area` does); it is tuned on the split it reports, so report it on a split you did
-not tune on (or choose with `cross_validate --postprocess_search`, which averages over folds).
+not tune on (or choose with `cross_validate --threshold_search`, which averages over folds).
 """
 
 import functools
