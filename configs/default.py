@@ -54,6 +54,10 @@ def get_config() -> ml_collections.ConfigDict:
   # shortcut; SAME + batch norm only), as the Kaggle TGS Res-U-Nets.
   config.model.block = "double_conv"
   config.model.squeeze_excitation = False  # Gate each level's channels (squeeze-excitation).
+  # Binary: an image-level "any foreground" logit from the pooled bottleneck gates every pixel
+  # (p = sigmoid(pixel) * sigmoid(image)), trained also by its own BCE (empty_head_loss_weight):
+  # the TGS solutions' empty-mask classifier, for data with many empty masks (TGS: 39%).
+  config.model.empty_head = False
   config.model.remat = False  # Recompute activations per level in backward (saves memory).
   config.model.padding = "SAME"  # SAME | VALID (the paper's unpadded convs, cropped skips).
   # VALID only: overlap_tile (mirror-pad the input so the output covers it) | resize_nearest |
@@ -76,6 +80,7 @@ def get_config() -> ml_collections.ConfigDict:
   # stays `loss`, so its curve is comparable across the switch.
   config.loss_stage2 = ""
   config.loss_stage2_step = 0
+  config.empty_head_loss_weight = 0.5  # model.empty_head: weight of its image-level BCE.
   config.weight_map = False  # Weight pixels by the 2015 paper's boundary map (BoundaryWeights).
   config.weight_map_w0 = 10.0  # Boundary map: peak extra weight between two objects (paper: 10).
   config.weight_map_sigma = 5.0  # Boundary map: decay in pixels of the border term (paper: 5).

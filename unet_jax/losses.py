@@ -76,6 +76,17 @@ def bce_dice(logits, labels, weights):
   return sigmoid_bce(logits, labels, weights) + soft_dice(logits, labels, weights)
 
 
+def image_bce(image_logits, labels, weights):
+  """BCE of image-level logits (N, 1) against "any counted foreground pixel" (the empty-mask
+  head's auxiliary loss); images with no counted pixel (padding examples) are left out."""
+  counted = weights > 0
+  axes = tuple(range(1, labels.ndim))
+  targets = jnp.any((labels > 0) & counted, axis=axes).astype(jnp.float32)
+  image_weights = jnp.any(counted, axis=axes).astype(jnp.float32)
+  return _weighted_mean(optax.sigmoid_binary_cross_entropy(image_logits[:, 0], targets),
+                        image_weights)
+
+
 def focal(logits, labels, weights, gamma: float = 2.0):
   """Focal loss (Lin et al. 2017): cross-entropy scaled by (1 - p_true)**gamma."""
   if logits.shape[-1] == 1:

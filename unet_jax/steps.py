@@ -55,8 +55,10 @@ def _variables(state: TrainState, params=None):
   return variables
 
 
-def train_step(state: TrainState, batch: dict, *, loss_fn, ignore_index: int | None):
-  """One optimisation step; returns the new state and device-side scalar metrics."""
+def train_step(state: TrainState, batch: dict, *, loss_fn, ignore_index: int | None,
+               empty_head_weight: float = 0.0):
+  """One optimisation step; returns the new state and device-side scalar metrics.
+  `empty_head_weight` scales the image-level BCE of a model's empty-mask head, if it has one."""
   images = normalize_images(batch["image"])
   weights = losses.pixel_weights(batch["mask"], ignore_index)
   if "weight" in batch:  # Per-pixel loss weights, e.g. losses.BoundaryWeights.
@@ -65,8 +67,13 @@ def train_step(state: TrainState, batch: dict, *, loss_fn, ignore_index: int | N
 
   def compute_loss(params):
     logits, updates = state.apply_fn(_variables(state, params), images, train=True,
-                                     rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
-    return loss_fn(logits, batch["mask"], weights), updates
+                                     rngs={"dropout": dropout_rng},
+                                     mutable=["batch_stats", "intermediates"])
+    loss = loss_fn(logits, batch["mask"], weights)
+    sown = updates.pop("intermediates", {}).get("empty_logit")
+    if sown is not None and empty_head_weight:
+      loss = loss + empty_head_weight * losses.image_bce(sown[0], batch["mask"], weights)
+    return loss, updates
 
   (loss, updates), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
   grad_norm = optax.tree.norm(grads)
@@ -132,15 +139,17 @@ def jit_steps(config, loss: str = ""):
   """The three steps jitted for `config` (with `loss` instead of config.loss if given);
   train_step donates the old state."""
   ignore_index = config.ignore_index if config.ignore_index >= 0 else None
-  return _jit_steps(loss or config.loss, ignore_index, config.num_classes)
+  return _jit_steps(loss or config.loss, ignore_index, config.num_classes,
+                    float(config.get("empty_head_loss_weight", 0.0)))
 
 
 @functools.lru_cache(maxsize=16)
-def _jit_steps(loss_name: str, ignore_index: int | None, num_classes: int):
+def _jit_steps(loss_name: str, ignore_index: int | None, num_classes: int,
+               empty_head_weight: float = 0.0):
   # Cached so that runs in one process (tests, notebooks) reuse compiled steps.
   loss_fn = losses.get_loss(loss_name)
-  train = jax.jit(functools.partial(train_step, loss_fn=loss_fn, ignore_index=ignore_index),
-                  donate_argnums=0)
+  train = jax.jit(functools.partial(train_step, loss_fn=loss_fn, ignore_index=ignore_index,
+                                    empty_head_weight=empty_head_weight), donate_argnums=0)
   evaluate = jax.jit(functools.partial(eval_step, loss_fn=loss_fn, ignore_index=ignore_index,
                                        num_classes=num_classes))
   return train, evaluate, jax.jit(predict_probabilities)

@@ -59,6 +59,10 @@ def from_config(config):
   if block == "residual" and (model_config.padding, model_config.norm) != ("SAME", "batch"):
     raise ConfigError("model.block=residual needs model.padding=SAME and model.norm=batch; "
                       "set them, or use --config.model.block=double_conv")
+  empty_head = model_config.get("empty_head", False)
+  if empty_head and config.num_classes != 1:
+    raise ConfigError(f"model.empty_head needs a binary task (num_classes=1), this config has "
+                      f"{config.num_classes} classes; set --config.model.empty_head=False")
   dropout = model_config.dropout
   if not isinstance(dropout, (int, float)) and len(dropout) != model_config.depth + 1:
     raise ConfigError(f"model.dropout has {len(dropout)} rates but depth {model_config.depth} "
@@ -70,6 +74,7 @@ def from_config(config):
               upsample_impl=model_config.get("upsample_impl", "matmul"),
               remat=model_config.get("remat", False), conv_impl=conv_impl, block=block,
               squeeze_excitation=model_config.get("squeeze_excitation", False),
+              empty_head=empty_head,
               **_valid_output(model_config.get("valid_output", "overlap_tile")))
 
 

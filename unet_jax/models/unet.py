@@ -109,6 +109,9 @@ class UNet(nn.Module):
       padding and BatchNorm only).
     squeeze_excitation: gate each level's channels by squeeze-and-excitation (after the double
       conv, or on the residual branch).
+    empty_head: binary only; an image-level "has foreground" logit from the pooled bottleneck
+      (sown as intermediates/empty_logit, for an auxiliary loss) gates every pixel:
+      p = sigmoid(pixel) * sigmoid(image), as the TGS solutions' empty-mask classifiers.
   """
 
   num_classes: int = 1
@@ -127,6 +130,7 @@ class UNet(nn.Module):
   conv_impl: Literal["auto", "xla", "onednn"] = "auto"
   block: Literal["double_conv", "residual"] = "double_conv"
   squeeze_excitation: bool = False
+  empty_head: bool = False
 
   @nn.compact
   def __call__(self, images, train: bool = False):
@@ -178,6 +182,7 @@ class UNet(nn.Module):
       x = layers.max_pool_2x2(impl, x)
     x = conv(self.features * 2**self.depth, name="bottleneck")(x, train)
     x = nn.Dropout(dropout[self.depth], deterministic=not train)(x)
+    image_logit = self._empty_logit(x) if self.empty_head else None
     for level in reversed(range(self.depth)):
       features = self.features * 2**level
       x = UpSample(features, self.upsample, self.dtype, self.param_dtype, self.upsample_impl,
@@ -186,9 +191,30 @@ class UNet(nn.Module):
       x = layers.concat_channels(impl, skip, x)
       x = conv(features, name=f"decoder_{level}")(x, train)
     # The 1x1 head runs in float32 so logits and the loss never see bfloat16 rounding.
-    return layers.conv(impl, self.num_classes, (1, 1), kernel_init=he_normal,
-                       dtype=jnp.float32, param_dtype=self.param_dtype, name="head")(
-                           x.astype(jnp.float32))
+    logits = layers.conv(impl, self.num_classes, (1, 1), kernel_init=he_normal,
+                         dtype=jnp.float32, param_dtype=self.param_dtype, name="head")(
+                             x.astype(jnp.float32))
+    return logits if image_logit is None else gated_logits(logits, image_logit)
+
+  def _empty_logit(self, bottleneck):
+    """(N, 1) float32 logit that the image has any foreground, from the pooled bottleneck."""
+    if self.num_classes != 1:
+      raise ValueError(f"empty_head needs num_classes=1 (binary), got {self.num_classes}")
+    pooled = jnp.mean(bottleneck.astype(jnp.float32), axis=(1, 2))
+    image_logit = nn.Dense(1, dtype=jnp.float32, param_dtype=self.param_dtype,
+                           name="empty_head")(pooled)
+    self.sow("intermediates", "empty_logit", image_logit)
+    return image_logit
+
+
+def gated_logits(pixel_logits, image_logits):
+  """logit(sigmoid(pixel) * sigmoid(image)) for pixel logits (N, H, W, 1) and image logits
+  (N, 1), computed in log space; capped near logit 13.8 (p = 1 - 1e-6) to stay finite."""
+  log_p = jax.nn.log_sigmoid(pixel_logits) + jax.nn.log_sigmoid(image_logits)[:, None, None, :]
+  log_p = jnp.minimum(log_p, -1e-6)
+  # log(1 - p): expm1 near p = 1, log1p elsewhere (both finite under the cap).
+  log_not_p = jnp.where(log_p > -0.6931, jnp.log(-jnp.expm1(log_p)), jnp.log1p(-jnp.exp(log_p)))
+  return log_p - log_not_p
 
 
 def tiny_unet(num_classes: int = 1, **overrides) -> UNet:
