@@ -29,8 +29,12 @@ def test_a_lever_is_kept_only_when_its_paired_gain_beats_its_spread(tmp_path):
   gain = cv_compare.paired_gain(steady, base)
   assert gain["mean"] == pytest.approx(0.025) and gain["kept"]
   assert not cv_compare.paired_gain(noisy, base)["kept"]  # +0.01 mean, but +-0.045.
+  steady["summary"]["mean"].update(tgs_map_empty=0.912, tgs_map_salt=0.431)
   table = cv_compare.markdown({"base": base, "steady": steady, "noisy": noisy}, "base")
   assert "(baseline)" in table and "+0.0250" in table and "not kept" in table
+  rows = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| ")}
+  assert "| 0.912 / 0.431 |" in rows["| steady"] and "| - |" in rows["| base"]
+  assert all(line.count("|") == 11 for line in rows.values())  # Header and rows align.
   cv_compare.plot({"base": base, "steady": steady}, tmp_path / "cv.png")
   assert (tmp_path / "cv.png").stat().st_size > 1000
 

@@ -65,6 +65,16 @@ def test_tgs_metric_matches_reference_on_random_masks():
                           losses.pixel_weights(jnp.asarray(truth)))
   np.testing.assert_allclose(sums["tgs_precision_sum"] / sums["image_count"], np.mean(expected),
                              rtol=1e-6)
+  # The score split by truth: empty images (a prediction must be empty too) and salt images.
+  totals = {**sums, "confusion": metrics.confusion_matrix(jnp.asarray(predicted),
+                                                          jnp.asarray(truth), 1.0, 2)}
+  scores = metrics.scores_from_sums(totals)
+  empty = truth.reshape(60, -1).max(axis=1) == 0
+  assert 0 < empty.sum() < 60
+  np.testing.assert_allclose(scores["tgs_map_empty"], np.mean(np.array(expected)[empty]),
+                             rtol=1e-6)
+  np.testing.assert_allclose(scores["tgs_map_salt"], np.mean(np.array(expected)[~empty]),
+                             rtol=1e-6)
 
 
 def test_tgs_sums_skip_padding_examples():
@@ -75,6 +85,7 @@ def test_tgs_sums_skip_padding_examples():
   weights = losses.pixel_weights(jnp.asarray(truth), None, valid)
   sums = metrics.tgs_sums(jnp.asarray(predicted), jnp.asarray(truth), weights, valid)
   assert float(sums["image_count"]) == 2 and float(sums["tgs_precision_sum"]) == 1
+  assert float(sums["empty_count"]) == 2 and float(sums["tgs_empty_precision_sum"]) == 1
 
 
 def test_binary_scores_hand_worked():

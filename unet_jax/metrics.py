@@ -81,7 +81,10 @@ def tgs_sums(predictions, labels, weights, example_valid=None) -> dict:
   """Sum of per-image TGS scores and the image count, to be summed over a split."""
   per_image = tgs_image_precision(predictions, labels, weights)
   valid = jnp.ones_like(per_image) if example_valid is None else example_valid
-  return {"tgs_precision_sum": jnp.sum(per_image * valid), "image_count": jnp.sum(valid)}
+  axes = tuple(range(1, labels.ndim))
+  empty = valid * ~jnp.any((labels > 0) & (weights > 0), axis=axes)  # No counted foreground.
+  return {"tgs_precision_sum": jnp.sum(per_image * valid), "image_count": jnp.sum(valid),
+          "tgs_empty_precision_sum": jnp.sum(per_image * empty), "empty_count": jnp.sum(empty)}
 
 
 def drop_small_masks(predictions, weights, min_area: int):
@@ -118,4 +121,11 @@ def scores_from_sums(totals) -> dict[str, float]:
     scores["loss"] = float(totals["loss_sum"] / max(float(totals["weight_sum"]), 1e-6))
   if "tgs_precision_sum" in totals:
     scores["tgs_map"] = float(totals["tgs_precision_sum"] / max(float(totals["image_count"]), 1))
+  if "empty_count" in totals:  # Where the TGS score goes: images without and with foreground.
+    empty, total = float(totals["empty_count"]), float(totals["image_count"])
+    empty_sum = float(totals["tgs_empty_precision_sum"])
+    if empty:
+      scores["tgs_map_empty"] = empty_sum / empty
+    if total - empty:
+      scores["tgs_map_salt"] = (float(totals["tgs_precision_sum"]) - empty_sum) / (total - empty)
   return scores

@@ -79,12 +79,17 @@ def markdown(runs: dict, baseline: str) -> str:
            "Paired gain: the candidate minus the baseline on the same fold; kept when its mean "
            "is positive and above its std over folds. Post-processed: the threshold and minimum "
            "mask area with the best mean TGS metric over folds (tuned on the same folds). "
-           "min/fold: wall minutes per fold as run, other work sharing the cores included.", "",
+           "min/fold: wall minutes per fold as run, other work sharing the cores included. "
+           "TGS empty / salt: the metric on held-out images without / with salt (mean over "
+           "folds; '-' where not scored).", "",
            "| candidate | overrides | steps | min/fold | " + " | ".join(METRICS)
-           + f" | paired gain vs {baseline} (TGS) | post-processed TGS |", "|---" * 9 + "|"]
+           + f" | TGS empty / salt | paired gain vs {baseline} (TGS) | post-processed TGS |",
+           "|---" * 10 + "|"]
   for name, run in runs.items():
     summary = run["summary"]
     cells = [f"{summary['mean'][m]:.4f} +- {summary['std'][m]:.4f}" for m in METRICS]
+    split = [summary["mean"].get(f"tgs_map_{part}") for part in ("empty", "salt")]
+    cells.append(" / ".join(f"{v:.3f}" for v in split) if None not in split else "-")
     if name == baseline:
       gain = "(baseline)"
     else:
