@@ -26,7 +26,8 @@ from ml_collections import config_flags
 from unet_jax import cli, evaluate, inference, train
 from unet_jax.errors import ConfigError
 
-TABLE_METRICS = ("tgs_map", "tgs_map_empty", "tgs_map_salt", "iou", "dice", "pixel_accuracy", "miou", "loss")
+TABLE_METRICS = ("tgs_map", "tgs_map_empty", "tgs_map_salt", "iou", "dice", "pixel_accuracy",
+                 "miou", "loss")
 
 
 def fold_config(config, num_folds: int, fold: int) -> ml_collections.ConfigDict:

@@ -14,6 +14,7 @@ import numpy as np
 import optax
 from scipy import ndimage
 
+from unet_jax import metrics
 from unet_jax.errors import ConfigError
 
 LossFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
@@ -79,10 +80,8 @@ def bce_dice(logits, labels, weights):
 def image_bce(image_logits, labels, weights):
   """BCE of image-level logits (N, 1) against "any counted foreground pixel" (the empty-mask
   head's auxiliary loss); images with no counted pixel (padding examples) are left out."""
-  counted = weights > 0
-  axes = tuple(range(1, labels.ndim))
-  targets = jnp.any((labels > 0) & counted, axis=axes).astype(jnp.float32)
-  image_weights = jnp.any(counted, axis=axes).astype(jnp.float32)
+  targets = metrics.has_foreground(labels, weights).astype(jnp.float32)
+  image_weights = jnp.any(weights > 0, axis=tuple(range(1, labels.ndim))).astype(jnp.float32)
   return _weighted_mean(optax.sigmoid_binary_cross_entropy(image_logits[:, 0], targets),
                         image_weights)
 

@@ -77,12 +77,16 @@ def tgs_image_precision(predictions, labels, weights):
   return jnp.where(union == 0, 1.0, jnp.mean(hits.astype(jnp.float32), axis=1))
 
 
+def has_foreground(labels, weights):
+  """(N,) bool: the image has at least one counted (weight > 0) foreground pixel."""
+  return jnp.any((labels > 0) & (weights > 0), axis=tuple(range(1, labels.ndim)))
+
+
 def tgs_sums(predictions, labels, weights, example_valid=None) -> dict:
   """Sum of per-image TGS scores and the image count, to be summed over a split."""
   per_image = tgs_image_precision(predictions, labels, weights)
   valid = jnp.ones_like(per_image) if example_valid is None else example_valid
-  axes = tuple(range(1, labels.ndim))
-  empty = valid * ~jnp.any((labels > 0) & (weights > 0), axis=axes)  # No counted foreground.
+  empty = valid * ~has_foreground(labels, weights)
   return {"tgs_precision_sum": jnp.sum(per_image * valid), "image_count": jnp.sum(valid),
           "tgs_empty_precision_sum": jnp.sum(per_image * empty), "empty_count": jnp.sum(empty)}
 
