@@ -54,3 +54,15 @@ def test_post_processing_gain_is_paired_per_fold(tmp_path):
   gain = cv_compare.postprocess_gain(tmp_path, 0.5, 80)
   assert gain["gains"] == pytest.approx([0.02, 0.01, 0.015]) and gain["kept"]
   assert cv_compare.postprocess_gain(tmp_path / "missing", 0.5, 80) is None
+
+
+def test_a_label_reads_the_scores_of_other_weights(tmp_path):
+  base = _candidate(tmp_path, "base", [0.70, 0.60, 0.80])
+  averaged = json.loads((tmp_path / "base" / "cv_scores_tta.json").read_text())
+  averaged["mean"]["tgs_map"] = 0.75
+  (tmp_path / "base" / "cv_scores_tta_average3.json").write_text(json.dumps(averaged))
+  loaded = cv_compare.load_candidate(tmp_path / "base", "average3")
+  assert loaded["summary"]["mean"]["tgs_map"] == 0.75
+  assert base["summary"]["mean"]["tgs_map"] == pytest.approx(0.7)
+  with pytest.raises(SystemExit, match="no cv_scores_latest.json"):
+    cv_compare.load_candidate(tmp_path / "base", "latest")

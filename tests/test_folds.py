@@ -12,7 +12,7 @@ from tests import _data_samples
 from tests.conftest import shared_data_dir
 from unet_jax import cross_validate, data
 from unet_jax.data import folds, prepare
-from unet_jax.errors import ConfigError
+from unet_jax.errors import ConfigError, WorkdirError
 
 
 def test_deal_folds_balances_each_stratum_and_is_deterministic():
@@ -133,6 +133,15 @@ def test_cross_validate_trains_each_fold_and_tabulates_mean_and_std(tgs_prepared
   assert "minimum area" in (tmp_path / "cv_postprocess.md").read_text()
   assert before == sorted(p.stat().st_mtime_ns
                           for p in (tmp_path / "fold0" / "checkpoints").rglob("*"))
+  # Other weights than the best are scored into their own files, beside the best's.
+  latest = cross_validate.cross_validate(config, tmp_path, num_folds=2, checkpoint="latest")
+  assert latest["checkpoint"] == "latest" and sorted(latest["folds"]) == [0, 1]
+  assert "latest checkpoints" in (tmp_path / "cv_scores_latest.md").read_text()
+  assert (tmp_path / "fold0" / "eval" / "val_latest_metrics.json").exists()
+  assert (tmp_path / "cv_scores_tta.md").read_text() == table
+  with pytest.raises(WorkdirError, match="average:N"):  # Refused before any training.
+    cross_validate.cross_validate(config, tmp_path / "new", num_folds=2, checkpoint="average:x")
+  assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize("folds_flag, message", [("0,5", "outside 0..2"), ("a", "comma-separated")])

@@ -9,6 +9,9 @@ scored on its held-out fold (optionally with flip TTA) and workdir/cv_scores.{js
 per-fold scores with their mean and standard deviation. `--threshold_search` (binary tasks, with
 `--min_areas 0,10,20,40,80`) also scores every sigmoid threshold and minimum predicted area on
 each fold and picks the pair with the best mean over folds: workdir/cv_postprocess.{json,md}.
+`--checkpoint latest` or `average:N` (the mean weights of each fold's last N checkpoints; train
+with --config.max_checkpoints >= N) scores other weights than the best, into files named
+after them (cv_scores_tta_average3.json), beside the best's.
 `--folds 0,1` runs some folds only (e.g. one per machine); the table covers every fold that has
 finished. Predict with the folds as an
 ensemble: python -m unet_jax.predict --workdir runs/tgs_cv/fold0 --workdir runs/tgs_cv/fold1 ...
@@ -109,9 +112,11 @@ def write_postprocess(workdir: pathlib.Path, name: str, search: dict, folds: int
 
 
 def cross_validate(config, workdir, num_folds: int, folds: str = "", tta: str = "none",
-                   search: bool = False, min_areas=(0,), threshold_metric: str = "") -> dict:
+                   search: bool = False, min_areas=(0,), threshold_metric: str = "",
+                   checkpoint: str = "best") -> dict:
   """Trains the chosen folds (resuming), scores every finished fold, writes the table(s)."""
   workdir = pathlib.Path(workdir).expanduser().absolute()
+  inference.check_choice(checkpoint)  # Before hours of training, not after.
   for fold in parse_folds(folds, num_folds):
     fold_dir = workdir / f"fold{fold}"
     if is_finished(fold_dir, config.num_train_steps):
@@ -120,12 +125,17 @@ def cross_validate(config, workdir, num_folds: int, folds: str = "", tta: str = 
     logging.info("training fold %d of %d in %s", fold, num_folds, fold_dir)
     train.train_and_evaluate(fold_config(config, num_folds, fold), fold_dir)
   reports = {fold: evaluate.evaluate_run(workdir / f"fold{fold}", "val", search, tta=tta,
-                                         min_areas=min_areas, threshold_metric=threshold_metric)
+                                         min_areas=min_areas, threshold_metric=threshold_metric,
+                                         checkpoint=checkpoint)
              for fold in range(num_folds)
              if is_finished(workdir / f"fold{fold}", config.num_train_steps)}
-  summary = {"num_folds": num_folds, "tta": tta, "dataset": config.dataset, **summarize(reports)}
-  name = "cv_scores" + ("_tta" if tta == "flip" else "")
-  title = (f"{config.dataset}: {len(reports)} of {num_folds} folds, best checkpoints on their "
+  summary = {"num_folds": num_folds, "tta": tta, "checkpoint": checkpoint,
+             "dataset": config.dataset, **summarize(reports)}
+  suffix = ("_tta" if tta == "flip" else "") + inference.checkpoint_label(checkpoint)
+  name = "cv_scores" + suffix
+  weights = ("the mean of the last " + str(inference.average_count(checkpoint)) + " checkpoints"
+             if inference.average_count(checkpoint) else f"{checkpoint} checkpoints")
+  title = (f"{config.dataset}: {len(reports)} of {num_folds} folds, {weights} on their "
            f"held-out fold{', flip TTA' if tta == 'flip' else ''}")
   table = markdown(summary, title)
   (workdir / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -133,7 +143,7 @@ def cross_validate(config, workdir, num_folds: int, folds: str = "", tta: str = 
   logging.info("cross-validation table in %s.md:\n%s", workdir / name, table)
   if search and reports:
     summary["postprocess"] = postprocess_summary(reports)
-    post_name = "cv_postprocess" + ("_tta" if tta == "flip" else "")
+    post_name = "cv_postprocess" + suffix
     table = write_postprocess(workdir, post_name, summary["postprocess"], len(reports))
     logging.info("post-processing search in %s.md:\n%s", workdir / post_name, table)
   return summary
@@ -144,7 +154,7 @@ def main(argv):
   f = flags.FLAGS
   with cli.exit_on_user_error():
     cross_validate(f.config, f.workdir, f.num_folds, f.folds, f.tta, f.threshold_search,
-                   evaluate.parse_min_areas(f.min_areas), f.threshold_metric)
+                   evaluate.parse_min_areas(f.min_areas), f.threshold_metric, f.checkpoint)
 
 
 if __name__ == "__main__":
@@ -161,4 +171,6 @@ if __name__ == "__main__":
                       "pixels to try, e.g. 0,10,20,40,80 (smaller masks emptied).")
   flags.DEFINE_string("threshold_metric", "", "Metric the search maximises (tgs_map, dice, iou, "
                       "pixel_accuracy; default config.best_metric).")
+  flags.DEFINE_string("checkpoint", "best", "Each fold's weights: "
+                      f"{inference.CHECKPOINT_CHOICES}.")
   cli.run(main)

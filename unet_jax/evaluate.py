@@ -162,15 +162,16 @@ def _eval_step(model: inference.TrainedModel, tta: str):
 
 def evaluate_run(workdir, split: str = "val", search: bool = False, overlay: bool = False,
                  output_dir=None, crop: str = "auto", threshold_metric: str = "",
-                 tta: str = "none", min_areas=(0,)) -> dict:
+                 tta: str = "none", min_areas=(0,), checkpoint: str = "best") -> dict:
   """Scores the best checkpoint of `workdir` (or the average of several runs') on `split`;
   writes JSON, markdown and a grid.
 
   crop: 'auto' scores only the original pixels of images that training padded (TGS), 'none'
   the whole image_size, 'HxW' the centred window. tta 'flip' averages the mirrored pass.
   min_areas: the search also scores these minimum predicted areas (pixels of the scored window).
+  checkpoint: best, latest, a step, or average:N (the mean weights of the last N checkpoints).
   """
-  model = inference.load_ensemble(workdir)
+  model = inference.load_ensemble(workdir, checkpoint)
   config = model.config
   if tuple(min_areas) != (0,) and not search:
     raise ConfigError(f"--min_areas={','.join(map(str, min_areas))} is scored by the threshold "
@@ -184,7 +185,8 @@ def evaluate_run(workdir, split: str = "val", search: bool = False, overlay: boo
   scores = train.evaluate(model.state, _eval_step(model, tta), scored, config, model.mesh)
   first = workdir if isinstance(workdir, (str, pathlib.Path)) else workdir[0]
   report = {"workdir": str(pathlib.Path(first).expanduser().absolute()), "split": split,
-            "step": model.step, "examples": len(source), "scored_window": window, "tta": tta,
+            "step": model.step, "checkpoint": checkpoint,
+            "averaged_steps": list(model.averaged_steps), "examples": len(source), "scored_window": window, "tta": tta,
             "members": [{"workdir": w, "step": step} for w, step in model.members],
             "scores": scores}
   if search:
@@ -198,7 +200,8 @@ def evaluate_run(workdir, split: str = "val", search: bool = False, overlay: boo
   output_dir = pathlib.Path(output_dir or pathlib.Path(report["workdir"]) / "eval")
   output_dir.mkdir(parents=True, exist_ok=True)
   # Each kind of score keeps its own files: a TTA or ensemble report never replaces the run's.
-  name = split + ("_tta" if tta == "flip" else "") + ("_ensemble" if model.members else "")
+  name = (split + ("_tta" if tta == "flip" else "") + ("_ensemble" if model.members else "")
+          + inference.checkpoint_label(checkpoint))
   (output_dir / f"{name}_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
   (output_dir / f"{name}_metrics.md").write_text(markdown_table(report))
   _prediction_grid(model, source, output_dir / f"{name}_predictions.png", overlay, tta)
@@ -223,6 +226,7 @@ def define_flags() -> None:
   flags.DEFINE_string("threshold_metric", "", "Metric the threshold search maximises "
                       "(tgs_map, dice, iou, pixel_accuracy; default config.best_metric).")
   flags.DEFINE_enum("tta", "none", ["none", "flip"], "flip: average with the mirrored pass.")
+  flags.DEFINE_string("checkpoint", "best", f"Which weights: {inference.CHECKPOINT_CHOICES}.")
   flags.DEFINE_string("min_areas", "0", "With --threshold_search: also score these minimum "
                       "predicted areas in pixels, e.g. 0,10,20,40,80 (smaller masks emptied).")
 
@@ -232,7 +236,8 @@ def main(argv):
   f = flags.FLAGS
   with cli.exit_on_user_error():
     report = evaluate_run(f.workdir, f.split, f.threshold_search, f.overlay, f.output,
-                          f.crop, f.threshold_metric, f.tta, parse_min_areas(f.min_areas))
+                          f.crop, f.threshold_metric, f.tta, parse_min_areas(f.min_areas),
+                          f.checkpoint)
   print(markdown_table(report), end="")
 
 

@@ -130,6 +130,6 @@ if __name__ == "__main__":
                       required=True)
   flags.DEFINE_enum("format", None, FORMATS,
                     "Artifact format; default: onnx for a .onnx --output, else stablehlo.")
-  flags.DEFINE_string("checkpoint", "best", "best, latest or a step number.")
+  flags.DEFINE_string("checkpoint", "best", f"Which weights: {inference.CHECKPOINT_CHOICES}.")
   flags.DEFINE_bool("polymorphic_batch", True, "Leave the batch size symbolic.")
   cli.run(main)

@@ -46,6 +46,8 @@ class TrainedModel:
   # An ensemble: `state` is a tuple of the members' states, whose probabilities are averaged;
   # members lists (workdir, step) of each. Empty for a single run.
   members: tuple = ()
+  # --checkpoint average:N: the steps whose weights were averaged (`step` is the last).
+  averaged_steps: tuple = ()
 
   @property
   def image_size(self) -> tuple[int, int]:
@@ -119,19 +121,68 @@ def restore_variables(state_dir: pathlib.Path, abstract_variables: dict, mesh: M
       item=item, restore_args=restore_args, partial_restore=True))
 
 
-def _pick_step(ckpts: checkpoints.Checkpoints, which: str, available: list[int], workdir) -> int:
-  if which == "latest":
-    return ckpts.latest_step()
+CHECKPOINT_CHOICES = "best, latest, a step number, or average:N (the mean of the last N)"
+
+
+def average_count(which: str) -> int:
+  """N of 'average:N' (checkpoint averaging), 0 for best / latest / a step."""
+  which = str(which)
+  if not which.startswith("average:"):
+    return 0
+  count = which.removeprefix("average:")
+  if not count.isdigit() or int(count) < 1:
+    raise WorkdirError(f"--checkpoint={which!r}: average:N needs a whole N >= 1, e.g. average:3")
+  return int(count)
+
+
+def check_choice(which: str) -> None:
+  """Raises unless `which` is best, latest, a step number or average:N."""
+  if which not in ("best", "latest") and not str(which).isdigit() and not average_count(which):
+    raise WorkdirError(f"--checkpoint={which!r}; use {CHECKPOINT_CHOICES}")
+
+
+def checkpoint_label(which: str) -> str:
+  """A file-name suffix for a checkpoint choice: '' for best (the default), '_latest',
+  '_step600', '_average3'."""
+  which = str(which)
   if which == "best":
-    return ckpts.best_step() or ckpts.latest_step()
+    return ""
+  if average_count(which):
+    return f"_average{average_count(which)}"
+  return f"_step{which}" if which.isdigit() else f"_{which}"
+
+
+def _pick_steps(ckpts: checkpoints.Checkpoints, which: str, available: list[int],
+                workdir) -> list[int]:
+  """The checkpoint steps `which` names: one, or the last N for average:N."""
+  count = average_count(which)
+  if count:
+    if count > len(available):
+      raise WorkdirError(f"--checkpoint={which}: {workdir} keeps {len(available)} checkpoints "
+                         f"({available}); average fewer, or train with "
+                         f"--config.max_checkpoints={count}")
+    return available[-count:]
+  if which == "latest":
+    return [ckpts.latest_step()]
+  if which == "best":
+    return [ckpts.best_step() or ckpts.latest_step()]
   if str(which).isdigit() and int(which) in available:
-    return int(which)
-  raise WorkdirError(f"checkpoint {which!r} not in {workdir}; use best, latest or one of the "
-                     f"steps {available}")
+    return [int(which)]
+  raise WorkdirError(f"checkpoint {which!r} not in {workdir}; use {CHECKPOINT_CHOICES}, with "
+                     f"the steps {available}")
+
+
+def average_variables(variables: list[dict]) -> dict:
+  """The leaf-wise mean of several checkpoints' params and batch_stats (checkpoint
+  averaging: the late snapshots of one run, a cheap ensemble in one model)."""
+  if len(variables) == 1:
+    return variables[0]
+  return jax.tree.map(lambda *leaves: sum(leaves) / len(leaves), *variables)
 
 
 def load(workdir, which: str = "best") -> TrainedModel:
-  """The weights of the best (or 'latest', or a step number) checkpoint of a training run."""
+  """The weights of the best (or 'latest', a step number, or the mean of the last N with
+  'average:N') checkpoint of a training run."""
   workdir = pathlib.Path(workdir).expanduser().absolute()
   config = load_config(workdir)
   available = saved_steps(workdir)
@@ -142,19 +193,22 @@ def load(workdir, which: str = "best") -> TrainedModel:
   ckpts = checkpoints.Checkpoints(workdir, max_to_keep=config.max_checkpoints,
                                   best_metric=config.best_metric, best_mode=config.best_mode)
   try:
-    step = _pick_step(ckpts, which, available, workdir)
+    chosen = _pick_steps(ckpts, which, available, workdir)
   finally:
     ckpts.close()
   train.enable_compilation_cache(config.get("compilation_cache_dir", ""))
   model = models.from_config(config)
-  state_dir = ckpts.directory / str(step) / "state"
-  channels = infer_input_channels(model, config, state_dir)
+  state_dirs = [ckpts.directory / str(step) / "state" for step in chosen]
+  channels = infer_input_channels(model, config, state_dirs[0])
   mesh = parallel.make_mesh()
-  variables = restore_variables(state_dir, _abstract_variables(model, config, channels), mesh)
-  logging.info("loaded the checkpoint of step %d from %s (%d input channels)", step, workdir,
-               channels)
+  abstract = _abstract_variables(model, config, channels)
+  variables = average_variables([restore_variables(d, abstract, mesh) for d in state_dirs])
+  logging.info("loaded the checkpoint%s of step%s %s from %s (%d input channels)",
+               "s" * (len(chosen) > 1), "s" * (len(chosen) > 1), ", ".join(map(str, chosen)),
+               workdir, channels)
   state = InferenceState(model.apply, variables["params"], variables.get("batch_stats", {}))
-  return TrainedModel(config, state, step, channels, mesh)
+  averaged = tuple(chosen) if average_count(which) else ()
+  return TrainedModel(config, state, chosen[-1], channels, mesh, averaged_steps=averaged)
 
 
 def load_ensemble(workdirs, which: str = "best") -> TrainedModel:

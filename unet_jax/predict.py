@@ -144,6 +144,7 @@ class Options:
   skip_unreadable: bool = False
   submission: str | None = None
   format: str | None = None  # tgs | carvana; None: config.dataset if it is one of them.
+  checkpoint: str = "best"  # best | latest | a step | average:N (mean of the last N).
 
 
 def _submission_format(model, options: Options) -> str | None:
@@ -240,7 +241,7 @@ class Predictor:
 
 def predict(workdir, input_path, output_dir, options: Options = Options()) -> dict:
   """Writes output_dir/<stem>.png masks (binary: 0/255) and the optional submission CSV."""
-  model = inference.load_ensemble(workdir)
+  model = inference.load_ensemble(workdir, options.checkpoint)
   fmt = _submission_format(model, options)
   items = list_inputs(input_path)
   output_dir = pathlib.Path(output_dir).expanduser()
@@ -265,7 +266,8 @@ def predict(workdir, input_path, output_dir, options: Options = Options()) -> di
     logging.info("wrote %d rows to %s", len(rows), options.submission)
   skipped = sorted(predictor.skipped)  # Appended from loader threads, in any order.
   summary = {"predicted": len(items) - len(skipped), "skipped": skipped,
-             "output": str(output_dir), "submission": options.submission, "step": model.step}
+             "output": str(output_dir), "submission": options.submission, "step": model.step,
+             "averaged_steps": list(model.averaged_steps)}
   logging.info("predicted %d images into %s with the checkpoint of step %d%s",
                summary["predicted"], output_dir, model.step,
                f"; skipped unreadable {', '.join(skipped)}" if skipped else "")
@@ -280,6 +282,7 @@ def define_flags() -> None:
                       required=True)
   flags.DEFINE_string("output", None, "Folder for the mask PNGs (<stem>.png).", required=True)
   flags.DEFINE_enum("tta", "none", ["none", "flip"], "flip: average with the mirrored pass.")
+  flags.DEFINE_string("checkpoint", "best", f"Which weights: {inference.CHECKPOINT_CHOICES}.")
   flags.DEFINE_float("threshold", 0.5, "Binary: foreground if probability > this.")
   flags.DEFINE_integer("min_area", None, "Binary: empty every mask with fewer foreground "
                        "pixels than this (default: the run's config.min_area; choose it with "
@@ -304,7 +307,8 @@ def main(argv):
     predict(f.workdir, f.input, f.output, Options(
         tta=f.tta, threshold=f.threshold, min_area=f.min_area, batch_size=f.batch_size, fit=f.fit,
         resize_back=f.resize_back,
-        skip_unreadable=f.skip_unreadable, submission=f.submission, format=f.format))
+        skip_unreadable=f.skip_unreadable, submission=f.submission, format=f.format,
+        checkpoint=f.checkpoint))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@
   python benchmarks/quality/cv_compare.py --run base=runs/cv/base --run residual=runs/cv/residual \\
       --baseline base --out benchmarks/results/<device>/tgs_cv
 
+A workdir ending in @<label> reads the scores of other weights than the best, e.g.
+runs/cv/base@average3 for `cross_validate --checkpoint average:3` (cv_scores_tta_average3.json).
 Every candidate must have been cross-validated on the same folds, so fold k of one is paired
 with fold k of the baseline: a lever is kept when its mean paired gain in the TGS metric is
 positive and larger than the standard deviation of those gains over the folds (it wins on
@@ -27,15 +29,18 @@ from unet_jax import plots
 METRICS = ("tgs_map", "iou", "dice")
 
 
-def load_candidate(workdir: pathlib.Path) -> dict:
-  """A cross_validate workdir's fold scores (flip TTA if scored), post-processing and timing."""
-  for name in ("cv_scores_tta", "cv_scores"):
+def load_candidate(workdir: pathlib.Path, label: str = "") -> dict:
+  """A cross_validate workdir's fold scores (flip TTA if scored), post-processing and timing;
+  `label` picks the scores of other weights (e.g. 'average3')."""
+  suffix = f"_{label}" if label else ""
+  for name in (f"cv_scores_tta{suffix}", f"cv_scores{suffix}"):
     if (workdir / f"{name}.json").exists():
       summary = json.loads((workdir / f"{name}.json").read_text())
       post_path = workdir / f"{name.replace('scores', 'postprocess')}.json"
       break
   else:
-    raise SystemExit(f"{workdir}: no cv_scores.json; run python -m unet_jax.cross_validate first")
+    raise SystemExit(f"{workdir}: no cv_scores{suffix}.json; run python -m "
+                     "unet_jax.cross_validate first")
   config = json.loads((workdir / "fold0" / "config.json").read_text())
   minutes = [(f / "metrics.jsonl").stat().st_mtime - (f / "config.json").stat().st_mtime
              for f in sorted(workdir.glob("fold*")) if (f / "metrics.jsonl").exists()]
@@ -53,11 +58,13 @@ def paired_gain(candidate: dict, baseline: dict, metric: str = "tgs_map") -> dic
   return {"folds": len(folds), "mean": mean, "std": std, "kept": bool(mean > 0 and mean > std)}
 
 
-def postprocess_gain(workdir: pathlib.Path, threshold: float, min_area: int) -> dict | None:
+def postprocess_gain(workdir: pathlib.Path, threshold: float, min_area: int,
+                     label: str = "") -> dict | None:
   """Per-fold gain of (threshold, min_area) over (0.5, 0 px), from each fold's search."""
   gains = []
+  suffix = f"_{label}" if label else ""
   for fold_dir in sorted(workdir.glob("fold*")):
-    for name in ("val_tta_metrics.json", "val_metrics.json"):
+    for name in (f"val_tta{suffix}_metrics.json", f"val{suffix}_metrics.json"):
       path = fold_dir / "eval" / name
       if path.exists() and "threshold_search" in json.loads(path.read_text()):
         rows = json.loads(path.read_text())["threshold_search"]["rows"]
@@ -125,18 +132,20 @@ def plot(runs: dict, out_path: pathlib.Path) -> None:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--run", action="append", required=True,
-                      help="name=workdir[=overrides shown in the table]; the first is listed first")
+                      help="name=workdir[@label][=overrides shown in the table]; the first is "
+                      "listed first")
   parser.add_argument("--baseline", required=True, help="The name of the baseline run.")
   parser.add_argument("--out", required=True, help="Output path without suffix.")
   args = parser.parse_args()
   runs = {}
   for spec in args.run:
     name, workdir, *overrides = spec.split("=", 2)
-    runs[name] = {**load_candidate(pathlib.Path(workdir)), "overrides": "".join(overrides)}
+    workdir, _, label = workdir.partition("@")
+    runs[name] = {**load_candidate(pathlib.Path(workdir), label), "overrides": "".join(overrides)}
     if runs[name]["postprocess"]:
       best = runs[name]["postprocess"]["best"]
       runs[name]["postprocess_gain"] = postprocess_gain(pathlib.Path(workdir), best["threshold"],
-                                                        best["min_area"])
+                                                        best["min_area"], label)
   if args.baseline not in runs:
     raise SystemExit(f"--baseline {args.baseline} is not one of the --run names {list(runs)}")
   out = pathlib.Path(args.out)
