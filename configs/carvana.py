@@ -8,13 +8,15 @@ Train:
 Other resolutions: prepare with e.g. --resolution 640x960, then train with
   --config.image_size='(640, 960)' (data_resolution '' reads the prepared size = image_size).
 Augmentation follows the Keras Carvana recipe: flips, rotation 0.01 turn (3.6 deg), contrast 0.2.
-Result: the full 3000 steps not run yet (~2.7 h on 2 cores). On ../shared/data/carvana_40cars
-(32 cars train, 8 held out by car, prepared at 256x384), 600 steps
-(--config.num_train_steps=600 --config.eval_every_steps=200), bf16 by model.dtype=auto:
-validation Dice 0.9813 (step 200), 0.9870 (400), 0.9887 (600); predicted at 1918x1280 against
-the original GIFs 0.9888 (benchmarks/quality/carvana_fullres.py, report in
-benchmarks/results/cpu-intel-xeon-2c/). 43 min 51 s on a 2-core Intel Xeon with AMX (3.2 s a
-step when quiet; the first ~20 min shared with other jobs), 2026-12-01.
+Result, this config as shipped on ../shared/data/carvana_40cars (32 cars train, 8 held out by
+car, prepared at 256x384; --config.data_dir=... only), bf16 by model.dtype=auto: validation Dice
+0.9851 (step 250), 0.9877 (500), 0.9893 (750), 0.9909 (1000), 0.9914 (1250), 0.9913 (1500);
+predicted at 1918x1280 against the original GIFs 0.9912, 0.9907 as the mean per image
+(benchmarks/quality/carvana_fullres.py; report, prediction grid and curves in
+benchmarks/results/cpu-intel-xeon-2c/carvana_*). The mean weights of the last three checkpoints
+(`evaluate --checkpoint average:3`, steps 1000-1500) score the same 0.9913. 1 h 46 min on a
+2-core Intel Xeon with AMX, 40 of them shared with a test suite (3.5-3.9 s a step when quiet,
+so about 1 h 35 min alone), 2026-12-01. The earlier 600-step schedule reached 0.9887.
 """
 
 from configs import default
@@ -36,7 +38,7 @@ def get_config():
   config.schedule = "warmup_cosine"
   config.batch_size = 16
   config.eval_batch_size = 16
-  config.num_train_steps = 3000
-  config.eval_every_steps = 500
+  config.num_train_steps = 1500  # Dice >= 0.99 on the 40-car sample (docstring); ~1.5 h here.
+  config.eval_every_steps = 250
   config.best_metric = "dice"
   return config
