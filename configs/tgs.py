@@ -17,9 +17,11 @@ The validation curve (TGS): 0.33, 0.61, 0.63, 0.67, 0.68, 0.67 at steps 500..300
 Levers cross-validated on 3 folds of the sample (240 steps each, flip TTA; paired gain in the
 TGS metric over this config's 0.647 +- 0.009; benchmarks/results/cpu-intel-xeon-2c/tgs_cv.md):
 residual blocks -0.038 +- 0.011, a Lovasz-hinge second stage +0.001 +- 0.011, the empty-mask
-head +0.001 +- 0.019 and squeeze-excitation -0.010 +- 0.023 were not kept; float32 instead of
-bfloat16 -0.007 +- 0.011 at 2.7x the step time (so bf16 stays); the 80 px minimum area was kept
-(+0.010 +- 0.008 per fold). Held-out images without salt already score 0.92, those with salt
+head +0.001 +- 0.019, squeeze-excitation -0.010 +- 0.023 and stronger augmentation (rotation 10
+deg, scale 0.2, brightness 0.1) -0.041 +- 0.040 were not kept, nor was checkpoint averaging
+(`--checkpoint average:3`, steps 180-240: +0.004 +- 0.009 over the same runs' last checkpoint,
+tgs_cv_checkpoint_averaging.md); float32 instead of bfloat16 -0.007 +- 0.011 at 2.7x the step
+time (so bf16 stays); the 80 px minimum area was kept (+0.010 +- 0.008 per fold). Held-out images without salt already score 0.92, those with salt
 0.47: what is left is mask quality on salt, not specks on empty images.
 """
 
