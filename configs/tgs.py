@@ -21,8 +21,9 @@ head +0.001 +- 0.019, squeeze-excitation -0.010 +- 0.023 and stronger augmentati
 deg, scale 0.2, brightness 0.1) -0.041 +- 0.040 were not kept, nor was checkpoint averaging
 (`--checkpoint average:3`, steps 180-240: +0.004 +- 0.009 over the same runs' last checkpoint,
 tgs_cv_checkpoint_averaging.md); float32 instead of bfloat16 -0.007 +- 0.011 at 2.7x the step
-time (so bf16 stays); the 80 px minimum area was kept (+0.010 +- 0.008 per fold). Held-out images without salt already score 0.92, those with salt
-0.47: what is left is mask quality on salt, not specks on empty images.
+time (so bf16 stays); the 80 px minimum area was kept (+0.010 +- 0.008 per fold). Held-out
+images without salt already score 0.92, those with salt 0.47: what is left is mask quality on
+salt, not specks on empty images.
 """
 
 from configs import default
