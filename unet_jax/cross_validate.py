@@ -133,8 +133,9 @@ def cross_validate(config, workdir, num_folds: int, folds: str = "", tta: str = 
              "dataset": config.dataset, **summarize(reports)}
   suffix = ("_tta" if tta == "flip" else "") + inference.checkpoint_label(checkpoint)
   name = "cv_scores" + suffix
-  weights = ("the mean of the last " + str(inference.average_count(checkpoint)) + " checkpoints"
-             if inference.average_count(checkpoint) else f"{checkpoint} checkpoints")
+  averaged = inference.average_count(checkpoint)
+  weights = (f"the mean of the last {averaged} checkpoints" if averaged
+             else f"{checkpoint} checkpoints")
   title = (f"{config.dataset}: {len(reports)} of {num_folds} folds, {weights} on their "
            f"held-out fold{', flip TTA' if tta == 'flip' else ''}")
   table = markdown(summary, title)

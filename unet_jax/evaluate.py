@@ -186,7 +186,8 @@ def evaluate_run(workdir, split: str = "val", search: bool = False, overlay: boo
   first = workdir if isinstance(workdir, (str, pathlib.Path)) else workdir[0]
   report = {"workdir": str(pathlib.Path(first).expanduser().absolute()), "split": split,
             "step": model.step, "checkpoint": checkpoint,
-            "averaged_steps": list(model.averaged_steps), "examples": len(source), "scored_window": window, "tta": tta,
+            "averaged_steps": list(model.averaged_steps), "examples": len(source),
+            "scored_window": window, "tta": tta,
             "members": [{"workdir": w, "step": step} for w, step in model.members],
             "scores": scores}
   if search:
