@@ -55,7 +55,8 @@ def kernel_transform(w, dtype):
 
 
 def _bt(r):
-  """B^T d over the leading axis, B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]."""
+  """B^T d over the leading axis: B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0],
+  [0, 1, 0, -1]]."""
   return jnp.stack([r[0] - r[2], r[1] + r[2], r[2] - r[1], r[1] - r[3]])
 
 
@@ -101,7 +102,8 @@ def _winograd_bwd(residuals, dy):
   x, w, u = residuals
   dy = dy.astype(x.dtype)
   dx = _winograd(dy, u[_FLIPPED], transposed=True)  # The flipped, transposed kernel.
-  dw = kernels._backward_weights_sharded((1, 1), _SAME, w.shape, x, dy)  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  dw = kernels._backward_weights_sharded((1, 1), _SAME, w.shape, x, dy)
   return dx, dw.astype(w.dtype)
 
 
@@ -133,14 +135,10 @@ def relative_errors(x, w) -> dict:
   return errors
 
 
-def _best_ms(fn, args, rounds) -> list[float]:
+def _milliseconds(fn, args) -> float:
+  start = time.perf_counter()
   jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(rounds):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append((time.perf_counter() - start) * 1e3)
-  return times
+  return (time.perf_counter() - start) * 1e3
 
 
 def time_layer(layer: dict, rounds: int) -> dict:
@@ -150,12 +148,15 @@ def time_layer(layer: dict, rounds: int) -> dict:
   target = jnp.ones(layer["x"][:3] + layer["w"][3:], jnp.float32)
   fns = {"direct": direct_conv, "winograd": winograd_conv}
   passes = {f"{name}_{kind}": (jax.jit(fn), (x, w)) if kind == "fwd" else
-            (_gradients(fn), (x, w, target)) for name, fn in fns.items() for kind in ("fwd", "train")}
+            (_gradients(fn), (x, w, target))
+            for name, fn in fns.items() for kind in ("fwd", "train")}
+  for fn, args in passes.values():  # Compile and warm up, untimed.
+    jax.block_until_ready(fn(*args))
   samples = {key: [] for key in passes}
-  for _ in range(rounds):
+  for _ in range(rounds):  # The four passes take turns, so drift hits them alike.
     for key, (fn, args) in passes.items():
-      samples[key] += _best_ms(fn, args, 1)
-  best = {key: min(v) for key, v in samples.items()}
+      samples[key].append(_milliseconds(fn, args))
+  best = {key: min(times) for key, times in samples.items()}
   return {"name": layer["name"], "x": list(layer["x"]), "w": list(layer["w"]),
           **{f"{k}_ms": v for k, v in best.items()},
           "speedup_fwd": best["direct_fwd"] / best["winograd_fwd"],
