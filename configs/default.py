@@ -73,6 +73,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Kernels for convolutions, BatchNorm + ReLU and max-pools: auto (oneDNN on the CPU when the
   # native kernels were built, XLA on GPU/TPU) | xla | onednn. Same parameters either way.
   config.model.conv_impl = "auto"
+  # oneDNN with bf16 compute: how 3x3 stride-1 convolutions run: direct (oneDNN's kernel) |
+  # winograd (F(2x2,3x3): 2.25x fewer multiplications, bf16 error ~2x direct's) | auto (per
+  # layer, whichever is faster on this CPU, timed once and cached: unet_jax/ops/winograd.py).
+  # Direct by default: on the AMX Xeon Winograd wins only at the deepest levels (classic step:
+  # ~4% fewer conv seconds, below the step's noise; benchmarks/README.md).
+  config.model.conv_algo = "direct"
 
   # Loss and optimisation.
   config.loss = "bce"  # losses.LOSSES: bce softmax_ce dice bce_dice focal lovasz_hinge/_softmax.

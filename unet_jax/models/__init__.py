@@ -5,7 +5,7 @@ from unet_jax.errors import ConfigError
 from unet_jax.models.resnet_unet import ResNetUNet
 from unet_jax.models.simple import SimpleEncoderDecoder
 from unet_jax.models.unet import UNet, tiny_unet
-from unet_jax.ops import library
+from unet_jax.ops import library, winograd
 
 __all__ = ["UNet", "ResNetUNet", "SimpleEncoderDecoder", "tiny_unet", "from_config"]
 
@@ -17,6 +17,7 @@ _CHOICES = {
     "valid_output": ("overlap_tile", "resize_nearest", "resize_bilinear"),
     "conv_impl": library.IMPLS,
     "block": ("double_conv", "residual"),
+    "conv_algo": winograd.ALGOS,
 }
 
 
@@ -73,6 +74,7 @@ def from_config(config):
               padding=model_config.padding, dtype=dtype,
               upsample_impl=model_config.get("upsample_impl", "matmul"),
               remat=model_config.get("remat", False), conv_impl=conv_impl, block=block,
+              conv_algo=model_config.get("conv_algo", "direct"),
               squeeze_excitation=model_config.get("squeeze_excitation", False),
               empty_head=empty_head,
               **_valid_output(model_config.get("valid_output", "overlap_tile")))

@@ -20,7 +20,8 @@ class ConvBNReLU(nn.Module):
   """3x3 conv -> optional BatchNorm -> ReLU. Convs are bias-free when normalised.
 
   conv_impl: 'xla' (flax's layers) or 'onednn' (unet_jax.ops: the convolution on oneDNN,
-  BatchNorm + ReLU fused); same variables either way.
+  BatchNorm + ReLU fused); same variables either way. conv_algo (onednn, bf16): direct |
+  winograd | auto (unet_jax.ops.winograd).
   """
 
   features: int
@@ -29,11 +30,12 @@ class ConvBNReLU(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   conv_impl: str = "xla"
+  conv_algo: str = "direct"
 
   @nn.compact
   def __call__(self, x, train: bool):
     use_bn = self.norm == "batch"
-    x = layers.conv(self.conv_impl, self.features, (3, 3), padding=self.padding,
+    x = layers.conv(self.conv_impl, self.features, (3, 3), self.conv_algo, padding=self.padding,
                     use_bias=not use_bn, kernel_init=he_normal, dtype=self.dtype,
                     param_dtype=self.param_dtype, name="Conv_0")(x)
     if use_bn:
@@ -54,12 +56,13 @@ class DoubleConv(nn.Module):
   param_dtype: Dtype = jnp.float32
   conv_impl: str = "xla"
   squeeze_excitation: bool = False
+  conv_algo: str = "direct"
 
   @nn.compact
   def __call__(self, x, train: bool):
     for _ in range(2):
       x = ConvBNReLU(self.features, self.padding, self.norm, self.dtype, self.param_dtype,
-                     self.conv_impl)(x, train)
+                     self.conv_impl, self.conv_algo)(x, train)
     return SqueezeExcitation(name="se")(x) if self.squeeze_excitation else x
 
 
@@ -87,12 +90,13 @@ class BasicBlock(nn.Module):
   dtype: Dtype = jnp.float32
   conv_impl: str = "xla"  # Resolved: xla | onednn.
   squeeze_excitation: bool = False
+  conv_algo: str = "direct"  # onednn, bf16: direct | winograd | auto.
 
   @nn.compact
   def __call__(self, x, train: bool):
     norm = functools.partial(layers.batch_norm_relu, self.conv_impl, train=train,
                              dtype=self.dtype)
-    conv = functools.partial(layers.conv, self.conv_impl, use_bias=False,
+    conv = functools.partial(layers.conv, self.conv_impl, algo=self.conv_algo, use_bias=False,
                              kernel_init=he_normal, dtype=self.dtype)
     stride = (self.stride, self.stride)
     y = conv(self.features, (3, 3), strides=stride, padding=((1, 1), (1, 1)), name="conv1")(x)

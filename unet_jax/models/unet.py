@@ -104,6 +104,9 @@ class UNet(nn.Module):
       save activation memory; same results.
     conv_impl: 'auto' (oneDNN kernels on the CPU when built, else XLA), 'xla' or 'onednn':
       which kernels run the convolutions, BatchNorm + ReLU and max-pools; same variables.
+    conv_algo: oneDNN with bfloat16 compute: 'direct', 'winograd' (F(2x2,3x3) for every 3x3
+      stride-1 convolution) or 'auto' (per layer, the faster of the two as measured on this
+      CPU: unet_jax.ops.winograd); same variables and, within bf16 rounding, same results.
     block: each level's unit: 'double_conv' (the paper's two conv-BN-ReLU) or 'residual' (a
       ResNet BasicBlock with a 1x1 projection shortcut: the Kaggle TGS Res-U-Nets; SAME
       padding and BatchNorm only).
@@ -128,6 +131,7 @@ class UNet(nn.Module):
   upsample_impl: Literal["matmul", "conv_transpose"] = "matmul"
   remat: bool = False
   conv_impl: Literal["auto", "xla", "onednn"] = "auto"
+  conv_algo: Literal["auto", "direct", "winograd"] = "direct"
   block: Literal["double_conv", "residual"] = "double_conv"
   squeeze_excitation: bool = False
   empty_head: bool = False
@@ -159,10 +163,12 @@ class UNet(nn.Module):
     if self.block == "residual":
       if self.padding != "SAME" or self.norm != "batch":
         raise ValueError("block='residual' needs padding='SAME' and norm='batch'")
-      unit, kwargs = BasicBlock, {"stride": 1, "dtype": self.dtype, "conv_impl": impl}
+      unit, kwargs = BasicBlock, {"stride": 1, "dtype": self.dtype, "conv_impl": impl,
+                                  "conv_algo": self.conv_algo}
     elif self.block == "double_conv":
       unit, kwargs = DoubleConv, {"padding": self.padding, "norm": self.norm, "dtype": self.dtype,
-                                  "param_dtype": self.param_dtype, "conv_impl": impl}
+                                  "param_dtype": self.param_dtype, "conv_impl": impl,
+                                  "conv_algo": self.conv_algo}
     else:
       raise ValueError(f"block must be 'double_conv' or 'residual', got {self.block!r}")
     # remat: each level's activations are recomputed in the backward pass instead of kept,

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from unet_jax.ops import kernels, library
+from unet_jax.ops import kernels, library, winograd
 
 Dtype = Any
 # 1x1 stride-1 convolutions with at most this many outputs (the logit heads) run as XLA dots:
@@ -42,6 +42,7 @@ class OneDNNConv(nn.Module):
   param_dtype: Dtype = jnp.float32
   kernel_init: Callable = nn.initializers.lecun_normal()
   bias_init: Callable = nn.initializers.zeros
+  algo: str = "direct"  # 3x3 stride 1, bf16: direct | winograd | auto (ops/winograd.py).
 
   @nn.compact
   def __call__(self, x):
@@ -55,7 +56,10 @@ class OneDNNConv(nn.Module):
                      preferred_element_type=jnp.float32).astype(self.dtype)
     else:
       pads = _explicit_padding(self.padding, x.shape[1], x.shape[2], kernel_size, strides)
-      y = kernels.conv2d(x, kernel, strides, pads)
+      if winograd.choose(self.algo, x.shape, kernel.shape, strides, pads, x.dtype) == "winograd":
+        y = winograd.conv2d(x, kernel, pads)
+      else:
+        y = kernels.conv2d(x, kernel, strides, pads)
     if self.use_bias:
       bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
       y = kernels.add_bias(y, bias)
@@ -95,10 +99,12 @@ class OneDNNBatchNorm(nn.Module):
     return y
 
 
-def conv(impl: str, features: int, kernel_size, **kwargs) -> nn.Module:
-  """nn.Conv or its oneDNN twin; pass `name=` so both land at the same parameter path."""
-  cls = OneDNNConv if impl == "onednn" else nn.Conv
-  return cls(features, tuple(kernel_size), **kwargs)
+def conv(impl: str, features: int, kernel_size, algo: str = "direct", **kwargs) -> nn.Module:
+  """nn.Conv or its oneDNN twin; pass `name=` so both land at the same parameter path.
+  `algo` (oneDNN only): direct | winograd | auto, for its 3x3 stride-1 bf16 convolutions."""
+  if impl == "onednn":
+    return OneDNNConv(features, tuple(kernel_size), algo=winograd.check(algo), **kwargs)
+  return nn.Conv(features, tuple(kernel_size), **kwargs)
 
 
 def batch_norm_relu(impl: str, x, train: bool, relu: bool = True, **kwargs):

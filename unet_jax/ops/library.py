@@ -28,11 +28,13 @@ TARGETS = {  # XLA custom-call name -> exported handler symbol.
     "unet_max_pool_backward": "UnetMaxPoolBackward",
     "unet_concat_channels": "UnetConcatChannels",
     "unet_split_channels": "UnetSplitChannels",
+    "unet_winograd_kernel": "UnetWinogradKernel",
+    "unet_winograd_conv": "UnetWinogradConv",
 }
 IMPLS = ("auto", "xla", "onednn")
 # The handlers' operand layout this code calls; equal to unet_kernels_abi_version() in
 # csrc/onednn_conv.cc. Bump both when a handler's operands or attributes change.
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 
 class KernelsUnavailable(RuntimeError):

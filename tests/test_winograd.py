@@ -1,0 +1,181 @@
+"""unet_jax.ops.winograd: the native Winograd F(2x2,3x3) convolution computes the convolution
+and its gradients (within twice the direct bf16 kernel's error), partitions over devices, and
+conv_algo picks it per layer."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from unet_jax import models
+from unet_jax.errors import ConfigError
+from unet_jax.ops import kernels, library, winograd
+
+pytestmark = pytest.mark.skipif(library.unavailable_reason() is not None,
+                                reason=f"native kernels: {library.unavailable_reason()}")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# (batch, height, width, in, out, padding): odd sizes, batch 1 and 8, SAME and VALID.
+CASES = [
+    (1, 7, 9, 5, 6, ((1, 1), (1, 1))),
+    (8, 5, 6, 3, 4, ((1, 1), (1, 1))),
+    (2, 8, 6, 16, 8, ((0, 0), (0, 0))),
+    (1, 6, 8, 64, 128, ((1, 1), (1, 1))),  # A bottleneck-like shape: many channels, small map.
+    (2, 11, 10, 8, 8, ((0, 0), (0, 0))),
+]
+
+
+def _relative(a, b) -> float:
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _value_and_gradients(conv, x, kernel, dy):
+  y, vjp = jax.vjp(conv, x, kernel)
+  return (y, *vjp(dy.astype(y.dtype)))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_value_and_gradients_within_twice_the_direct_kernels_error(case):
+  n, h, w, c, o, pads = case
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((n, h, w, c)), jnp.bfloat16)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, c, o)) / np.sqrt(9 * c), jnp.float32)
+  oh, ow = h + sum(pads[0]) - 2, w + sum(pads[1]) - 2
+  dy = jnp.asarray(rng.standard_normal((n, oh, ow, o)), jnp.bfloat16)
+
+  def reference(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), pads, precision="highest",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  run = jax.jit(_value_and_gradients, static_argnums=0)
+  want = run(reference, x.astype(jnp.float32), kernel, dy)
+  direct = run(lambda a, b: kernels.conv2d(a, b, (1, 1), pads), x, kernel, dy)
+  got = run(lambda a, b: winograd.conv2d(a, b, pads), x, kernel, dy)
+  assert got[0].shape == want[0].shape and got[0].dtype == jnp.bfloat16
+  assert got[1].dtype == jnp.bfloat16 and got[2].dtype == jnp.float32
+  for name, g, d, r in zip(("value", "input gradient"), got[:2], direct[:2], want[:2]):
+    error, direct_error = _relative(g, r), _relative(d, r)
+    assert 0 < error < 2 * direct_error, (name, error, direct_error)
+  # The weight gradient is oneDNN's direct kernel either way.
+  np.testing.assert_allclose(got[2], direct[2], rtol=1e-6, atol=1e-6)
+
+
+def test_bfloat16_kernels_and_nan_propagate():
+  x = jnp.ones((1, 4, 4, 2), jnp.bfloat16).at[0, 1, 1, 0].set(jnp.nan)
+  kernel = jnp.ones((3, 3, 2, 3), jnp.bfloat16)
+  y = winograd.conv2d(x, kernel, ((1, 1), (1, 1)))
+  assert y.dtype == jnp.bfloat16 and bool(jnp.isnan(y[0, 0, 0, 0]))
+  assert not bool(jnp.isnan(y[0, 3, 3, 0]))  # Outside the NaN's 3x3 reach.
+
+
+def test_unet_trains_alike_with_winograd_and_direct():
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 24, 24, 3)), jnp.float32)
+  variables = models.UNet(features=16, depth=2).init(jax.random.key(0), x, train=False)
+
+  def loss_and_grads(algo):
+    model = models.UNet(features=16, depth=2, dtype=jnp.bfloat16, conv_impl="onednn",
+                        conv_algo=algo)
+
+    def loss(params):
+      y, _ = model.apply({**variables, "params": params}, x, train=True,
+                         mutable=["batch_stats"])
+      return jnp.mean(jax.nn.sigmoid(y.astype(jnp.float32)))
+
+    return jax.jit(jax.value_and_grad(loss))(variables["params"])
+
+  (direct_loss, direct_grads), (loss, grads) = map(loss_and_grads, ("direct", "winograd"))
+  assert abs(float(loss) - float(direct_loss)) < 2e-3
+  def kernel(grads):
+    return grads["bottleneck"]["ConvBNReLU_1"]["Conv_0"]["kernel"]
+
+  cosine = float(jnp.vdot(kernel(grads), kernel(direct_grads))
+                 / jnp.linalg.norm(kernel(grads)) / jnp.linalg.norm(kernel(direct_grads)))
+  assert cosine > 0.9
+
+
+def test_choice_rules_without_measuring():
+  same = ((1, 1), (1, 1))
+  choose = winograd.choose
+  assert choose("winograd", (2, 8, 8, 4), (3, 3, 4, 4), (1, 1), same, jnp.bfloat16) == "winograd"
+  assert choose("winograd", (2, 8, 8, 4), (3, 3, 4, 4), (1, 1), same, jnp.float32) == "direct"
+  assert choose("winograd", (2, 8, 8, 4), (3, 3, 4, 4), (2, 2), same, jnp.bfloat16) == "direct"
+  assert choose("winograd", (2, 8, 8, 4), (1, 1, 4, 4), (1, 1), same, jnp.bfloat16) == "direct"
+  assert choose("auto", (2, 8, 8, 64), (3, 3, 64, 64), (1, 1), same, jnp.bfloat16) == "direct"
+  assert choose("direct", (2, 8, 8, 512), (3, 3, 512, 512), (1, 1), same,
+                jnp.bfloat16) == "direct"
+  with pytest.raises(ValueError, match="conv_algo must be one of"):
+    winograd.check("fastest")
+
+
+def test_auto_times_a_layer_once_and_caches_the_choice(tmp_path, monkeypatch):
+  monkeypatch.setenv(winograd.CACHE_VARIABLE, str(tmp_path))
+  winograd._measured_choice.cache_clear()  # pylint: disable=protected-access
+  shape, kernel = (1, 4, 4, 256), (3, 3, 256, 256)
+  choice = winograd.choose("auto", shape, kernel, (1, 1), ((1, 1), (1, 1)), jnp.bfloat16)
+  table = json.loads((tmp_path / "conv_algo.json").read_text())
+  (key, entry), = table.items()
+  assert "1x4x4x256->256" in key and entry["choice"] == choice
+  assert entry["direct_ms"] > 0 and entry["winograd_ms"] > 0
+  assert choice == ("winograd" if entry["winograd_ms"] < entry["direct_ms"] else "direct")
+  # A new process (cleared memo) reads the file instead of timing again.
+  winograd._measured_choice.cache_clear()  # pylint: disable=protected-access
+  monkeypatch.setattr(winograd, "time_layer", lambda *a, **k: pytest.fail("timed again"))
+  assert winograd.choose("auto", shape, kernel, (1, 1), ((1, 1), (1, 1)),
+                         jnp.bfloat16) == choice
+  winograd._measured_choice.cache_clear()  # pylint: disable=protected-access
+
+
+def test_config_passes_conv_algo_and_refuses_unknown_values():
+  config = default.get_config()
+  config.model.conv_algo = "winograd"
+  assert models.from_config(config).conv_algo == "winograd"
+  config.model.conv_algo = "fastest"
+  with pytest.raises(ConfigError, match="model.conv_algo='fastest' is not one of"):
+    models.from_config(config)
+
+
+_SHARDED = textwrap.dedent("""
+    import json, jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from unet_jax.ops import winograd
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((8, 6, 6, 8)), jnp.bfloat16)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 8, 16)), jnp.float32)
+    def loss(x, k):
+      return jnp.sum(winograd.conv2d(x, k, ((1, 1), (1, 1))).astype(jnp.float32) ** 2)
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    one = step(x, kernel)
+    mesh = Mesh(np.array(jax.devices()), ("batch",))
+    xs = jax.device_put(x, NamedSharding(mesh, P("batch")))
+    ks = jax.device_put(kernel, NamedSharding(mesh, P()))
+    hlo = step.lower(xs, ks).compile().as_text()
+    four = step(xs, ks)
+    print(json.dumps({"devices": len(jax.devices()),
+                      "shard_rows": [s.data.shape[0] for s in four[1][0].addressable_shards],
+                      "all_gathers": hlo.count(" all-gather("),
+                      "loss": [float(one[0]), float(four[0])],
+                      "dw_diff": float(jnp.max(jnp.abs(one[1][1] - four[1][1]))),
+                      "dw_scale": float(jnp.max(jnp.abs(one[1][1]))),
+                      "dx_equal": bool(jnp.all(one[1][0] == four[1][0]))}))
+""")
+
+
+def test_sharded_over_four_devices_equals_one_device():
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+         "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, "-c", _SHARDED], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert result["devices"] == 4 and result["shard_rows"] == [2, 2, 2, 2]
+  assert result["all_gathers"] == 0 and result["dx_equal"]
+  assert result["loss"][0] == pytest.approx(result["loss"][1], rel=1e-5)
+  assert result["dw_diff"] <= 1e-5 * result["dw_scale"]

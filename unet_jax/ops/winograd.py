@@ -1,0 +1,221 @@
+"""Winograd F(2x2,3x3) convolutions on the native kernels (csrc/winograd_conv.cc), and the
+per-layer choice between them and oneDNN's direct convolution (`conv_algo`).
+
+Winograd does 2.25x fewer multiplications than a direct 3x3 convolution, at the price of
+transforms that read and write memory; it pays where channel counts are high and the image
+small (the deep U-Net levels), where oneDNN's direct kernel is also least efficient. So
+`conv_algo='auto'` times both on each candidate layer's own shape the first time it is seen
+and keeps the faster, as cuDNN's benchmark mode does; the choice is cached on disk by CPU
+model, thread count and shape, and logged.
+"""
+
+import ctypes
+import functools
+import json
+import logging
+import os
+import pathlib
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unet_jax.ops import kernels, library
+
+ALGOS = ("auto", "direct", "winograd")
+# 'auto' only times layers with at least this many input and output channels: below it the
+# transforms cost about what the saved multiplications do (the gate report: 0.7-0.8x at 128
+# and 256 channels), so those stay direct without spending a measurement on them.
+AUTO_MIN_CHANNELS = 256
+CACHE_VARIABLE = "UNET_JAX_CACHE_DIR"  # Where conv_algo.json lives (~/.cache/unet_jax).
+
+
+def applicable(x_shape, kernel_shape, strides, padding, dtype) -> bool:
+  """Whether this convolution has a Winograd kernel: 3x3, stride 1, padding 0 or 1 on every
+  side, bfloat16 activations."""
+  pads = [p for pair in padding for p in pair]
+  return (tuple(kernel_shape[:2]) == (3, 3) and tuple(strides) == (1, 1)
+          and all(p in (0, 1) for p in pads) and jnp.dtype(dtype) == jnp.bfloat16
+          and len(x_shape) == 4)
+
+
+# ---- The op ------------------------------------------------------------------------------
+
+def _transform(kernel):
+  """U = G g G^T of an HWIO 3x3 kernel, bf16, as its two halves (taps 0-7, 8-15), each
+  (8, C, O): two buffers under glibc's 32 MiB mmap threshold (csrc/winograd_conv.cc)."""
+  half = jax.ShapeDtypeStruct((8, *kernel.shape[2:]), jnp.bfloat16)
+  call = kernels._call  # pylint: disable=protected-access
+  return call("unet_winograd_kernel", (half, half), kernel)
+
+
+def _conv(top_left, transpose, out_hw, x, u):
+  channels = u[0].shape[1] if transpose else u[0].shape[2]
+  out = jax.ShapeDtypeStruct((x.shape[0], *out_hw, channels), x.dtype)
+  return kernels._call("unet_winograd_conv", out, x, *u,  # pylint: disable=protected-access
+                       padding=np.asarray(top_left, np.int64), transpose=np.int64(transpose))
+
+
+def _conv_halves(top_left, transpose, out_hw, x, lo, hi):
+  return _conv(top_left, transpose, out_hw, x, (lo, hi))
+
+
+_sharded = kernels._sharded_over_batch  # pylint: disable=protected-access
+_forward_halves = _sharded(_conv_halves, batched_args=(0,), summed_results=(),
+                           static_argnums=(0, 1, 2), rule="b h w c, k c o, k c o -> b p q o")
+_transposed_halves = _sharded(_conv_halves, batched_args=(0,), summed_results=(),
+                              static_argnums=(0, 1, 2), rule="b p q o, k c o, k c o -> b h w c")
+
+
+def _forward_sharded(top_left, transpose, out_hw, x, u):
+  return _forward_halves(top_left, transpose, out_hw, x, *u)
+
+
+def _transposed_sharded(top_left, transpose, out_hw, x, u):
+  return _transposed_halves(top_left, transpose, out_hw, x, *u)
+
+
+def _output_hw(x, padding):
+  (pt, pb), (pl, pr) = padding
+  return x.shape[1] + pt + pb - 2, x.shape[2] + pl + pr - 2
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d(x, kernel, padding):
+  """3x3 stride-1 NHWC x HWIO convolution of bfloat16 `x` by Winograd F(2x2,3x3); `kernel`
+  float32 or bfloat16 (its gradient comes back in its dtype). padding ((top, bottom),
+  (left, right)), each 0 or 1. The kernel is transformed once and the transform reused by
+  the input gradient; the weight gradient is oneDNN's direct kernel."""
+  y, _ = _conv2d_fwd(x, kernel, padding)
+  return y
+
+
+def _conv2d_fwd(x, kernel, padding):
+  u = _transform(kernel)
+  (pt, _), (pl, _) = padding
+  y = _forward_sharded((pt, pl), 0, _output_hw(x, padding), x, u)
+  return y, (x, kernel, u)
+
+
+def _conv2d_bwd(padding, residuals, dy):
+  x, kernel, u = residuals
+  dy = dy.astype(x.dtype)
+  (pt, _), (pl, _) = padding
+  dx = _transposed_sharded((2 - pt, 2 - pl), 1, x.shape[1:3], dy, u)
+  dw = kernels._backward_weights_sharded(  # pylint: disable=protected-access
+      (1, 1), padding, kernel.shape, x, dy)
+  return dx, dw.astype(kernel.dtype)
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+# ---- The per-layer choice ----------------------------------------------------------------
+
+def check(algo: str) -> str:
+  if algo not in ALGOS:
+    raise ValueError(f"conv_algo must be one of {ALGOS}, got {algo!r}")
+  return algo
+
+
+def choose(algo: str, x_shape, kernel_shape, strides, padding, dtype) -> str:
+  """'winograd' or 'direct' for one convolution under `algo` (auto | direct | winograd)."""
+  if check(algo) == "direct" or not applicable(x_shape, kernel_shape, strides, padding, dtype):
+    return "direct"
+  if algo == "winograd":
+    return "winograd"
+  c, o = kernel_shape[2:]
+  if min(c, o) < AUTO_MIN_CHANNELS:
+    return "direct"
+  return _measured_choice(tuple(int(d) for d in x_shape), int(o),
+                          tuple((int(a), int(b)) for a, b in padding))
+
+
+def cache_path() -> pathlib.Path:
+  root = os.environ.get(CACHE_VARIABLE) or os.path.join(os.path.expanduser("~"), ".cache",
+                                                         "unet_jax")
+  return pathlib.Path(root) / "conv_algo.json"
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_model() -> str:
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def _key(x_shape, out_channels, padding) -> str:
+  n, h, w, c = x_shape
+  threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  pads = ",".join(str(p) for pair in padding for p in pair)
+  return f"{_cpu_model()}|{threads} threads|{n}x{h}x{w}x{c}->{out_channels}|pad {pads}"
+
+
+@functools.lru_cache(maxsize=None)
+def _measured_choice(x_shape, out_channels, padding) -> str:
+  key, path = _key(x_shape, out_channels, padding), cache_path()
+  try:
+    table = json.loads(path.read_text())
+  except (OSError, ValueError):
+    table = {}
+  if key not in table:
+    table[key] = time_layer(x_shape, out_channels, padding)
+    try:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      tmp = path.with_suffix(f".{os.getpid()}.tmp")
+      tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+      tmp.replace(path)
+    except OSError as e:
+      logging.warning("conv_algo=auto: cannot cache the choice in %s (%s)", path, e)
+  entry = table[key]
+  logging.info("conv_algo=auto: %s: direct %.2f ms, winograd %.2f ms (forward + input "
+               "gradient) -> %s", key.split("|", 2)[2], entry["direct_ms"], entry["winograd_ms"],
+               entry["choice"])
+  return entry["choice"]
+
+
+def _bf16_buffer(shape, rng):
+  """Random bfloat16 values as their uint16 bits (a numpy buffer the kernels can read)."""
+  values = rng.standard_normal(shape, dtype=np.float32)
+  return (values.view(np.uint32) >> 16).astype(np.uint16)
+
+
+def time_layer(x_shape, out_channels, padding, repeats: int = 5) -> dict:
+  """Best-of-`repeats` milliseconds of one training step's direct and Winograd work for a
+  layer (forward and input gradient, with the direct kernel's weight reorders and Winograd's
+  kernel transform; the weight gradient is the same kernel either way), and the faster."""
+  lib = library.load()
+  n, h, w, c = x_shape
+  (pt, pb), (pl, pr) = padding
+  oh, ow = h + pt + pb - 2, w + pl + pr - 2
+  rng = np.random.default_rng(0)
+  x, y, dx = _bf16_buffer(x_shape, rng), _bf16_buffer((n, oh, ow, out_channels), rng), \
+      np.empty(x_shape, np.uint16)
+  kernel = rng.standard_normal((3, 3, c, out_channels), dtype=np.float32)
+  kernel_bf16 = (kernel.view(np.uint32) >> 16).astype(np.uint16)
+  u = np.empty((16, c, out_channels), np.uint16)  # Both halves, one after the other.
+  ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # pylint: disable=unnecessary-lambda-assignment
+  direct = lib.unet_onednn_conv_best_seconds
+  direct.restype, winograd = ctypes.c_double, lib.unet_winograd_best_seconds
+  winograd.restype = ctypes.c_double
+  conv_dims = np.asarray([n, h, w, c, 3, 3, out_channels, oh, ow, 1, 1, pt, pb, pl, pr], np.int64)
+  wino_dims = np.asarray([n, h, w, c, out_channels, pt, pb, pl, pr], np.int64)
+  start = time.perf_counter()
+  best_direct = best_winograd = float("inf")
+  for _ in range(repeats):  # Taking turns, so a busy moment hurts both alike.
+    forward = direct(ptr(conv_dims), 1, 0, 1, ptr(x), ptr(kernel_bf16), ptr(y))
+    backward = direct(ptr(conv_dims), 1, 1, 1, ptr(y), ptr(kernel_bf16), ptr(dx))
+    best_direct = min(best_direct, forward + backward)
+    best_winograd = min(best_winograd, winograd(ptr(wino_dims), 1, ptr(x), ptr(kernel), ptr(u),
+                                                ptr(y), ptr(dx)))
+  if min(best_direct, best_winograd) < 0:
+    raise library.KernelsUnavailable("a native convolution kernel failed while timing")
+  return {"direct_ms": round(best_direct * 1e3, 3), "winograd_ms": round(best_winograd * 1e3, 3),
+          "choice": "winograd" if best_winograd < best_direct else "direct",
+          "timing_s": round(time.perf_counter() - start, 2)}
