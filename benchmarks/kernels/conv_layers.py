@@ -10,7 +10,12 @@ calls after warm-up, the implementations taking turns in every repeat:
   xla: jax.lax.conv_general_dilated (up-convolutions: the einsum the model's XLA path runs)
     and its jax.vjp pieces, jitted;
   onednn_jax: the FFI calls of unet_jax.ops.kernels, jitted;
-  onednn_direct: the same oneDNN primitives on numpy buffers through ctypes (the ceiling).
+  onednn_direct: the same oneDNN primitives on numpy buffers through ctypes (the ceiling);
+  winograd_jax: unet_jax.ops.winograd's FFI calls where they apply (3x3 stride 1, bf16; the
+    forward includes the kernel transform, which the input gradient reuses; the weight
+    gradient is the direct kernel), elsewhere the onednn_jax call: what conv_algo=winograd
+    runs. GFLOP/s count the direct convolution's FLOPs, so "effective" rates above the
+    machine's peak are possible.
 Writes benchmarks/results/<device-slug>/conv_layers_<preset>.{json,md,png}.
 """
 
@@ -38,13 +43,13 @@ from benchmarks import machine
 from benchmarks.step import throughput
 from unet_jax import host_memory
 from unet_jax.models.unet import UNet
-from unet_jax.ops import kernels, library
+from unet_jax.ops import kernels, library, winograd
 # pylint: enable=wrong-import-position
 
 RESULTS = throughput.RESULTS
 SCHEMA_VERSION = 1
 PASSES = ("forward", "input_grad", "weight_grad")
-IMPLS = ("xla", "onednn_jax", "onednn_direct")
+IMPLS = ("xla", "onednn_jax", "onednn_direct", "winograd_jax")
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 # oneDNN primitive per pass (0 forward, 1 backward data, 2 backward weights) and its operands,
 # in terms of the convolution x (N,H,W,C) * w (KH,KW,C,O) -> y (N,OH,OW,O). An up-convolution
@@ -156,6 +161,24 @@ def _onednn_jax_pass(layer, primitive):
       strides, padding, layer["w"], x, y))
 
 
+def _winograd_pass(layer, pass_name, dtype, arrays):
+  """(jitted fn, operands) of the Winograd op for this pass, or None where it does not apply."""
+  if layer["transposed"] or not winograd.applicable(layer["x"], layer["w"], layer["strides"],
+                                                    layer["padding"], DTYPES[dtype]):
+    return None
+  (pt, _), (pl, _) = layer["padding"]
+  out_hw, in_hw = tuple(layer["y"][1:3]), tuple(layer["x"][1:3])
+  # pylint: disable=protected-access
+  if pass_name == "forward":
+    return jax.jit(lambda x, w: winograd._forward_sharded(
+        (pt, pl), 0, out_hw, x, winograd._transform(w))), (arrays["x"], arrays["w"])
+  if pass_name == "input_grad":
+    u = jax.jit(winograd._transform)(arrays["w"])
+    return jax.jit(lambda y, u: winograd._transposed_sharded(
+        (2 - pt, 2 - pl), 1, in_hw, y, u)), (arrays["y"], u)
+  return None  # The weight gradient: oneDNN's direct kernel, as onednn_jax.
+
+
 def direct_pass(layer, primitive, dtype):
   """oneDNN on numpy buffers: (a, b) -> (best seconds of one call, output)."""
   fn = library.load().unet_onednn_conv_best_seconds
@@ -215,9 +238,12 @@ def pass_callables(layer, dtype: str, pass_name: str, arrays, host) -> dict:
     out = jax.block_until_ready(fn(*args))
     return time.perf_counter() - start, out
 
-  return {"xla": lambda: timed(xla, *(arrays[k] for k in xla_operands)),
-          "onednn_jax": lambda: timed(onednn, arrays[a], arrays[b]),
-          "onednn_direct": lambda: direct(host[a], host[b])}
+  calls = {"xla": lambda: timed(xla, *(arrays[k] for k in xla_operands)),
+           "onednn_jax": lambda: timed(onednn, arrays[a], arrays[b]),
+           "onednn_direct": lambda: direct(host[a], host[b])}
+  wino = _winograd_pass(layer, pass_name, dtype, arrays)
+  calls["winograd_jax"] = (lambda: timed(wino[0], *wino[1])) if wino else calls["onednn_jax"]
+  return calls
 
 
 def time_layer(layer, dtype: str, warmup: int, repeats: int) -> dict:
@@ -273,7 +299,7 @@ def run(preset: str = "tgs", dtypes=("fp32", "bf16"), repeats: int = 5, warmup: 
       layer["timings"][dtype] = time_layer(layer, dtype, warmup, repeats)
       log(f"{dtype} {layer['name']:40s} " + "  ".join(
           f"{p} " + "/".join(f"{t[i]['gflops']:.0f}" for i in IMPLS)
-          for p, t in layer["timings"][dtype].items()) + " GFLOP/s xla/jax/direct")
+          for p, t in layer["timings"][dtype].items()) + " GFLOP/s xla/jax/direct/winograd")
   data = {
       "schema_version": SCHEMA_VERSION, "benchmark": "conv_layers", "preset": preset,
       "model": {k: v for k, v in throughput.preset_spec(preset, "cpu").items() if k != "seed"},
@@ -291,7 +317,10 @@ def run(preset: str = "tgs", dtypes=("fp32", "bf16"), repeats: int = 5, warmup: 
                  "model's einsum, float32 accumulation)",
           "onednn_jax": "unet_jax.ops.kernels FFI calls (_forward/_backward_data/"
                         "_backward_weights_sharded), jitted",
-          "onednn_direct": "unet_onednn_conv_best_seconds: oneDNN on numpy buffers, no JAX"},
+          "onednn_direct": "unet_onednn_conv_best_seconds: oneDNN on numpy buffers, no JAX",
+          "winograd_jax": "unet_jax.ops.winograd FFI calls (kernel transform + forward; "
+                          "transposed input gradient) where they apply (3x3 stride 1 bf16), "
+                          "else onednn_jax"},
       "layers": layers,
       "totals": {dtype: totals(layers, dtype) for dtype in dtypes},
   }

@@ -3,8 +3,9 @@
 import json
 import pathlib
 
-IMPLS = ("xla", "onednn_jax", "onednn_direct")
-LABELS = {"xla": "XLA", "onednn_jax": "oneDNN via JAX", "onednn_direct": "oneDNN direct"}
+IMPLS = ("xla", "onednn_jax", "onednn_direct", "winograd_jax")
+LABELS = {"xla": "XLA", "onednn_jax": "oneDNN via JAX", "onednn_direct": "oneDNN direct",
+          "winograd_jax": "Winograd via JAX"}
 PASSES = ("forward", "input_grad", "weight_grad")
 
 
@@ -18,37 +19,47 @@ def _shape(layer) -> str:
 
 
 def layer_table(data, dtype: str) -> str:
-  """One row per layer and pass: GFLOP/s of each implementation and the two ratios."""
-  lines = ["| layer | count | pass | XLA | oneDNN via JAX | oneDNN direct | JAX / direct | "
-           "JAX / XLA |", "|---|---|---|---|---|---|---|---|"]
+  """One row per layer and pass: GFLOP/s of each implementation and three ratios."""
+  impls = [i for i in IMPLS if i in data["implementations"]]
+  winograd = "winograd_jax" in impls
+  lines = ["| layer | count | pass | " + " | ".join(LABELS[i] for i in impls) +
+           " | JAX / direct | JAX / XLA |" + (" Winograd / JAX |" if winograd else ""),
+           "|---|---|---|" + "---|" * (len(impls) + 2 + winograd)]
   for layer in data["layers"]:
     for p in PASSES:
       t = layer["timings"][dtype][p]
-      g = [t[i]["gflops"] for i in IMPLS]
+      g = [t[i]["gflops"] for i in impls]
       count = layer["input_grad_count" if p == "input_grad" else "count"]
-      lines.append(f"| {_shape(layer)} | {count} | {p} | {g[0]:.1f} | {g[1]:.1f} | "
-                   f"{g[2]:.1f} | {g[1] / g[2]:.2f} | {g[1] / g[0]:.2f} |")
+      lines.append(f"| {_shape(layer)} | {count} | {p} | " + " | ".join(f"{v:.1f}" for v in g)
+                   + f" | {g[1] / g[2]:.2f} | {g[1] / g[0]:.2f} |"
+                   + (f" {g[3] / g[1]:.2f} |" if winograd else ""))
   return "\n".join(lines)
 
 
 def totals_table(data, dtype: str) -> str:
   total = data["totals"][dtype]
-  lines = ["| pass | XLA | oneDNN via JAX | oneDNN direct |", "|---|---|---|---|"]
+  impls = [i for i in IMPLS if i in data["implementations"]]
+  lines = ["| pass | " + " | ".join(LABELS[i] for i in impls) + " |",
+           "|---|" + "---|" * len(impls)]
   for p in PASSES:
-    lines.append(f"| {p} | " + " | ".join(f"{total['by_pass'][p][i]:.1f}" for i in IMPLS) + " |")
+    lines.append(f"| {p} | " + " | ".join(f"{total['by_pass'][p][i]:.1f}" for i in impls) + " |")
   lines.append("| **all (FLOP-weighted)** | " +
-               " | ".join(f"**{total['gflops'][i]:.1f}**" for i in IMPLS) + " |")
+               " | ".join(f"**{total['gflops'][i]:.1f}**" for i in impls) + " |")
   lines.append("| conv seconds per train step | " +
-               " | ".join(f"{total['seconds'][i]:.3f}" for i in IMPLS) + " |")
+               " | ".join(f"{total['seconds'][i]:.3f}" for i in impls) + " |")
   return "\n".join(lines)
 
 
 def headline(data, dtype: str) -> str:
   total = data["totals"][dtype]
   verdict = "meets" if total["meets_80pct_of_direct"] else "**misses**"
-  return (f"**{dtype}: oneDNN via JAX / direct = {total['ratio_onednn_jax_to_direct']:.2f}** "
+  line = (f"**{dtype}: oneDNN via JAX / direct = {total['ratio_onednn_jax_to_direct']:.2f}** "
           f"({verdict} the 0.80 bar); oneDNN via JAX / XLA = "
           f"{total['ratio_onednn_jax_to_xla']:.2f}x")
+  if "winograd_jax" in total["gflops"]:
+    line += (f"; Winograd (where it applies) / oneDNN via JAX = "
+             f"{total['gflops']['winograd_jax'] / total['gflops']['onednn_jax']:.2f}x")
+  return line
 
 
 def markdown(data) -> str:
@@ -94,12 +105,14 @@ def bar_chart(data, path: pathlib.Path) -> None:
   figure, axes = plt.subplots(1, len(dtypes), figsize=(6 * len(dtypes), 0.45 * len(labels) + 1.8),
                               squeeze=False)
   for axis, dtype in zip(axes[0], dtypes):
-    for k, impl in enumerate(IMPLS):
+    impls = [i for i in IMPLS if i in data["implementations"]]
+    for k, impl in enumerate(impls):
       values = [3 * layer["flops"] / sum(layer["timings"][dtype][p][impl]["seconds"]
                                          for p in PASSES) / 1e9 for layer in layers]
       values.append(data["totals"][dtype]["gflops"][impl])
-      axis.barh([i + (k - 1) * 0.27 for i in range(len(labels))], values, height=0.27,
-                label=LABELS[impl])
+      height = 0.8 / len(impls)
+      axis.barh([i + (k - (len(impls) - 1) / 2) * height for i in range(len(labels))], values,
+                height=height, label=LABELS[impl])
     axis.set_yticks(range(len(labels)), labels, fontsize=7)
     axis.invert_yaxis()
     axis.set_xlabel("GFLOP/s (forward + input grad + weight grad)")

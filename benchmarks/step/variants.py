@@ -35,6 +35,16 @@ VARIANTS = {
                               {"bf16": False, "malloc": "reuse", "conv_impl": "xla"}),
     "jax_onednn_bf16_reuse_malloc": ("jax", "JAX bf16 compute, oneDNN kernels, reuse malloc",
                                      {"bf16": True, "conv_impl": "onednn", "malloc": "reuse"}),
+    # The bf16 oneDNN model with Winograd F(2x2,3x3) for every 3x3 convolution, and with the
+    # per-layer measured choice (conv_algo='auto': unet_jax.ops.winograd).
+    "jax_onednn_bf16_winograd": ("jax", "JAX bf16, oneDNN kernels, Winograd every 3x3",
+                                 {"bf16": True, "conv_impl": "onednn", "conv_algo": "winograd"}),
+    "jax_onednn_bf16_auto_algo": ("jax", "JAX bf16, oneDNN kernels, conv_algo=auto",
+                                  {"bf16": True, "conv_impl": "onednn", "conv_algo": "auto"}),
+    "jax_onednn_bf16_auto_algo_reuse_malloc": ("jax", "JAX bf16, oneDNN kernels, conv_algo=auto, "
+                                               "reuse malloc",
+                                               {"bf16": True, "conv_impl": "onednn",
+                                                "conv_algo": "auto", "malloc": "reuse"}),
     "torch_eager_nchw": ("torch", "PyTorch eager NCHW fp32", {}),
     "torch_eager_cl": ("torch", "PyTorch eager channels_last fp32", {"channels_last": True}),
     "torch_autocast_bf16_cl": ("torch", "PyTorch autocast bf16 channels_last",
@@ -76,7 +86,8 @@ def _model_kwargs(spec):
   return {key: spec[key] for key in keys}
 
 
-def build_jax(spec, bf16: bool, upsample_impl: str = "matmul", conv_impl: str = "xla"):
+def build_jax(spec, bf16: bool, upsample_impl: str = "matmul", conv_impl: str = "xla",
+              conv_algo: str = "direct"):
   """The project's own train step (unet_jax.steps.train_step), jitted with donation."""
   import functools  # pylint: disable=import-outside-toplevel
   import jax
@@ -89,7 +100,8 @@ def build_jax(spec, bf16: bool, upsample_impl: str = "matmul", conv_impl: str = 
   train.configure_cpu_dispatch(default.get_config().cpu_async_dispatch)  # As the trainer does.
 
   model = UNet(num_classes=1, dtype=jnp.bfloat16 if bf16 else jnp.float32,
-               upsample_impl=upsample_impl, conv_impl=conv_impl, **_model_kwargs(spec))
+               upsample_impl=upsample_impl, conv_impl=conv_impl, conv_algo=conv_algo,
+               **_model_kwargs(spec))
   images, masks = _batch(spec)
   batch = jax.device_put({"image": images, "mask": masks})
   state = steps.create_train_state(model, optax.adam(LEARNING_RATE, eps=1e-8), images,
