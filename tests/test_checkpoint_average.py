@@ -48,6 +48,13 @@ def test_evaluate_scores_the_average_into_its_own_files(three_checkpoints, tmp_p
   assert report["scores"]["loss"] != pytest.approx(best["scores"]["loss"], rel=1e-6)
 
 
+def test_an_ensemble_of_averaged_runs_records_each_members_steps(three_checkpoints, tmp_path):
+  report = evaluate.evaluate_run([three_checkpoints, three_checkpoints], output_dir=tmp_path,
+                                 checkpoint="average:2")
+  assert [m["averaged_steps"] for m in report["members"]] == [[2, 3], [2, 3]]
+  assert report["averaged_steps"] == []  # Not one member's steps standing for all.
+
+
 @pytest.mark.parametrize("which, message", [
     ("average:4", "keeps 3 checkpoints .*max_checkpoints=4"),
     ("average:x", "average:N needs a whole N >= 1"),

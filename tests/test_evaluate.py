@@ -93,7 +93,7 @@ def _second_run():
 def test_ensemble_averages_the_members_probabilities(tmp_path):
   members = [trained_workdir(), _second_run()]
   ensemble = inference.load_ensemble(members)
-  assert [step for _, step in ensemble.members] == [2, 2]
+  assert [step for _, step, _ in ensemble.members] == [2, 2]
   images = np.stack([data.load_split(tiny_config(), "val")[i]["image"] for i in range(4)])
   each = [inference.probabilities(inference.load(w).state, images) for w in members]
   averaged = inference.make_predict_fn("none")(ensemble.state, images)

@@ -188,7 +188,8 @@ def evaluate_run(workdir, split: str = "val", search: bool = False, overlay: boo
             "step": model.step, "checkpoint": checkpoint,
             "averaged_steps": list(model.averaged_steps), "examples": len(source),
             "scored_window": window, "tta": tta,
-            "members": [{"workdir": w, "step": step} for w, step in model.members],
+            "members": [{"workdir": w, "step": step, "averaged_steps": list(averaged)}
+                        for w, step, averaged in model.members],
             "scores": scores}
   if search:
     rows = threshold_search(model, scored, tta=tta, min_areas=min_areas)

@@ -44,9 +44,10 @@ class TrainedModel:
   input_channels: int
   mesh: Mesh
   # An ensemble: `state` is a tuple of the members' states, whose probabilities are averaged;
-  # members lists (workdir, step) of each. Empty for a single run.
+  # members lists (workdir, step, averaged_steps) of each. Empty for a single run.
   members: tuple = ()
-  # --checkpoint average:N: the steps whose weights were averaged (`step` is the last).
+  # --checkpoint average:N: the steps whose weights were averaged (`step` is the last); an
+  # ensemble's are in its members.
   averaged_steps: tuple = ()
 
   @property
@@ -225,10 +226,12 @@ def load_ensemble(workdirs, which: str = "best") -> TrainedModel:
     if theirs != ours:
       raise WorkdirError(f"{workdir} predicts (image size, classes, channels) {theirs} but "
                          f"{workdirs[0]} {ours}; ensemble only runs trained for the same task")
-  members = tuple((str(w), r.step) for w, r in zip(workdirs, runs))
-  logging.info("ensemble of %d runs: %s", len(runs),
-               ", ".join(f"{w} (step {step})" for w, step in members))
-  return dataclasses.replace(first, state=tuple(r.state for r in runs), members=members)
+  members = tuple((str(w), r.step, r.averaged_steps) for w, r in zip(workdirs, runs))
+  logging.info("ensemble of %d runs: %s", len(runs), ", ".join(
+      f"{w} (step {step}{f', averaged over {len(steps)}' if steps else ''})"
+      for w, step, steps in members))
+  return dataclasses.replace(first, state=tuple(r.state for r in runs), members=members,
+                             averaged_steps=())
 
 
 def _single_probabilities(state, images, flip: bool):
