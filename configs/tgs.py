@@ -23,7 +23,9 @@ deg, scale 0.2, brightness 0.1) -0.041 +- 0.040 were not kept, nor was checkpoin
 tgs_cv_checkpoint_averaging.md); float32 instead of bfloat16 -0.007 +- 0.011 at 2.7x the step
 time (so bf16 stays); the 80 px minimum area was kept (+0.010 +- 0.008 per fold). Held-out
 images without salt already score 0.92, those with salt 0.47: what is left is mask quality on
-salt, not specks on empty images.
+salt, not specks on empty images. At 600 steps (same folds, tgs_cv_600.md): 0.653 +- 0.021
+(salt 0.53, empty 0.84: more specks, so post-processing pays more, +0.035 +- 0.016 at threshold
+0.65 / 160 px, 0.688), and stronger augmentation still does not pay (-0.032 +- 0.032).
 """
 
 from configs import default
