@@ -171,11 +171,11 @@ def _winograd_pass(layer, pass_name, dtype, arrays):
   # pylint: disable=protected-access
   if pass_name == "forward":
     return jax.jit(lambda x, w: winograd._forward_sharded(
-        (pt, pl), 0, out_hw, x, winograd._transform(w))), (arrays["x"], arrays["w"])
+        (pt, pl), out_hw, x, winograd._transform(w))), (arrays["x"], arrays["w"])
   if pass_name == "input_grad":
     u = jax.jit(winograd._transform)(arrays["w"])
     return jax.jit(lambda y, u: winograd._transposed_sharded(
-        (2 - pt, 2 - pl), 1, in_hw, y, u)), (arrays["y"], u)
+        (2 - pt, 2 - pl), in_hw, y, u)), (arrays["y"], u)
   return None  # The weight gradient: oneDNN's direct kernel, as onednn_jax.
 
 

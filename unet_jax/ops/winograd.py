@@ -69,12 +69,14 @@ _transposed_halves = _sharded(_conv_halves, batched_args=(0,), summed_results=()
                               static_argnums=(0, 1, 2), rule="b p q o, k c o, k c o -> b h w c")
 
 
-def _forward_sharded(top_left, transpose, out_hw, x, u):
-  return _forward_halves(top_left, transpose, out_hw, x, *u)
+def _forward_sharded(top_left, out_hw, x, u):
+  """The convolution of x by the kernel whose transform is u, batch-partitioned."""
+  return _forward_halves(top_left, 0, out_hw, x, *u)
 
 
-def _transposed_sharded(top_left, transpose, out_hw, x, u):
-  return _transposed_halves(top_left, transpose, out_hw, x, *u)
+def _transposed_sharded(top_left, out_hw, x, u):
+  """The transposed convolution (the forward's input gradient), batch-partitioned."""
+  return _transposed_halves(top_left, 1, out_hw, x, *u)
 
 
 def _output_hw(x, padding):
@@ -95,7 +97,7 @@ def conv2d(x, kernel, padding):
 def _conv2d_fwd(x, kernel, padding):
   u = _transform(kernel)
   (pt, _), (pl, _) = padding
-  y = _forward_sharded((pt, pl), 0, _output_hw(x, padding), x, u)
+  y = _forward_sharded((pt, pl), _output_hw(x, padding), x, u)
   return y, (x, kernel, u)
 
 
@@ -103,7 +105,7 @@ def _conv2d_bwd(padding, residuals, dy):
   x, kernel, u = residuals
   dy = dy.astype(x.dtype)
   (pt, _), (pl, _) = padding
-  dx = _transposed_sharded((2 - pt, 2 - pl), 1, x.shape[1:3], dy, u)
+  dx = _transposed_sharded((2 - pt, 2 - pl), x.shape[1:3], dy, u)
   dw = kernels._backward_weights_sharded(  # pylint: disable=protected-access
       (1, 1), padding, kernel.shape, x, dy)
   return dx, dw.astype(kernel.dtype)
