@@ -18,6 +18,7 @@
 #include <unordered_map>
 
 #include "oneapi/dnnl/dnnl.hpp"
+#include "onednn_common.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -26,28 +27,9 @@ using tag = dnnl::memory::format_tag;
 
 namespace {
 
-dnnl::engine& Engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
-
-dnnl::stream& Stream() {
-  thread_local dnnl::stream stream(Engine());
-  return stream;
-}
-
-// A per-thread scratch buffer for reordered weights (grown, never shrunk).
-void* Scratch(size_t bytes, int slot) {
-  struct Buffer { void* data = nullptr; size_t size = 0; };
-  thread_local Buffer buffers[2];
-  Buffer& b = buffers[slot];
-  if (b.size < bytes) {
-    std::free(b.data);
-    b.size = (bytes + 4095) / 4096 * 4096;
-    b.data = std::aligned_alloc(64, b.size);
-  }
-  return b.data;
-}
+using unet::Engine;
+using unet::Scratch;
+using unet::Stream;
 
 // What a convolution is: enough to build every primitive for it.
 struct ConvShape {

@@ -29,6 +29,7 @@
 #include <unordered_map>
 
 #include "oneapi/dnnl/dnnl.hpp"
+#include "onednn_common.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -39,15 +40,9 @@ std::mutex& unet_kernel_mutex();  // onednn_conv.cc: one native kernel at a time
 
 namespace {
 
-dnnl::engine& Engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
-
-dnnl::stream& Stream() {
-  thread_local dnnl::stream stream(Engine());
-  return stream;
-}
+using unet::Engine;
+using unet::Scratch;
+using unet::Stream;
 
 inline float Bf16ToF32(uint16_t v) {
   uint32_t bits = uint32_t(v) << 16;
@@ -62,19 +57,6 @@ inline uint16_t F32ToBf16(float f) {  // Round to nearest even; NaN stays NaN.
   if ((bits & 0x7fffffff) > 0x7f800000) return uint16_t((bits >> 16) | 0x40);
   bits += 0x7fff + ((bits >> 16) & 1);
   return uint16_t(bits >> 16);
-}
-
-// A per-thread scratch buffer (grown, never shrunk): 0 transformed input, 1 products.
-void* Scratch(size_t bytes, int slot) {
-  struct Buffer { void* data = nullptr; size_t size = 0; };
-  thread_local Buffer buffers[2];
-  Buffer& b = buffers[slot];
-  if (b.size < bytes) {
-    std::free(b.data);
-    b.size = (bytes + 4095) / 4096 * 4096;
-    b.data = std::aligned_alloc(64, b.size);
-  }
-  return b.data;
 }
 
 // The transposed convolution reads U[k]^T at the rotated index: 4x4 rows and columns 0 <-> 3.
