@@ -1,4 +1,5 @@
-"""Segmentation losses: pure jnp, jit-friendly, weighted per pixel.
+"""Segmentation losses: jnp (the Lovasz sort on the native CPU kernel where it runs),
+jit-friendly, weighted per pixel.
 
 Every loss takes float32 `logits` (N, H, W, C), integer `labels` (N, H, W) and per-pixel
 `weights` (N, H, W) that are 0 where a pixel must not count (ignore index, padding rows) and
@@ -16,6 +17,7 @@ from scipy import ndimage
 
 from unet_jax import metrics
 from unet_jax.errors import ConfigError
+from unet_jax.ops import lovasz as lovasz_ops
 
 LossFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
@@ -114,29 +116,46 @@ def _sorted_by_error(errors, targets, counted):
   return errors * counted, targets * counted
 
 
-def _lovasz_hinge_flat(logits, targets, counted):
-  signs = 2.0 * targets - 1.0
-  errors, targets = _sorted_by_error(1.0 - logits * signs, targets, counted)
-  return jnp.dot(jax.nn.relu(errors), jax.lax.stop_gradient(lovasz_grad(targets)))
+def _lovasz_flat(errors, targets, counted):
+  errors, targets = _sorted_by_error(errors, targets, counted)
+  return jnp.dot(errors, jax.lax.stop_gradient(lovasz_grad(targets)))
 
 
-def lovasz_hinge(logits, labels, weights, per_image: bool = True):
+def lovasz_rows(errors, targets, counted, native: bool | None = None):
+  """Per row of (rows, n): the Lovasz extension of the counted pixels' errors (Berman et al.
+  2018, Alg. 1: errors in decreasing order against lovasz_grad of the targets so sorted).
+
+  native: sort on the native CPU kernel (default: where it can run, see unet_jax.ops.lovasz)
+  and differentiate errors * weights elementwise; False: XLA's sort, differentiated through.
+  """
+  if native is None:
+    native = lovasz_ops.available()
+  if not native:
+    return jax.vmap(_lovasz_flat)(errors, targets, counted)
+  counted = counted.astype(jnp.float32)
+  weights = lovasz_ops.pixel_weights(jnp.where(counted > 0, errors, -jnp.inf),
+                                     targets * counted)
+  return jnp.sum(errors * counted * weights, axis=-1)
+
+
+def lovasz_hinge(logits, labels, weights, per_image: bool = True, native: bool | None = None):
   """Binary Lovasz hinge (Berman et al. 2018) on the logits, per image then averaged.
 
   Weights act as a mask only (> 0 counts): the Lovasz extension has no per-pixel weights.
   """
   targets = (labels > 0).astype(jnp.float32)
   counted = weights > 0
+  n = logits.shape[0] if per_image else 1
+  errors = jax.nn.relu(1.0 - logits[..., 0] * (2.0 * targets - 1.0))
+  per = lovasz_rows(errors.reshape(n, -1), targets.reshape(n, -1), counted.reshape(n, -1),
+                    native)
   if not per_image:
-    return _lovasz_hinge_flat(logits[..., 0].ravel(), targets.ravel(), counted.ravel())
-  n = logits.shape[0]
-  per = jax.vmap(_lovasz_hinge_flat)(logits[..., 0].reshape(n, -1), targets.reshape(n, -1),
-                                     counted.reshape(n, -1))
+    return per[0]
   has_pixels = jnp.any(counted.reshape(n, -1), axis=1)
   return jnp.sum(per * has_pixels) / jnp.maximum(jnp.sum(has_pixels), 1)
 
 
-def lovasz_softmax(logits, labels, weights):
+def lovasz_softmax(logits, labels, weights, native: bool | None = None):
   """Lovasz-softmax (Berman et al. 2018) over the batch, mean over classes present.
 
   One channel is treated as the two classes (background, foreground) of a sigmoid.
@@ -148,13 +167,8 @@ def lovasz_softmax(logits, labels, weights):
   num_classes = probs.shape[-1]
   probs, targets = probs.reshape(-1, num_classes), targets.reshape(-1, num_classes)
   counted = weights.ravel() > 0
-
-  def class_loss(class_probs, class_targets):
-    errors, sorted_targets = _sorted_by_error(jnp.abs(class_targets - class_probs),
-                                              class_targets, counted)
-    return jnp.dot(errors, jax.lax.stop_gradient(lovasz_grad(sorted_targets)))
-
-  per_class = jax.vmap(class_loss, in_axes=1)(probs, targets)
+  per_class = lovasz_rows(jnp.abs(targets - probs).T, targets.T,
+                          jnp.broadcast_to(counted, (num_classes, counted.size)), native)
   present = jnp.sum(targets * counted[:, None], axis=0) > 0
   return jnp.sum(per_class * present) / jnp.maximum(jnp.sum(present), 1)
 

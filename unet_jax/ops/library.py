@@ -1,5 +1,5 @@
-"""Loads the native CPU kernels (oneDNN convolutions, BatchNorm/ReLU and max-pool passes)
-and registers them with XLA; says why not when they cannot be used.
+"""Loads the native CPU kernels (oneDNN convolutions, BatchNorm/ReLU and max-pool passes, the
+Lovasz sort) and registers them with XLA; says why not when they cannot be used.
 
 The shared library is built by `pip install` (setup.py) next to this file. It links
 oneDNN's `libdnnl.so.3` from the `onednn-cpu-gomp` wheel, which lives in the environment's
@@ -30,11 +30,12 @@ TARGETS = {  # XLA custom-call name -> exported handler symbol.
     "unet_split_channels": "UnetSplitChannels",
     "unet_winograd_kernel": "UnetWinogradKernel",
     "unet_winograd_conv": "UnetWinogradConv",
+    "unet_lovasz_weights": "UnetLovaszWeights",
 }
 IMPLS = ("auto", "xla", "onednn")
 # The handlers' operand layout this code calls; equal to unet_kernels_abi_version() in
 # csrc/onednn_conv.cc. Bump both when a handler's operands or attributes change.
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 
 class KernelsUnavailable(RuntimeError):

@@ -284,7 +284,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetConvBackwardWeights, ConvBackwardWeightsImpl,
 // The operand/attribute layout of every handler in this library; library.py refuses a
 // build whose number differs from its ABI_VERSION (a stale in-place build after a failed
 // rebuild would otherwise fail at run time). Bump both together.
-extern "C" __attribute__((visibility("default"))) int unet_kernels_abi_version() { return 4; }
+extern "C" __attribute__((visibility("default"))) int unet_kernels_abi_version() { return 5; }
 
 // oneDNN called directly, for the benchmark's ceiling: runs `which` (0 forward, 1 backward
 // data, 2 backward weights) `repeats` times on the caller's buffers and returns the best
