@@ -2,15 +2,17 @@
 
 import collections
 import json
+import signal
 
 import numpy as np
 import pytest
 
 from configs import carvana as carvana_config
+from configs import default
 from configs import tgs as tgs_config
 from tests import _data_samples
 from tests.conftest import shared_data_dir
-from unet_jax import cross_validate, data
+from unet_jax import cross_validate, data, resilience
 from unet_jax.data import folds, prepare
 from unet_jax.errors import ConfigError, WorkdirError
 
@@ -154,3 +156,21 @@ def test_a_folder_datasets_group_regex_keeps_its_groups_in_one_fold():
   assert folds.group_key("folder", "car7_03", r"^(.+)_\d\d$") == "car7"
   assert folds.group_key("folder", "car7_03", r"^(?P<group>car\d)") == "car7"
   assert folds.group_key("folder", "car7_03") == "car7_03"
+
+
+def test_a_stop_request_in_one_fold_stops_the_cross_validation(tmp_path, monkeypatch):
+  trained = []
+
+  def stopped_by_sigterm(config, workdir):  # A fold that got SIGTERM half way.
+    trained.append(config.fold)
+    with resilience.StopRequests() as stop:
+      stop._request(signal.SIGTERM, None)  # pylint: disable=protected-access
+
+  config = default.get_config()
+  monkeypatch.setattr(cross_validate.train, "train_and_evaluate", stopped_by_sigterm)
+  result = cross_validate.cross_validate(config, tmp_path, num_folds=3)
+  assert trained == [0] and result == {"num_folds": 3, "stopped_in_fold": 0}
+  assert not list(tmp_path.glob("cv_scores*"))  # No table of unfinished folds.
+  with resilience.StopRequests():
+    pass  # A block that runs to its end clears the record.
+  assert resilience.StopRequests.last_signal_name is None

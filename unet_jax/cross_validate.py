@@ -26,7 +26,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from unet_jax import cli, evaluate, inference, train
+from unet_jax import cli, evaluate, inference, resilience, train
 from unet_jax.errors import ConfigError
 
 TABLE_METRICS = ("tgs_map", "tgs_map_empty", "tgs_map_salt", "iou", "dice", "pixel_accuracy",
@@ -124,6 +124,11 @@ def cross_validate(config, workdir, num_folds: int, folds: str = "", tta: str = 
       continue
     logging.info("training fold %d of %d in %s", fold, num_folds, fold_dir)
     train.train_and_evaluate(fold_config(config, num_folds, fold), fold_dir)
+    if resilience.StopRequests.last_signal_name is not None:  # SIGTERM or Ctrl-C.
+      logging.info("%s: cross-validation stopped in fold %d; the later folds and the table "
+                   "wait: rerun the same command to resume",
+                   resilience.StopRequests.last_signal_name, fold)
+      return {"num_folds": num_folds, "stopped_in_fold": fold}
   reports = {fold: evaluate.evaluate_run(workdir / f"fold{fold}", "val", search, tta=tta,
                                          min_areas=min_areas, threshold_metric=threshold_metric,
                                          checkpoint=checkpoint)

@@ -104,7 +104,13 @@ class EarlyStopping:
 
 
 class StopRequests:
-  """Turns SIGTERM/SIGINT into a flag the loop reads at the next step boundary."""
+  """Turns SIGTERM/SIGINT into a flag the loop reads at the next step boundary.
+
+  `StopRequests.last_signal_name`: the signal the latest block saw (None: it ran to its end),
+  so that a caller running several trainings in turn (cross_validate) stops with them.
+  """
+
+  last_signal_name: str | None = None
 
   def __init__(self):
     self.signal_name = None
@@ -123,6 +129,7 @@ class StopRequests:
     self.signal_name = signal.Signals(signum).name
 
   def __exit__(self, *exc):
+    StopRequests.last_signal_name = self.signal_name
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 
