@@ -66,3 +66,31 @@ def test_a_label_reads_the_scores_of_other_weights(tmp_path):
   assert base["summary"]["mean"]["tgs_map"] == pytest.approx(0.7)
   with pytest.raises(SystemExit, match="no cv_scores_latest.json"):
     cv_compare.load_candidate(tmp_path / "base", "latest")
+
+
+def _searched_folds(workdir, per_fold_rows):
+  for fold, rows in enumerate(per_fold_rows):
+    (workdir / f"fold{fold}" / "eval").mkdir(parents=True, exist_ok=True)
+    (workdir / f"fold{fold}" / "eval" / "val_tta_metrics.json").write_text(json.dumps(
+        {"threshold_search": {"rows": [{"threshold": t, "min_area": a, "tgs_map": s}
+                                        for (t, a), s in rows.items()]}}))
+
+
+def test_gain_at_the_shipped_post_processing_pairs_folds_scored_alike(tmp_path):
+  # The candidate wins by 0.04 at 0.5 / 0 px, but post-processing closes most of the gap.
+  base = _candidate(tmp_path, "base", [0.64, 0.67, 0.63])
+  lovasz = _candidate(tmp_path, "lovasz", [0.68, 0.71, 0.67])
+  _searched_folds(tmp_path / "base", [{(0.5, 0): s, (0.5, 80): s + 0.02} for s in
+                                      (0.64, 0.67, 0.63)])
+  _searched_folds(tmp_path / "lovasz", [{(0.5, 0): s, (0.5, 80): s + 0.001} for s in
+                                        (0.68, 0.71, 0.67)])
+  for name, run in (("base", base), ("lovasz", lovasz)):
+    run["scores_at"] = cv_compare.fold_scores_at(tmp_path / name, 0.5, 80)
+  gain = cv_compare.gain_at(lovasz, base)
+  assert gain["gains"] == pytest.approx([0.021] * 3) and gain["kept"]
+  table = cv_compare.markdown({"base": base, "lovasz": lovasz}, "base", at=(0.5, 80))
+  rows = [line for line in table.splitlines() if line.startswith("| ")]
+  assert "paired gain at t 0.50, 80 px" in rows[0] and "+0.0210 +- 0.0000 kept" in rows[-1]
+  assert all(line.count("|") == 12 for line in rows)
+  with pytest.raises(SystemExit, match="was not searched"):
+    cv_compare.fold_scores_at(tmp_path / "base", 0.65, 160)

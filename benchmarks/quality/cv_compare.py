@@ -58,27 +58,52 @@ def paired_gain(candidate: dict, baseline: dict, metric: str = "tgs_map") -> dic
   return {"folds": len(folds), "mean": mean, "std": std, "kept": bool(mean > 0 and mean > std)}
 
 
-def postprocess_gain(workdir: pathlib.Path, threshold: float, min_area: int,
-                     label: str = "") -> dict | None:
-  """Per-fold gain of (threshold, min_area) over (0.5, 0 px), from each fold's search."""
-  gains = []
+def fold_scores_at(workdir: pathlib.Path, threshold: float, min_area: int,
+                   label: str = "") -> list[float] | None:
+  """Each fold's TGS metric at (threshold, min_area), from its threshold search; None if the
+  folds were not searched."""
+  scores = []
   suffix = f"_{label}" if label else ""
   for fold_dir in sorted(workdir.glob("fold*")):
     for name in (f"val_tta{suffix}_metrics.json", f"val{suffix}_metrics.json"):
       path = fold_dir / "eval" / name
       if path.exists() and "threshold_search" in json.loads(path.read_text()):
         rows = json.loads(path.read_text())["threshold_search"]["rows"]
-        score = {(r["threshold"], r.get("min_area", 0)): r["tgs_map"] for r in rows}
-        gains.append(score[(threshold, min_area)] - score[(0.5, 0)])
+        by_pair = {(r["threshold"], r.get("min_area", 0)): r["tgs_map"] for r in rows}
+        if (threshold, min_area) not in by_pair:
+          raise SystemExit(f"{path}: threshold {threshold} / {min_area} px was not searched; "
+                           "rerun cross_validate with it in --min_areas")
+        scores.append(by_pair[(threshold, min_area)])
         break
-  if len(gains) < 2:
-    return None
+  return scores if len(scores) >= 2 else None
+
+
+def _gain_summary(gains) -> dict:
   mean, std = float(np.mean(gains)), float(np.std(gains, ddof=1))
-  return {"gains": gains, "mean": mean, "std": std, "kept": bool(mean > 0 and mean > std)}
+  return {"gains": [float(g) for g in gains], "mean": mean, "std": std,
+          "kept": bool(mean > 0 and mean > std)}
 
 
-def markdown(runs: dict, baseline: str) -> str:
+def postprocess_gain(workdir: pathlib.Path, threshold: float, min_area: int,
+                     label: str = "") -> dict | None:
+  """Per-fold gain of (threshold, min_area) over (0.5, 0 px), from each fold's search."""
+  post = fold_scores_at(workdir, threshold, min_area, label)
+  plain = fold_scores_at(workdir, 0.5, 0, label)
+  if post is None or plain is None:
+    return None
+  return _gain_summary(np.subtract(post, plain))
+
+
+def gain_at(candidate: dict, baseline: dict) -> dict | None:
+  """Paired per-fold gain with both scored at the same fixed post-processing (`--at`)."""
+  if candidate.get("scores_at") is None or baseline.get("scores_at") is None:
+    return None
+  return _gain_summary(np.subtract(candidate["scores_at"], baseline["scores_at"]))
+
+
+def markdown(runs: dict, baseline: str, at: tuple | None = None) -> str:
   first = next(iter(runs.values()))
+  at_header = (f" | paired gain at t {at[0]:.2f}, {at[1]} px (TGS)" if at else "")
   folds = first["summary"]["num_folds"]
   lines = [f"# TGS cross-validation, {folds} folds (stratified by salt coverage), one schedule",
            "", f"Machine: {machine.cpu_model()}, {machine.usable_cores()} cores. Scores: best "
@@ -88,10 +113,12 @@ def markdown(runs: dict, baseline: str) -> str:
            "mask area with the best mean TGS metric over folds (tuned on the same folds). "
            "min/fold: wall minutes per fold as run, other work sharing the cores included. "
            "TGS empty / salt: the metric on held-out images without / with salt (mean over "
-           "folds; '-' where not scored).", "",
+           "folds; '-' where not scored)."
+           + (f" Paired gain at t {at[0]:.2f}, {at[1]} px: both scored with that threshold and "
+              "minimum mask area (what a config ships), per fold." if at else ""), "",
            "| candidate | overrides | steps | min/fold | " + " | ".join(METRICS)
-           + f" | TGS empty / salt | paired gain vs {baseline} (TGS) | post-processed TGS |",
-           "|---" * 10 + "|"]
+           + f" | TGS empty / salt | paired gain vs {baseline} (TGS) | post-processed TGS"
+           + at_header + " |", "|---" * (11 if at else 10) + "|"]
   for name, run in runs.items():
     summary = run["summary"]
     cells = [f"{summary['mean'][m]:.4f} +- {summary['std'][m]:.4f}" for m in METRICS]
@@ -106,6 +133,10 @@ def markdown(runs: dict, baseline: str) -> str:
     post_cell = (f"{post['best']['tgs_map']:.4f} (t {post['best']['threshold']:.2f}, "
                  f"{post['best']['min_area']} px)" if post else "-")
     minutes = f"{run['minutes_per_fold']:.1f}" if run["minutes_per_fold"] else "-"
+    if at:
+      g = gain_at(run, runs[baseline])
+      post_cell += (" | (baseline)" if name == baseline else " | -" if g is None else
+                    f" | {g['mean']:+.4f} +- {g['std']:.4f} {'kept' if g['kept'] else 'not kept'}")
     steps = next(iter(summary["steps"].values()))
     lines.append(f"| {name} | {run['overrides'] or '-'} | {steps} | {minutes} | "
                  + " | ".join(cells) + f" | {gain} | {post_cell} |")
@@ -129,6 +160,16 @@ def plot(runs: dict, out_path: pathlib.Path) -> None:
   plots.plot_cv_candidates(names, means, stds, per_fold, "TGS metric (flip TTA)", out_path)
 
 
+def _parse_at(text: str) -> tuple | None:
+  if not text:
+    return None
+  try:
+    threshold, min_area = text.split(",")
+    return float(threshold), int(min_area)
+  except ValueError:
+    raise SystemExit(f"--at {text!r}: give THRESHOLD,MIN_AREA, e.g. --at 0.5,80") from None
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--run", action="append", required=True,
@@ -136,7 +177,10 @@ def main() -> None:
                       "listed first")
   parser.add_argument("--baseline", required=True, help="The name of the baseline run.")
   parser.add_argument("--out", required=True, help="Output path without suffix.")
+  parser.add_argument("--at", default="", help="THRESHOLD,MIN_AREA: also pair the folds scored "
+                      "at this fixed post-processing (e.g. 0.5,80, what configs/tgs.py ships)")
   args = parser.parse_args()
+  at = _parse_at(args.at)
   runs = {}
   for spec in args.run:
     name, workdir, *overrides = spec.split("=", 2)
@@ -146,11 +190,13 @@ def main() -> None:
       best = runs[name]["postprocess"]["best"]
       runs[name]["postprocess_gain"] = postprocess_gain(pathlib.Path(workdir), best["threshold"],
                                                         best["min_area"], label)
+    if at:
+      runs[name]["scores_at"] = fold_scores_at(pathlib.Path(workdir), *at, label)
   if args.baseline not in runs:
     raise SystemExit(f"--baseline {args.baseline} is not one of the --run names {list(runs)}")
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  table = markdown(runs, args.baseline)
+  table = markdown(runs, args.baseline, at)
   out.with_suffix(".md").write_text(table)
   out.with_suffix(".json").write_text(json.dumps(
       {name: {k: v for k, v in run.items() if k != "config"} for name, run in runs.items()},
