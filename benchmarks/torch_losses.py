@@ -1,4 +1,5 @@
-"""torch twins of unet_jax.losses for binary (one-channel) tasks: bce, dice and bce_dice.
+"""torch twins of unet_jax.losses for binary (one-channel) tasks: bce, dice, bce_dice and
+lovasz_hinge (per image, Berman et al.'s reference code).
 
 Same maths as the JAX losses: logits (N, 1, H, W), integer labels (N, H, W), per-pixel
 weights (N, H, W); means are weighted, Dice is over the whole batch with smoothing 1.
@@ -47,7 +48,31 @@ def bce_dice(logits, labels, weights):
   return sigmoid_bce(logits, labels, weights) + soft_dice(logits, labels, weights)
 
 
-LOSSES = {"bce": sigmoid_bce, "dice": soft_dice, "bce_dice": bce_dice}
+def _lovasz_grad(sorted_targets):
+  total = sorted_targets.sum()
+  intersection = total - sorted_targets.cumsum(0)
+  union = total + (1.0 - sorted_targets).cumsum(0)
+  jaccard = 1.0 - intersection / union
+  return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+
+
+def lovasz_hinge(logits, labels, weights):
+  """Per-image Lovasz hinge averaged over images with counted pixels (weights > 0 count)."""
+  logits, targets = _binary(logits, labels)
+  per_image = []
+  for image_logits, image_targets, image_weights in zip(logits, targets, weights):
+    counted = image_weights.reshape(-1) > 0
+    if not counted.any():
+      continue
+    flat_targets = image_targets.reshape(-1)[counted]
+    errors = 1.0 - image_logits.reshape(-1)[counted] * (2.0 * flat_targets - 1.0)
+    errors_sorted, order = torch.sort(errors, descending=True)
+    per_image.append(torch.dot(F.relu(errors_sorted), _lovasz_grad(flat_targets[order])))
+  return torch.stack(per_image).mean() if per_image else logits.sum() * 0.0
+
+
+LOSSES = {"bce": sigmoid_bce, "dice": soft_dice, "bce_dice": bce_dice,
+          "lovasz_hinge": lovasz_hinge}
 
 
 def get_loss(name: str):

@@ -82,15 +82,19 @@ def run_jax(config, budget_s, eval_points, options) -> dict:
   train_step, eval_step, _ = steps.jit_steps(config)
   first = parallel.shard_batch(next(iterator), mesh)
   compiled = train_step.lower(state, first).compile()  # Setup, like torch's model build.
+  # config.loss_stage2 from loss_stage2_step on, as train.Run.step_fn switches.
+  stage2 = (steps.jit_steps(config, config.loss_stage2)[0].lower(state, first).compile()
+            if config.get("loss_stage2") else None)
   setup_s = time.perf_counter() - start
   holder = {"state": state, "first": first}
   in_flight = collections.deque()
 
-  def step(_):
+  def step(k):
     batch = holder.pop("first", None) or parallel.shard_batch(next(iterator), mesh)
     while len(in_flight) >= train.MAX_STEPS_IN_FLIGHT:
       jax.block_until_ready(in_flight.popleft())
-    holder["state"], metrics = compiled(holder["state"], batch)
+    use_stage2 = stage2 is not None and k >= config.loss_stage2_step
+    holder["state"], metrics = (stage2 if use_stage2 else compiled)(holder["state"], batch)
     in_flight.append(metrics)
 
   sync = lambda: jax.block_until_ready(holder["state"])
@@ -176,6 +180,8 @@ def run_torch(config, budget_s, eval_points, options) -> dict:
   holder = {"optimizer": _torch_optimizer(torch, config, model.parameters())}
   learning_rates = _learning_rates(config)
   loss_fn = torch_losses.get_loss(config.loss)
+  # config.loss_stage2 from loss_stage2_step on, as the project's train loop does.
+  stage2_fn = torch_losses.get_loss(config.loss_stage2) if config.get("loss_stage2") else None
   ignore_index = config.ignore_index if config.ignore_index >= 0 else None
   autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16,
                                     enabled=options["autocast"])
@@ -197,7 +203,8 @@ def run_torch(config, budget_s, eval_points, options) -> dict:
       logits = model(to_input(batch["image"]))
     labels = torch.from_numpy(np.asarray(batch["mask"])).to(device)
     weights = torch_losses.pixel_weights(labels, ignore_index, batch.get("weight"))
-    loss_fn(logits.float(), labels, weights).backward()
+    use_stage2 = stage2_fn is not None and k >= config.loss_stage2_step
+    (stage2_fn if use_stage2 else loss_fn)(logits.float(), labels, weights).backward()
     if config.grad_clip_norm > 0:
       torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
     optimizer.step()
