@@ -169,6 +169,11 @@ def enable_compilation_cache(cache_dir: str) -> None:
       pass
 
 
+def in_second_stage(config, step: int) -> bool:
+  """Whether step `step` (1-based) trains with config.loss_stage2."""
+  return bool(config.get("loss_stage2")) and step >= config.loss_stage2_step
+
+
 @dataclasses.dataclass
 class Run:
   """Everything the loop needs besides the train state and the data iterator."""
@@ -192,7 +197,7 @@ class Run:
 
   def step_fn(self, step: int):
     """The jitted train step of `step`: the second loss's from loss_stage2_step on."""
-    if self.train_step_stage2 is None or step < self.config.loss_stage2_step:
+    if not in_second_stage(self.config, step):
       return self.train_step
     if step == self.config.loss_stage2_step:
       logging.info("step %d: training with %s from now on (loss_stage2)", step,

@@ -82,7 +82,7 @@ def run_jax(config, budget_s, eval_points, options) -> dict:
   train_step, eval_step, _ = steps.jit_steps(config)
   first = parallel.shard_batch(next(iterator), mesh)
   compiled = train_step.lower(state, first).compile()  # Setup, like torch's model build.
-  # config.loss_stage2 from loss_stage2_step on, as train.Run.step_fn switches.
+  # config.loss_stage2 from loss_stage2_step on (train.in_second_stage), as train.Run does.
   stage2 = (steps.jit_steps(config, config.loss_stage2)[0].lower(state, first).compile()
             if config.get("loss_stage2") else None)
   setup_s = time.perf_counter() - start
@@ -93,7 +93,7 @@ def run_jax(config, budget_s, eval_points, options) -> dict:
     batch = holder.pop("first", None) or parallel.shard_batch(next(iterator), mesh)
     while len(in_flight) >= train.MAX_STEPS_IN_FLIGHT:
       jax.block_until_ready(in_flight.popleft())
-    use_stage2 = stage2 is not None and k >= config.loss_stage2_step
+    use_stage2 = train.in_second_stage(config, k)
     holder["state"], metrics = (stage2 if use_stage2 else compiled)(holder["state"], batch)
     in_flight.append(metrics)
 
@@ -161,7 +161,7 @@ def run_torch(config, budget_s, eval_points, options) -> dict:
   """The torch twin on the clock, fed the same batches; options: autocast, channels_last."""
   import torch  # pylint: disable=import-outside-toplevel
   from benchmarks import torch_losses, torch_reference  # pylint: disable=import-outside-toplevel
-  from unet_jax import models, parallel  # pylint: disable=import-outside-toplevel
+  from unet_jax import models, parallel, train  # pylint: disable=import-outside-toplevel
   from unet_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   from unet_jax.metrics import scores_from_sums  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -180,7 +180,7 @@ def run_torch(config, budget_s, eval_points, options) -> dict:
   holder = {"optimizer": _torch_optimizer(torch, config, model.parameters())}
   learning_rates = _learning_rates(config)
   loss_fn = torch_losses.get_loss(config.loss)
-  # config.loss_stage2 from loss_stage2_step on, as the project's train loop does.
+  # config.loss_stage2 from loss_stage2_step on (train.in_second_stage), as train.Run does.
   stage2_fn = torch_losses.get_loss(config.loss_stage2) if config.get("loss_stage2") else None
   ignore_index = config.ignore_index if config.ignore_index >= 0 else None
   autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16,
@@ -203,7 +203,7 @@ def run_torch(config, budget_s, eval_points, options) -> dict:
       logits = model(to_input(batch["image"]))
     labels = torch.from_numpy(np.asarray(batch["mask"])).to(device)
     weights = torch_losses.pixel_weights(labels, ignore_index, batch.get("weight"))
-    use_stage2 = stage2_fn is not None and k >= config.loss_stage2_step
+    use_stage2 = train.in_second_stage(config, k)
     (stage2_fn if use_stage2 else loss_fn)(logits.float(), labels, weights).backward()
     if config.grad_clip_norm > 0:
       torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
