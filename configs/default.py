@@ -58,6 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
   # (p = sigmoid(pixel) * sigmoid(image)), trained also by its own BCE (empty_head_loss_weight):
   # the TGS solutions' empty-mask classifier, for data with many empty masks (TGS: 39%).
   config.model.empty_head = False
+  # A 1x1 head on each decoder level but the last, trained by the first-stage loss against the
+  # full-size mask (its logits resized), weighted by deep_supervision_weight, halved per level.
+  config.model.deep_supervision = False
   config.model.remat = False  # Recompute activations per level in backward (saves memory).
   config.model.padding = "SAME"  # SAME | VALID (the paper's unpadded convs, cropped skips).
   # VALID only: overlap_tile (mirror-pad the input so the output covers it) | resize_nearest |
@@ -88,6 +91,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss_stage2 = ""
   config.loss_stage2_step = 0
   config.empty_head_loss_weight = 0.5  # model.empty_head: weight of its image-level BCE.
+  config.deep_supervision_weight = 0.4  # model.deep_supervision: weight of the finest head.
   config.weight_map = False  # Weight pixels by the 2015 paper's boundary map (BoundaryWeights).
   config.weight_map_w0 = 10.0  # Boundary map: peak extra weight between two objects (paper: 10).
   config.weight_map_sigma = 5.0  # Boundary map: decay in pixels of the border term (paper: 5).

@@ -56,9 +56,12 @@ def _variables(state: TrainState, params=None):
 
 
 def train_step(state: TrainState, batch: dict, *, loss_fn, ignore_index: int | None,
-               empty_head_weight: float = 0.0):
+               empty_head_weight: float = 0.0, deep_loss_fn=None,
+               deep_supervision_weight: float = 0.0):
   """One optimisation step; returns the new state and device-side scalar metrics.
-  `empty_head_weight` scales the image-level BCE of a model's empty-mask head, if it has one."""
+  `empty_head_weight` scales the image-level BCE of a model's empty-mask head, if it has one;
+  `deep_supervision_weight` the `deep_loss_fn` (default `loss_fn`) of its deep-supervision
+  logits, halved per level from the finest (deep_supervision_loss)."""
   images = normalize_images(batch["image"])
   weights = losses.pixel_weights(batch["mask"], ignore_index)
   if "weight" in batch:  # Per-pixel loss weights, e.g. losses.BoundaryWeights.
@@ -70,9 +73,13 @@ def train_step(state: TrainState, batch: dict, *, loss_fn, ignore_index: int | N
                                      rngs={"dropout": dropout_rng},
                                      mutable=["batch_stats", "intermediates"])
     loss = loss_fn(logits, batch["mask"], weights)
-    sown = updates.pop("intermediates", {}).get("empty_logit")
+    intermediates = updates.pop("intermediates", {})
+    sown = intermediates.get("empty_logit")
     if sown is not None and empty_head_weight:
       loss = loss + empty_head_weight * losses.image_bce(sown[0], batch["mask"], weights)
+    if "deep_logits" in intermediates and deep_supervision_weight:
+      loss = loss + deep_supervision_weight * deep_supervision_loss(
+          deep_loss_fn or loss_fn, intermediates["deep_logits"], batch["mask"], weights)
     return loss, updates
 
   (loss, updates), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
@@ -86,6 +93,13 @@ def train_step(state: TrainState, batch: dict, *, loss_fn, ignore_index: int | N
   return new_state, {"loss": loss, "grad_norm": grad_norm, "foreground_fraction": foreground,
                      "nonfinite_steps": new_state.nonfinite_steps,
                      "first_nonfinite_step": new_state.first_nonfinite_step}
+
+
+def deep_supervision_loss(loss_fn, deep_logits, labels, weights):
+  """sum_k 2**-k loss_fn(logits_k) over the deep-supervision logits, finest (k = 0) first;
+  `deep_logits` comes coarsest first, as UNet sows it."""
+  return sum(0.5**k * loss_fn(logits, labels, weights)
+             for k, logits in enumerate(reversed(deep_logits)))
 
 
 def _apply_update(state: TrainState, grads, batch_stats) -> TrainState:
@@ -139,17 +153,25 @@ def jit_steps(config, loss: str = ""):
   """The three steps jitted for `config` (with `loss` instead of config.loss if given);
   train_step donates the old state."""
   ignore_index = config.ignore_index if config.ignore_index >= 0 else None
+  # Deep-supervision heads keep the first-stage loss: cheap, and a Lovasz sort per level
+  # would cost more than the heads.
   return _jit_steps(loss or config.loss, ignore_index, config.num_classes,
-                    float(config.get("empty_head_loss_weight", 0.0)))
+                    float(config.get("empty_head_loss_weight", 0.0)), config.loss,
+                    float(config.get("deep_supervision_weight", 0.0)))
 
 
 @functools.lru_cache(maxsize=16)
 def _jit_steps(loss_name: str, ignore_index: int | None, num_classes: int,
-               empty_head_weight: float = 0.0):
+               empty_head_weight: float = 0.0, deep_loss_name: str = "",
+               deep_supervision_weight: float = 0.0):
   # Cached so that runs in one process (tests, notebooks) reuse compiled steps.
   loss_fn = losses.get_loss(loss_name)
+  deep_loss_fn = losses.get_loss(deep_loss_name) if deep_loss_name else None
   train = jax.jit(functools.partial(train_step, loss_fn=loss_fn, ignore_index=ignore_index,
-                                    empty_head_weight=empty_head_weight), donate_argnums=0)
+                                    empty_head_weight=empty_head_weight,
+                                    deep_loss_fn=deep_loss_fn,
+                                    deep_supervision_weight=deep_supervision_weight),
+                  donate_argnums=0)
   evaluate = jax.jit(functools.partial(eval_step, loss_fn=loss_fn, ignore_index=ignore_index,
                                        num_classes=num_classes))
   return train, evaluate, jax.jit(predict_probabilities)

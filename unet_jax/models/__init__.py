@@ -64,6 +64,10 @@ def from_config(config):
   if empty_head and config.num_classes != 1:
     raise ConfigError(f"model.empty_head needs a binary task (num_classes=1), this config has "
                       f"{config.num_classes} classes; set --config.model.empty_head=False")
+  deep_supervision = model_config.get("deep_supervision", False)
+  if deep_supervision and model_config.padding != "SAME":
+    raise ConfigError("model.deep_supervision needs model.padding=SAME; set it, or "
+                      "--config.model.deep_supervision=False")
   dropout = model_config.dropout
   if not isinstance(dropout, (int, float)) and len(dropout) != model_config.depth + 1:
     raise ConfigError(f"model.dropout has {len(dropout)} rates but depth {model_config.depth} "
@@ -76,7 +80,7 @@ def from_config(config):
               remat=model_config.get("remat", False), conv_impl=conv_impl, block=block,
               conv_algo=model_config.get("conv_algo", "direct"),
               squeeze_excitation=model_config.get("squeeze_excitation", False),
-              empty_head=empty_head,
+              empty_head=empty_head, deep_supervision=deep_supervision,
               **_valid_output(model_config.get("valid_output", "overlap_tile")))
 
 

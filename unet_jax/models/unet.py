@@ -115,6 +115,9 @@ class UNet(nn.Module):
     empty_head: binary only; an image-level "has foreground" logit from the pooled bottleneck
       (sown as intermediates/empty_logit, for an auxiliary loss) gates every pixel:
       p = sigmoid(pixel) * sigmoid(image), as the TGS solutions' empty-mask classifiers.
+    deep_supervision: SAME only; a 1x1 head on each decoder level but the last, its logits
+      resized (bilinear) to the output and sown as intermediates/deep_logits (coarsest first)
+      for auxiliary losses (steps.train_step); inference output unchanged.
   """
 
   num_classes: int = 1
@@ -135,20 +138,21 @@ class UNet(nn.Module):
   block: Literal["double_conv", "residual"] = "double_conv"
   squeeze_excitation: bool = False
   empty_head: bool = False
+  deep_supervision: bool = False
 
   @nn.compact
   def __call__(self, images, train: bool = False):
     height, width = images.shape[1:3]
     x, crop = self._pad_input(images.astype(self.dtype))
-    x = self._unet(x, train)
+    x, deep_logits = self._unet(x, train)
+    for logits in deep_logits:
+      logits = jax.image.resize(logits, logits.shape[:1] + x.shape[1:], "bilinear")
+      self.sow("intermediates", "deep_logits", _crop(logits, crop, height, width))
     if self.resize_output:
       if self.padding != "VALID" or self.overlap_tile:
         raise ValueError("resize_output needs padding='VALID' and overlap_tile=False")
       return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), self.resize_output)
-    if crop is not None:
-      top, left = crop
-      x = x[:, top:top + height, left:left + width]
-    return x
+    return _crop(x, crop, height, width)
 
   def _pad_input(self, x):
     """Reflect-pads so every level divides evenly; returns the padded input and the crop."""
@@ -189,6 +193,9 @@ class UNet(nn.Module):
     x = conv(self.features * 2**self.depth, name="bottleneck")(x, train)
     x = nn.Dropout(dropout[self.depth], deterministic=not train)(x)
     image_logit = self._empty_logit(x) if self.empty_head else None
+    if self.deep_supervision and self.padding != "SAME":
+      raise ValueError("deep_supervision needs padding='SAME'")
+    deep_logits = []
     for level in reversed(range(self.depth)):
       features = self.features * 2**level
       x = UpSample(features, self.upsample, self.dtype, self.param_dtype, self.upsample_impl,
@@ -196,11 +203,18 @@ class UNet(nn.Module):
       skip = center_crop(skips[level], x.shape[1], x.shape[2])
       x = layers.concat_channels(impl, skip, x)
       x = conv(features, name=f"decoder_{level}")(x, train)
+      # Only where they are collected (init, training): inference and exports never run them.
+      collect = self.is_initializing() or self.is_mutable_collection("intermediates")
+      if self.deep_supervision and level > 0 and collect:
+        deep_logits.append(self._head(impl, x, f"deep_head_{level}"))
+    logits = self._head(impl, x, "head")
+    return (logits if image_logit is None else gated_logits(logits, image_logit)), deep_logits
+
+  def _head(self, impl: str, x, name: str):
+    """A 1x1 convolution to class logits."""
     # The 1x1 head runs in float32 so logits and the loss never see bfloat16 rounding.
-    logits = layers.conv(impl, self.num_classes, (1, 1), kernel_init=he_normal,
-                         dtype=jnp.float32, param_dtype=self.param_dtype, name="head")(
-                             x.astype(jnp.float32))
-    return logits if image_logit is None else gated_logits(logits, image_logit)
+    return layers.conv(impl, self.num_classes, (1, 1), kernel_init=he_normal, dtype=jnp.float32,
+                       param_dtype=self.param_dtype, name=name)(x.astype(jnp.float32))
 
   def _empty_logit(self, bottleneck):
     """(N, 1) float32 logit that the image has any foreground, from the pooled bottleneck."""
@@ -211,6 +225,14 @@ class UNet(nn.Module):
                            name="empty_head")(pooled)
     self.sow("intermediates", "empty_logit", image_logit)
     return image_logit
+
+
+def _crop(x, crop, height: int, width: int):
+  """The (height, width) window at crop = (top, left) of NHWC x; x itself if crop is None."""
+  if crop is None:
+    return x
+  top, left = crop
+  return x[:, top:top + height, left:left + width]
 
 
 def gated_logits(pixel_logits, image_logits):
