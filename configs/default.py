@@ -141,10 +141,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.nan_policy = "skip"  # Non-finite loss/gradient: skip (the update) | stop (the run).
   config.restart = False  # True: wipe this workdir's run and start fresh instead of resuming.
   # Host malloc: system (glibc defaults) | reuse (one never-trimmed arena: XLA:CPU steps with
-  # buffers over 32 MiB stop page-faulting). Measured both in real runs (30 steps + 1 eval,
-  # 2-core Xeon, 2026-12-01): peak RSS carvana 3.3 GB system vs 11.6 GB reuse, tgs 1.7 vs 4.2,
-  # reuse no faster; in the isolated step benchmark it pays (tgs preset 79 -> 131 img/s, AMD).
-  # See unet_jax/host_memory.py.
+  # buffers over 32 MiB stop page-faulting). Real runs, quiet 2-core Xeon, 2026-12-01:
+  # configs/carvana.py (40 steps + 1 eval) 1.69 -> 1.62 s a step for a peak RSS of 3.4 -> 9.5 GB,
+  # so system here; configs/tgs.py (300 steps + 1 eval) 260 -> 195 ms for 1.2 -> 2.3 GB, so
+  # tgs.py sets reuse. See unet_jax/host_memory.py.
   config.host_malloc = "system"
   # False: XLA:CPU runs each step on the calling thread. With the native kernels on 2 cores,
   # 20 queued (asynchronous) tgs steps took 455-710 ms each, inline 453-479; see

@@ -72,4 +72,8 @@ def get_config():
   config.eval_every_steps = 500
   config.best_metric = "tgs_map"  # The competition metric picks the checkpoint predict uses.
   config.min_area = 80  # predict empties masks under 80 px (cross-validated: see docstring).
+  # One never-trimmed malloc arena (unet_jax/host_memory.py): this step's buffers otherwise
+  # page-fault every step. 300 steps + 1 eval, quiet 2-core Xeon: 260 -> 195 ms a step, 88 -> 64 s
+  # of wall time (kernel time 42 -> 2 s), peak RSS 1.2 -> 2.3 GB.
+  config.host_malloc = "reuse"
   return config

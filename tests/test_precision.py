@@ -1,4 +1,4 @@
-"""The hardware-dependent defaults: model.dtype='auto' and host_malloc='auto'."""
+"""The hardware-dependent default model.dtype='auto': bfloat16 where the hardware computes it."""
 
 import logging
 

@@ -8,13 +8,13 @@ recipe (VALID 16 -> 64 channels, 128x128, batch 64) spent 2.7 s of its 4.0 s CPU
 kernel, 1.25 M page faults per step. One arena fed from the heap and never trimmed reuses the
 same pages: that run's 40 steps took 77 s instead of 172 s, with identical metrics.
 
-It is not the default (`host_malloc='system'` is): in the isolated step benchmarks it pays
-(benchmarks/results/cpu-amd-epyc-2c, JAX bf16 native kernels: tgs preset 79.1 -> 131.5 img/s
-for a peak of 1391 -> 1770 MiB), but in real training runs, with the input pipeline's threads
-and evaluation, the one never-trimmed heap fragments and grows: 30 steps + one evaluation of
-configs/carvana.py peaked at 11.6 GB RSS against 3.3 GB with glibc's defaults, configs/tgs.py at
-4.2 against 1.7 GB, and neither stepped faster (2-core Intel Xeon, 2026-12-01, machine shared
-with other jobs); the paper recipe at batch 32 outgrew 24 GiB by its third step. Use it where a
+It is not the global default (`host_malloc='system'` is): the one never-trimmed heap
+fragments and grows, and whether the page faults cost much depends on the run. Real runs on a
+quiet 2-core Intel Xeon (2026-12-01): configs/tgs.py, 300 steps + one evaluation, 260 -> 195 ms
+a step (kernel time 42 -> 2 s) for a peak RSS of 1.2 -> 2.3 GB, so configs/tgs.py sets reuse;
+configs/carvana.py, 40 steps + one evaluation, 1.69 -> 1.62 s a step for 3.4 -> 9.5 GB, so it
+keeps system. An earlier measurement on a machine shared with other jobs had seen no gain for
+either. The paper recipe at batch 32 outgrew 24 GiB by its third step. Use it where a
 run is bound by page faults (high `sys` time) and has memory to spare. The settings apply to
 allocations made afterwards and a thread keeps the arena it first used, so apply them before
 JAX (or PyTorch) starts its thread pools: before the first computation.
