@@ -10,19 +10,20 @@ empty masks under config.min_area = 80 px (`predict --min_area` overrides). Reci
 then the Lovasz hinge for the last third of the schedule (loss_stage2, the Kaggle TGS habit);
 the checkpoint with the best validation TGS metric is the one predict uses.
 Result on the 1000-pair sample (800 train / 200 validation ids), this config as shipped, on a
-2-core Intel Xeon (AMX, bf16 by default), 2026-12-01: 6500 steps in 49 min 48 s of wall time
-(0.36 s a step, 0.5 s in the Lovasz stage; setup and 13 evaluations included), measured just
-before this config set host_malloc = reuse, which makes its steps ~1.33x faster here (below);
-best checkpoint step 6000. Scored by `python -m unet_jax.evaluate --workdir runs/tgs --tta flip
---threshold_search --threshold_metric tgs_map --min_areas 0,40,80`: TGS metric 0.711 with flip
-TTA (IoU 0.771, Dice 0.871; salt images 0.586, empty 0.909), 0.716 with the 80 px minimum
-area (0.721 at 40 px, chosen on the same split). Validation curve (TGS, no TTA): 0.56, 0.67,
-0.70, 0.65, 0.67, 0.70, 0.68, 0.69 | Lovasz from 4333: 0.71, 0.70, 0.71, 0.71, 0.71 at steps
-500..6500; the training loss is ~0.04 by step 4000: 260 epochs of 800 images overfit (a full
-Kaggle download, 4000 images, gets 52 epochs from the same schedule).
+2-core Intel Xeon (AMX, bf16 by default), 2026-12-01: 6500 steps in 18 min 59 s of wall time
+(setup and 13 evaluations included; 0.16 s a step, peak RSS 3.1 GB), best checkpoint step 6000;
+the same run before this config set host_malloc = reuse took 49 min 48 s (0.36 s a step, part of
+it sharing the cores with a test run) and scored exactly the same. Scored by `python -m
+unet_jax.evaluate --workdir runs/tgs --tta flip --threshold_search --threshold_metric tgs_map
+--min_areas 0,40,80`: TGS metric 0.711 with flip TTA (IoU 0.771, Dice 0.871; salt images 0.586,
+empty 0.909), 0.716 with the 80 px minimum area (0.721 at 40 px, chosen on the same split).
+Validation curve (TGS, no TTA): 0.56, 0.67, 0.70, 0.65, 0.67, 0.70, 0.68, 0.69 | Lovasz from
+4333: 0.71, 0.70, 0.71, 0.71, 0.71 at steps 500..6500; the training loss is ~0.04 by step 4000:
+260 epochs of 800 images overfit (a full Kaggle download, 4000 images, gets 52 epochs from the
+same schedule).
 The previous recipe (32 features, BCE + Dice only, 3000 steps in 61 min, best checkpoint by IoU
 at step 2500), scored the same way: 0.708 with flip TTA (IoU 0.783), 0.713 with the 80 px
-minimum area: the same score on this one split in 18% less time; the cross-validation below
+minimum area: the same score on this one split in a third of the time; the cross-validation below
 (3 folds at 600/1600 steps, paired) is what chose the levers. Far from Kaggle's 0.85: 800
 training images.
 Levers cross-validated on 3 folds of the sample (flip TTA; paired gains in the TGS metric;
@@ -75,7 +76,7 @@ def get_config():
   config.schedule = "warmup_cosine"
   config.batch_size = 32
   config.eval_batch_size = 64
-  config.num_train_steps = 6500  # 50 min on 2 Xeon cores before `reuse` (docstring).
+  config.num_train_steps = 6500  # 19 min on 2 quiet Xeon cores (docstring).
   config.eval_every_steps = 500
   config.best_metric = "tgs_map"  # The competition metric picks the checkpoint predict uses.
   config.min_area = 80  # predict empties masks under 80 px (cross-validated: see docstring).
