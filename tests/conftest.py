@@ -56,6 +56,22 @@ def tiny_config(**overrides):
   return config
 
 
+def tiny_binary_step_inputs(config):
+  """For a tiny binary `config`: its train state, a 4-image batch (two with a 5x5 square of
+  foreground), and the model's training-mode logits and sown intermediates on that batch."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from unet_jax import models, optim, steps  # pylint: disable=import-outside-toplevel
+  images = np.random.default_rng(0).integers(0, 255, (4, 16, 16), np.uint8)
+  masks = np.zeros((4, 16, 16), np.int32)
+  masks[:2, 4:9, 4:9] = 1
+  state = steps.create_train_state(models.from_config(config), optim.make_optimizer(config, 4),
+                                   images, seed=0)
+  logits, updates = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                                   steps.normalize_images(images), train=True,
+                                   mutable=["batch_stats", "intermediates"])
+  return state, {"image": images, "mask": masks}, logits, updates["intermediates"]
+
+
 def restore_saved_state(workdir, step: int) -> dict:
   """A checkpoint's train state as numpy-backed arrays on this process's first device,
   whatever the device topology that saved it."""

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_config
+from tests.conftest import tiny_binary_step_inputs, tiny_config
 from unet_jax import losses, models, optim, steps, tiny_unet
 from unet_jax.errors import ConfigError
 
@@ -51,20 +51,11 @@ def test_train_step_adds_the_weighted_deep_losses_with_their_own_loss():
   config = tiny_config()
   config.model.deep_supervision = True
   config.model.conv_impl = "xla"
-  model = models.from_config(config)
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 255, (4, 16, 16), np.uint8)
-  masks = np.zeros((4, 16, 16), np.int32)
-  masks[:2, 4:9, 4:9] = 1
-  batch = {"image": images, "mask": masks}
-  state = steps.create_train_state(model, optim.make_optimizer(config, 4), images, seed=0)
-  logits, sown = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                                steps.normalize_images(images), train=True,
-                                mutable=["batch_stats", "intermediates"])
-  weights = jnp.ones(masks.shape, jnp.float32)
-  deep = steps.deep_supervision_loss(losses.sigmoid_bce, sown["intermediates"]["deep_logits"],
-                                     masks, weights)
-  main = losses.lovasz_hinge(logits, masks, weights)
+  state, batch, logits, sown = tiny_binary_step_inputs(config)
+  weights = jnp.ones(batch["mask"].shape, jnp.float32)
+  deep = steps.deep_supervision_loss(losses.sigmoid_bce, sown["deep_logits"], batch["mask"],
+                                     weights)
+  main = losses.lovasz_hinge(logits, batch["mask"], weights)
   for weight in (0.0, 0.4):
     _, metrics = steps.train_step(state, batch, loss_fn=losses.lovasz_hinge, ignore_index=None,
                                   deep_loss_fn=losses.sigmoid_bce,

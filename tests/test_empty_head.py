@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_config
-from unet_jax import losses, models, optim, steps, tiny_unet
+from tests.conftest import tiny_binary_step_inputs, tiny_config
+from unet_jax import losses, models, steps, tiny_unet
 from unet_jax.errors import ConfigError
 from unet_jax.models.unet import gated_logits
 
@@ -69,20 +69,10 @@ def test_train_step_adds_the_weighted_image_loss():
   config = tiny_config()
   config.model.empty_head = True
   config.model.conv_impl = "xla"
-  model = models.from_config(config)
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 255, (4, 16, 16), np.uint8)
-  masks = np.zeros((4, 16, 16), np.int32)
-  masks[:2, 4:9, 4:9] = 1
-  batch = {"image": images, "mask": masks}
-  state = steps.create_train_state(model, optim.make_optimizer(config, 4), images,
-                                     seed=0)
-  logits, sown = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                                steps.normalize_images(images), train=True,
-                                mutable=["batch_stats", "intermediates"])
-  weights = jnp.ones(masks.shape, jnp.float32)
-  pixel_loss = losses.bce_dice(logits, masks, weights)
-  image_loss = losses.image_bce(sown["intermediates"]["empty_logit"][0], masks, weights)
+  state, batch, logits, sown = tiny_binary_step_inputs(config)
+  weights = jnp.ones(batch["mask"].shape, jnp.float32)
+  pixel_loss = losses.bce_dice(logits, batch["mask"], weights)
+  image_loss = losses.image_bce(sown["empty_logit"][0], batch["mask"], weights)
   for weight in (0.0, 0.5):
     _, metrics = steps.train_step(state, batch, loss_fn=losses.bce_dice, ignore_index=None,
                                   empty_head_weight=weight)
