@@ -182,7 +182,7 @@ class UNet(nn.Module):
 
   def _unet(self, x, train: bool):
     dropout = _levels(self.dropout, self.depth)
-    impl = layers.resolve(self.conv_impl)
+    impl = layers.resolve(self.conv_impl, self.dtype)
     conv = self._level_block(impl)
     skips = []
     for level in range(self.depth):
@@ -195,6 +195,10 @@ class UNet(nn.Module):
     image_logit = self._empty_logit(x) if self.empty_head else None
     if self.deep_supervision and self.padding != "SAME":
       raise ValueError("deep_supervision needs padding='SAME'")
+    # The deep heads run only where their logits are collected (init, training): inference and
+    # exports never run them.
+    deep_heads = self.deep_supervision and (self.is_initializing()
+                                            or self.is_mutable_collection("intermediates"))
     deep_logits = []
     for level in reversed(range(self.depth)):
       features = self.features * 2**level
@@ -203,9 +207,7 @@ class UNet(nn.Module):
       skip = center_crop(skips[level], x.shape[1], x.shape[2])
       x = layers.concat_channels(impl, skip, x)
       x = conv(features, name=f"decoder_{level}")(x, train)
-      # Only where they are collected (init, training): inference and exports never run them.
-      collect = self.is_initializing() or self.is_mutable_collection("intermediates")
-      if self.deep_supervision and level > 0 and collect:
+      if deep_heads and level > 0:
         deep_logits.append(self._head(impl, x, f"deep_head_{level}"))
     logits = self._head(impl, x, "head")
     return (logits if image_logit is None else gated_logits(logits, image_logit)), deep_logits
