@@ -59,7 +59,7 @@ class ResNetUNet(nn.Module):
     top, left = pad_h // 2, pad_w // 2
     x = jnp.pad(images.astype(self.dtype),
                 ((0, 0), (top, pad_h - top), (left, pad_w - left), (0, 0)), mode="reflect")
-    impl = layers.resolve(self.conv_impl)
+    impl = layers.resolve(self.conv_impl, self.dtype)
     skips = ResNetEncoder(self.arch, self.dtype, impl, name="encoder")(x, train)
     x = skips.pop()
     skips.reverse()  # Strides 16, 8, 4, 2.

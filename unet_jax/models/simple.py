@@ -33,7 +33,7 @@ class SimpleEncoderDecoder(nn.Module):
     x = jnp.pad(images.astype(self.dtype),
                 ((0, 0), (top, pad_h - top), (left, pad_w - left), (0, 0)), mode="reflect")
     conv = dict(kernel_init=he_normal, dtype=self.dtype, param_dtype=self.param_dtype)
-    impl = layers.resolve(self.conv_impl)
+    impl = layers.resolve(self.conv_impl, self.dtype)
     for level in range(self.depth):
       x = nn.relu(layers.conv(impl, self.features * 2**level, (3, 3), strides=(2, 2),
                               padding="SAME", name=f"down_{level}", **conv)(x))

@@ -17,9 +17,10 @@ Dtype = Any
 _DOT_MAX_FEATURES = 8
 
 
-def resolve(conv_impl: str) -> str:
-  """'auto' | 'xla' | 'onednn' -> the implementation used here ('xla' or 'onednn')."""
-  return library.resolve(conv_impl)
+def resolve(conv_impl: str, dtype=None) -> str:
+  """'auto' | 'xla' | 'onednn' -> the implementation used here ('xla' or 'onednn') for a model
+  computing in `dtype`."""
+  return library.resolve(conv_impl, dtype)
 
 
 def _explicit_padding(padding, height, width, kernel_size, strides):

@@ -15,6 +15,7 @@ import pathlib
 import sys
 
 import jax
+import jax.numpy as jnp
 
 TARGETS = {  # XLA custom-call name -> exported handler symbol.
     "unet_conv_forward": "UnetConvForward",
@@ -35,7 +36,7 @@ TARGETS = {  # XLA custom-call name -> exported handler symbol.
 IMPLS = ("auto", "xla", "onednn")
 # The handlers' operand layout this code calls; equal to unet_kernels_abi_version() in
 # csrc/onednn_conv.cc. Bump both when a handler's operands or attributes change.
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 
 class KernelsUnavailable(RuntimeError):
@@ -119,8 +120,15 @@ def _log_fallback(reason: str) -> None:
   logging.info("conv_impl=auto uses XLA's convolutions: %s", reason)
 
 
-def resolve(conv_impl: str) -> str:
-  """'auto' -> 'onednn' on the CPU backend when the kernels load, else 'xla' (logged once).
+@functools.lru_cache(maxsize=None)
+def bf16_convs_supported() -> bool:
+  """Whether oneDNN has bfloat16 convolutions on this CPU (it needs AVX-512; asked of oneDNN)."""
+  return bool(load().unet_onednn_bf16_conv_supported())
+
+
+def resolve(conv_impl: str, dtype=None) -> str:
+  """'auto' -> 'onednn' on the CPU backend when the kernels load (and, for a bfloat16 `dtype`,
+  oneDNN has bf16 convolutions on this CPU), else 'xla' (logged once).
 
   'onednn' asked for explicitly where the kernels cannot be used raises KernelsUnavailable.
   """
@@ -131,6 +139,10 @@ def resolve(conv_impl: str) -> str:
   if conv_impl == "auto" and jax.default_backend() != "cpu":
     return "xla"
   reason = unavailable_reason()
+  if reason is None and dtype is not None and jnp.dtype(dtype) == jnp.bfloat16 \
+      and not bf16_convs_supported():
+    reason = ("oneDNN has no bfloat16 convolutions on this CPU (they need AVX-512); "
+              "model.dtype=float32 (what auto picks here) keeps the native kernels")
   if reason is None:
     return "onednn"
   if conv_impl == "onednn":

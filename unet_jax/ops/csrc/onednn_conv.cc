@@ -284,7 +284,20 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetConvBackwardWeights, ConvBackwardWeightsImpl,
 // The operand/attribute layout of every handler in this library; library.py refuses a
 // build whose number differs from its ABI_VERSION (a stale in-place build after a failed
 // rebuild would otherwise fail at run time). Bump both together.
-extern "C" __attribute__((visibility("default"))) int unet_kernels_abi_version() { return 5; }
+extern "C" __attribute__((visibility("default"))) int unet_kernels_abi_version() { return 6; }
+
+// 1 when oneDNN has a bfloat16 convolution for this CPU, else 0. oneDNN 3.2 computes bf16 on
+// AVX-512 (natively with AVX512-BF16 or AMX, emulated on plain AVX-512) and has none on an
+// AVX2-only CPU; library.py then gives bf16 models XLA's convolutions instead of failing.
+extern "C" __attribute__((visibility("default"))) int unet_onednn_bf16_conv_supported() {
+  ConvShape s{1, 8, 8, 16, 3, 3, 16, 8, 8, 1, 1, 1, 1, 1, 1, true};
+  try {
+    s.Forward();
+  } catch (const dnnl::error&) {
+    return 0;
+  }
+  return 1;
+}
 
 // oneDNN called directly, for the benchmark's ceiling: runs `which` (0 forward, 1 backward
 // data, 2 backward weights) `repeats` times on the caller's buffers and returns the best
