@@ -10,6 +10,22 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("UNET_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+def onednn_bf16_reason() -> str | None:
+  """Why the native bfloat16 convolutions cannot run here, or None when they can."""
+  from unet_jax.ops import library  # pylint: disable=import-outside-toplevel
+  reason = library.unavailable_reason()
+  if reason is not None:
+    return f"native kernels: {reason}"
+  if not library.bf16_convs_supported():
+    return "oneDNN has no bfloat16 convolutions on this CPU (it needs AVX-512)"
+  return None
+
+
+# For tests that call the native bf16 kernels themselves (models fall back to XLA there).
+needs_onednn_bf16 = pytest.mark.skipif(onednn_bf16_reason() is not None,
+                                       reason=onednn_bf16_reason() or "")
+
+
 def shared_data_dir(name: str) -> pathlib.Path:
   """../shared/data/<name>, or skip the test saying where the samples were looked for."""
   path = SHARED_DATA / name

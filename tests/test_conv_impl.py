@@ -50,6 +50,28 @@ def test_without_the_kernels_auto_falls_back_and_onednn_is_refused(without_nativ
   assert model.apply(model.init(jax.random.PRNGKey(0), images), images).shape == (1, 16, 16, 1)
 
 
+def test_bf16_models_without_onednn_bf16_convolutions_use_xla(monkeypatch):
+  """An AVX2-only CPU: oneDNN 3.2 has no bf16 convolution there, so bf16 models fall back."""
+  if library.unavailable_reason():
+    pytest.skip(f"native kernels unavailable: {library.unavailable_reason()}")
+  monkeypatch.setattr(library, "bf16_convs_supported", lambda: False)
+  assert library.resolve("auto", jax.numpy.bfloat16) == "xla"
+  assert library.resolve("auto", jax.numpy.float32) == "onednn"
+  with pytest.raises(library.KernelsUnavailable, match="no bfloat16 convolutions"):
+    library.resolve("onednn", jax.numpy.bfloat16)
+  model = models.from_config(tiny_config(**{"model.dtype": "bfloat16"}))
+  images = jax.numpy.zeros((1, 16, 16, 3))
+  assert model.apply(model.init(jax.random.PRNGKey(0), images), images).shape == (1, 16, 16, 1)
+
+
+def test_onednn_answers_whether_it_has_bf16_convolutions_here():
+  """The probe asks oneDNN itself; it agrees with the CPU flags oneDNN 3.2 needs (AVX-512)."""
+  if library.unavailable_reason():
+    pytest.skip(f"native kernels unavailable: {library.unavailable_reason()}")
+  flags = open("/proc/cpuinfo").read().split()
+  assert library.bf16_convs_supported() == ("avx512bw" in flags and "avx512vl" in flags)
+
+
 def test_a_stale_build_is_refused_with_the_fix():
   """A library left by an older build (other handler operands) must not be registered."""
   class Stale:  # An old build: no ABI number, some handlers missing.

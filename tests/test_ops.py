@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import needs_onednn_bf16
 from unet_jax.models import ResNetUNet, SimpleEncoderDecoder, UNet
 from unet_jax.ops import kernels, layers, library
 
@@ -66,6 +67,7 @@ def test_conv_fp32_value_and_gradients_equal_xla(case):
     assert _max_relative(a, b) < 1e-5, name
 
 
+@needs_onednn_bf16
 @pytest.mark.parametrize("case", CONV_CASES[:5], ids=str)
 def test_conv_bf16_agrees_within_bf16_rounding(case):
   ours, theirs = _conv_pair(case, jnp.bfloat16)
@@ -76,6 +78,7 @@ def test_conv_bf16_agrees_within_bf16_rounding(case):
     assert _max_relative(a, b) < 2e-2  # A few bf16 ulps (2**-8) after long sums.
 
 
+@needs_onednn_bf16
 @pytest.mark.parametrize("case", [CONV_CASES[1], CONV_CASES[3]], ids=str)
 def test_f32_kernel_is_rounded_to_bf16_inside_the_kernel(case):
   """bf16 activations with f32 weights (rounded inside oneDNN's reorder) give bit for bit

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import needs_onednn_bf16
 from configs import default
 from unet_jax import models
 from unet_jax.errors import ConfigError
@@ -42,6 +43,7 @@ def _value_and_gradients(conv, x, kernel, dy):
   return (y, *vjp(dy.astype(y.dtype)))
 
 
+@needs_onednn_bf16
 @pytest.mark.parametrize("case", CASES)
 def test_value_and_gradients_within_twice_the_direct_kernels_error(case):
   n, h, w, c, o, pads = case
@@ -68,6 +70,7 @@ def test_value_and_gradients_within_twice_the_direct_kernels_error(case):
   np.testing.assert_allclose(got[2], direct[2], rtol=1e-6, atol=1e-6)
 
 
+@needs_onednn_bf16
 def test_bfloat16_kernels_and_nan_propagate():
   x = jnp.ones((1, 4, 4, 2), jnp.bfloat16).at[0, 1, 1, 0].set(jnp.nan)
   kernel = jnp.ones((3, 3, 2, 3), jnp.bfloat16)
@@ -76,6 +79,7 @@ def test_bfloat16_kernels_and_nan_propagate():
   assert not bool(jnp.isnan(y[0, 3, 3, 0]))  # Outside the NaN's 3x3 reach.
 
 
+@needs_onednn_bf16
 def test_unet_trains_alike_with_winograd_and_direct():
   x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 24, 24, 3)), jnp.float32)
   variables = models.UNet(features=16, depth=2).init(jax.random.key(0), x, train=False)
@@ -115,6 +119,7 @@ def test_choice_rules_without_measuring():
     winograd.check("fastest")
 
 
+@needs_onednn_bf16
 def test_auto_times_a_layer_once_and_caches_the_choice(tmp_path, monkeypatch):
   monkeypatch.setenv(winograd.CACHE_VARIABLE, str(tmp_path))
   winograd._measured_choice.cache_clear()  # pylint: disable=protected-access
@@ -168,6 +173,7 @@ _SHARDED = textwrap.dedent("""
 """)
 
 
+@needs_onednn_bf16
 def test_sharded_over_four_devices_equals_one_device():
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
          "JAX_PLATFORMS": "cpu"}

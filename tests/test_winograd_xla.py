@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import needs_onednn_bf16
 from benchmarks.kernels import winograd_xla
 from unet_jax.ops import library
 
@@ -32,6 +33,7 @@ def test_float32_winograd_is_the_convolution_and_its_gradients(shape):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
 
 
+@needs_onednn_bf16
 def test_bf16_errors_stay_within_three_times_the_direct_kernels():
   kernel = jax.random.normal(jax.random.key(1), (3, 3, 10, 64), jnp.float32) / np.sqrt(90)
   x = jax.random.normal(jax.random.key(0), (2, 6, 10, 10), jnp.bfloat16)
@@ -40,6 +42,7 @@ def test_bf16_errors_stay_within_three_times_the_direct_kernels():
     assert 0 < winograd < max(3 * direct, 1e-3) and winograd < 2e-2
 
 
+@needs_onednn_bf16
 def test_a_layer_row_and_its_report(tmp_path):
   layer = {"name": "tiny", "x": (2, 4, 6, 8), "w": (3, 3, 8, 16)}
   row = winograd_xla.time_layer(layer, rounds=1)

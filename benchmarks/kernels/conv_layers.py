@@ -293,6 +293,11 @@ def run(preset: str = "tgs", dtypes=("fp32", "bf16"), repeats: int = 5, warmup: 
   device, environment = machine.detect_device(), machine.environment()
   started, clock = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
   layers = list(layers if layers is not None else model_layers(preset))[:max_layers]
+  left_out = {}
+  if "bf16" in dtypes and not library.bf16_convs_supported():
+    left_out["bf16"] = "oneDNN has no bfloat16 convolutions on this CPU (it needs AVX-512)"
+    dtypes = tuple(d for d in dtypes if d != "bf16")
+    log(f"bf16 left out: {left_out['bf16']}")
   for layer in layers:
     layer["timings"] = {}
     for dtype in dtypes:
@@ -311,7 +316,7 @@ def run(preset: str = "tgs", dtypes=("fp32", "bf16"), repeats: int = 5, warmup: 
                       "env": environment["env"], "host_malloc": host_malloc,
                       "command": " ".join(sys.argv)},
       "protocol": {"warmup_calls": warmup, "repeats": repeats, "statistic": "best of repeats",
-                   "interleaved": True, "dtypes": list(dtypes)},
+                   "interleaved": True, "dtypes": list(dtypes), "left_out": left_out},
       "implementations": {
           "xla": "jax.lax.conv_general_dilated + jax.vjp pieces, jitted (up-conv: the "
                  "model's einsum, float32 accumulation)",

@@ -69,6 +69,8 @@ def markdown(data) -> str:
   for dtype in protocol["dtypes"]:
     sections += [f"## {dtype}", "", headline(data, dtype), "", "GFLOP/s:", "",
                  totals_table(data, dtype), "", layer_table(data, dtype), ""]
+  for dtype, reason in protocol.get("left_out", {}).items():
+    sections += [f"## {dtype}", "", f"Left out: {reason}.", ""]
   return "\n".join([
       f"# Convolution layers: {data['preset']} on {data['device']['name']}", "",
       f"`{data['preset']}` U-Net: {model['features']} features, depth {model['depth']}, "
