@@ -30,6 +30,25 @@ def cpu_model() -> str:
   return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> set[str]:
+  """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+  try:
+    with open("/proc/cpuinfo") as cpuinfo:
+      for line in cpuinfo:
+        if line.lower().startswith("flags"):
+          return set(line.split(":", 1)[1].split())
+  except OSError:
+    pass
+  return set()
+
+
+def isa_tag(flags: set[str]) -> str:
+  """'-avx2' for an x86 CPU without AVX-512, else '': the same model name (a cloud's 'AMD EPYC')
+  comes with and without AVX-512, and the kernels (and bf16) differ, so their reports must not
+  share a folder."""
+  return "-avx2" if "avx2" in flags and "avx512f" not in flags else ""
+
+
 def usable_cores() -> int:
   return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
@@ -62,7 +81,8 @@ def detect_device() -> dict:
   if name:
     return {"platform": "gpu", "name": name, "slug": gpu_slug(name), "cores": cores}
   name = cpu_model()
-  return {"platform": "cpu", "name": name, "slug": f"cpu-{slugify(name)}-{cores}c",
+  return {"platform": "cpu", "name": name,
+          "slug": f"cpu-{slugify(name)}{isa_tag(cpu_flags())}-{cores}c",
           "cores": cores}
 
 

@@ -68,6 +68,9 @@ def test_device_slug_is_detected_and_path_safe():
   assert device["slug"].startswith(("cpu-", "gpu-"))
   assert device["slug"].replace("-", "").isalnum()
   assert machine.slugify("AMD EPYC 9B45 96-Core Processor") == "amd-epyc-9b45"
+  # One model name, two instruction sets: an AVX2-only CPU's reports get their own folder.
+  assert machine.isa_tag({"avx2", "fma"}) == "-avx2"
+  assert machine.isa_tag({"avx2", "avx512f", "avx512_bf16"}) == machine.isa_tag(set()) == ""
 
 
 def test_variants_past_the_deadline_are_reported_not_built(tmp_path):
