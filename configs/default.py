@@ -23,6 +23,10 @@ def get_config() -> ml_collections.ConfigDict:
   # fold `fold` (TGS stratified by salt coverage, Carvana by car, CamVid by sequence).
   config.num_folds = 0
   config.fold = 0  # The held-out fold, 0..num_folds-1 (python -m unet_jax.cross_validate runs all).
+  # True: deal the folds from the prepared train split only and keep its val split out of every
+  # fold, as a test set (split 'holdout') on which cross_validate scores each fold and their
+  # ensemble: what averaging the folds gains on images none of them saw.
+  config.fold_holdout = False
   config.cache_decoded_mb = 2048  # Decode a prepared split into RAM once if it fits (0 = never).
 
   # Synthetic shapes (dataset = 'synthetic').

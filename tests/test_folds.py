@@ -12,7 +12,7 @@ from configs import default
 from configs import tgs as tgs_config
 from tests import _data_samples
 from tests.conftest import shared_data_dir
-from unet_jax import cross_validate, data, resilience
+from unet_jax import cross_validate, data, evaluate, resilience
 from unet_jax.data import folds, prepare
 from unet_jax.errors import ConfigError, WorkdirError
 
@@ -40,6 +40,7 @@ def test_group_keys_keep_cars_and_sequences_together():
     ({"num_folds": 1}, "num_folds=1"),
     ({"num_folds": 3, "fold": 3}, "fold=3 is not in 0..2"),
     ({"num_folds": 3, "dataset": "synthetic"}, "synthetic"),
+    ({"fold_holdout": True}, "fold_holdout=True .* num_folds=0"),
 ])
 def test_bad_fold_settings_are_config_errors(overrides, message):
   config = tgs_config.get_config()
@@ -84,6 +85,21 @@ def test_tgs_folds_partition_the_pooled_ids_stratified_by_coverage(tgs_prepared)
   assert max(map(len, held_out)) - min(map(len, held_out)) <= 1
   # Empty masks are one stratum, dealt evenly over the folds.
   assert max(empty_counts) - min(empty_counts) <= 1 and sum(empty_counts) > 0
+
+
+def test_fold_holdout_keeps_the_prepared_val_split_out_of_every_fold(tgs_prepared):
+  plain = _plain(tgs_prepared)
+  prepared_train, prepared_val = (set(_ids(data.load_split(plain, s))) for s in ("train", "val"))
+  for fold in range(3):
+    config = _plain(tgs_prepared, num_folds=3, fold=fold, fold_holdout=True)
+    train, val = set(_ids(data.load_split(config, "train"))), set(_ids(data.load_split(config,
+                                                                                       "val")))
+    assert not train & val and train | val == prepared_train
+    assert set(_ids(data.load_split(config, "holdout"))) == prepared_val
+  with pytest.raises(ConfigError, match="fold_holdout=True"):
+    data.load_split(_plain(tgs_prepared, num_folds=3), "holdout")
+  with pytest.raises(ConfigError, match="unknown split 'test'"):
+    data.load_split(plain, "test")
 
 
 def test_carvana_folds_never_split_a_car(tmp_path):
@@ -144,6 +160,32 @@ def test_cross_validate_trains_each_fold_and_tabulates_mean_and_std(tgs_prepared
   with pytest.raises(WorkdirError, match="average:N"):  # Refused before any training.
     cross_validate.cross_validate(config, tmp_path / "new", num_folds=2, checkpoint="average:x")
   assert not (tmp_path / "new").exists()
+
+
+def test_cross_validate_scores_each_fold_and_their_ensemble_on_the_holdout(tgs_prepared,
+                                                                          tmp_path):
+  config = _plain(tgs_prepared, num_train_steps=2, eval_every_steps=2, log_every_steps=1,
+                  batch_size=8, eval_batch_size=8, fold_holdout=True)
+  config.model.update(features=4, depth=2)
+  summary = cross_validate.cross_validate(config, tmp_path, num_folds=2, tta="flip", search=True,
+                                          min_areas=(0, 50), threshold_metric="tgs_map")
+  holdout, chosen = summary["holdout"], summary["postprocess"]["best"]
+  assert holdout["examples"] == len(data.load_split(_plain(tgs_prepared), "val"))
+  runs = [tmp_path / f"fold{k}" for k in (0, 1)]
+  for k, run in enumerate(runs):  # Each fold as evaluate scores it on the holdout.
+    report = evaluate.evaluate_run(run, "holdout", tta="flip")
+    assert holdout["folds"][k]["dice"] == pytest.approx(report["scores"]["dice"])
+  ensemble = evaluate.evaluate_run(runs, "holdout", True, tta="flip",
+                                   min_areas=(chosen["min_area"],))
+  assert holdout["ensemble"]["tgs_map"] == pytest.approx(ensemble["scores"]["tgs_map"])
+  # Post-processed with the folds' own choice, never one tuned on the holdout.
+  row = next(r for r in ensemble["threshold_search"]["rows"]
+             if r["threshold"] == chosen["threshold"])
+  assert holdout["ensemble"]["postprocessed"] == pytest.approx(row["tgs_map"])
+  mean = np.mean([holdout["folds"][k]["iou"] for k in (0, 1)])
+  assert holdout["ensemble_gain"]["iou"] == pytest.approx(holdout["ensemble"]["iou"] - mean)
+  table = (tmp_path / "holdout_scores_tta.md").read_text()
+  assert "ensemble of 2 folds" in table and "images no fold trained on" in table
 
 
 @pytest.mark.parametrize("folds_flag, message", [("0,5", "outside 0..2"), ("a", "comma-separated")])

@@ -13,8 +13,9 @@ each fold and picks the pair with the best mean over folds: workdir/cv_postproce
 with --config.max_checkpoints >= N) scores other weights than the best, into files named
 after them (cv_scores_tta_average3.json), beside the best's.
 `--folds 0,1` runs some folds only (e.g. one per machine); the table covers every fold that has
-finished. Predict with the folds as an
-ensemble: python -m unet_jax.predict --workdir runs/tgs_cv/fold0 --workdir runs/tgs_cv/fold1 ...
+finished. With `--config.fold_holdout=True` the folds are dealt from the prepared train split
+only, and each fold and their ensemble are also scored on the prepared val split, which no fold
+saw: workdir/holdout_scores.{json,md}. Predict with the folds as an ensemble: python -m unet_jax.predict --workdir runs/tgs_cv/fold0 --workdir runs/tgs_cv/fold1 ...
 """
 
 import json
@@ -111,6 +112,56 @@ def write_postprocess(workdir: pathlib.Path, name: str, search: dict, folds: int
   return table
 
 
+def holdout_scores(workdir: pathlib.Path, finished: list[int], tta: str, checkpoint: str,
+                   postprocess: dict | None = None) -> dict:
+  """Each finished fold and their ensemble (the mean of their probabilities) scored on the split
+  'holdout' that no fold trained on (config.fold_holdout). With `postprocess` (the folds' own
+  choice of threshold and minimum area, never tuned on the holdout) also the metric with it."""
+  chosen = postprocess["best"] if postprocess else None
+
+  def score(runs) -> tuple[dict, int]:
+    report = evaluate.evaluate_run(
+        runs, "holdout", chosen is not None, tta=tta, checkpoint=checkpoint,
+        min_areas=(chosen["min_area"],) if chosen else (0,),
+        threshold_metric=postprocess["metric"] if chosen else "")
+    scores = {m: report["scores"][m] for m in TABLE_METRICS if m in report["scores"]}
+    if chosen:
+      row = next(r for r in report["threshold_search"]["rows"]
+                 if r["threshold"] == chosen["threshold"])
+      scores["postprocessed"] = row[postprocess["metric"]]
+    return scores, report["examples"]
+
+  runs = [workdir / f"fold{k}" for k in finished]
+  folds = {k: score(run)[0] for k, run in zip(finished, runs)}
+  ensemble, examples = score(runs)
+  values = {m: np.array([folds[k][m] for k in finished]) for m in ensemble}
+  mean = {m: float(v.mean()) for m, v in values.items()}
+  return {"examples": examples, "folds": folds, "mean": mean,
+          "std": {m: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for m, v in values.items()},
+          "ensemble": ensemble, "ensemble_gain": {m: ensemble[m] - mean[m] for m in ensemble},
+          "postprocess": chosen and {"metric": postprocess["metric"],
+                                     "threshold": chosen["threshold"],
+                                     "min_area": chosen["min_area"]}}
+
+
+def holdout_markdown(holdout: dict, title: str) -> str:
+  names = list(holdout["ensemble"])
+  lines = [f"# {title}", ""]
+  if holdout["postprocess"]:
+    post = holdout["postprocess"]
+    lines += [f"postprocessed: {post['metric']} at the threshold ({post['threshold']:.2f}) and "
+              f"minimum area ({post['min_area']} px) the folds chose on their own validation.", ""]
+  lines += ["| model | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+  row = lambda label, scores: f"| {label} | " + " | ".join(f"{scores[m]:.4f}" for m in names) + " |"
+  lines += [row(f"fold {k}", scores) for k, scores in holdout["folds"].items()]
+  lines.append("| mean +- std of the folds | " + " | ".join(
+      f"{holdout['mean'][m]:.4f} +- {holdout['std'][m]:.4f}" for m in names) + " |")
+  lines.append(row(f"ensemble of {len(holdout['folds'])} folds", holdout["ensemble"]))
+  lines.append("| ensemble - mean | " + " | ".join(
+      f"{holdout['ensemble_gain'][m]:+.4f}" for m in names) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def cross_validate(config, workdir, num_folds: int, folds: str = "", tta: str = "none",
                    search: bool = False, min_areas=(0,), threshold_metric: str = "",
                    checkpoint: str = "best") -> dict:
@@ -152,6 +203,17 @@ def cross_validate(config, workdir, num_folds: int, folds: str = "", tta: str = 
     post_name = "cv_postprocess" + suffix
     table = write_postprocess(workdir, post_name, summary["postprocess"], len(reports))
     logging.info("post-processing search in %s.md:\n%s", workdir / post_name, table)
+  if config.get("fold_holdout", False) and reports:
+    summary["holdout"] = holdout_scores(workdir, sorted(reports), tta, checkpoint,
+                                        summary.get("postprocess"))
+    holdout_name = "holdout_scores" + suffix
+    table = holdout_markdown(summary["holdout"], (
+        f"{config.dataset}: {len(reports)} folds and their ensemble on the holdout "
+        f"({summary['holdout']['examples']} images no fold trained on), {weights}"
+        f"{', flip TTA' if tta == 'flip' else ''}"))
+    (workdir / f"{holdout_name}.json").write_text(json.dumps(summary["holdout"], indent=2) + "\n")
+    (workdir / f"{holdout_name}.md").write_text(table)
+    logging.info("holdout scores in %s.md:\n%s", workdir / holdout_name, table)
   return summary
 
 

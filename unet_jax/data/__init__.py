@@ -7,10 +7,18 @@ them from the original downloads (see unet_jax/data/sources.py).
 from unet_jax.data import synthetic
 from unet_jax.errors import ConfigError
 
+SPLITS = ("train", "val", "holdout")
+
 
 def load_split(config, split: str):
-  """The random-access source for `split` ('train' or 'val') of `config.dataset`."""
+  """The random-access source for `split` of `config.dataset`: 'train', 'val', or 'holdout' (the
+  prepared val split kept out of every fold, config.fold_holdout)."""
+  if split not in SPLITS:
+    raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
   if config.dataset == "synthetic":
+    if split == "holdout":
+      raise ConfigError("split 'holdout' needs a prepared dataset with --config.num_folds=K "
+                        "--config.fold_holdout=True; the synthetic one has train and val")
     size = config.synthetic.num_train if split == "train" else config.synthetic.num_val
     # Train and val come from different seeds, so they never share an image.
     seed = config.seed * 2 + (0 if split == "train" else 1)

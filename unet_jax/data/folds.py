@@ -1,7 +1,8 @@
 """K-fold cross-validation splits of a prepared dataset: a pure function of (id, K, k).
 
 With `config.num_folds = K > 0` the prepared train and val records are pooled and fold
-`config.fold` is held out for validation. Folds are dealt per group so near-duplicates never
+`config.fold` is held out for validation (with `config.fold_holdout` only the train records are
+folded, and the val records stay a test set no fold trains on: split 'holdout'). Folds are dealt per group so near-duplicates never
 straddle a split (Carvana: the 16 angles of a car; CamVid: a video sequence), and within each
 stratum so every fold gets its share of each (TGS: salt coverage in 11 bins, 0 = empty, as the
 Kaggle kernels stratified). Order inside a stratum is by SHA-1 of the group: deterministic,
@@ -85,6 +86,9 @@ def check(config) -> int:
   """config.num_folds (0 = the prepared split), checked against config.fold."""
   num_folds, fold = config.get("num_folds", 0), config.get("fold", 0)
   if num_folds == 0:
+    if config.get("fold_holdout", False):
+      raise ConfigError("fold_holdout=True keeps a test set out of the folds, but num_folds=0; "
+                        "set --config.num_folds=K (>= 2) or leave fold_holdout False")
     return 0
   if num_folds < 2:
     raise ConfigError(f"num_folds={num_folds}; use 0 (the prepared train/val split) or >= 2")

@@ -140,13 +140,21 @@ def _decoded_megabytes(first_element: dict, count: int) -> float:
 
 def _stored_records(config, split: str):
   """(records of `split` as stored: encoded images, name); with config.num_folds, fold
-  config.fold of the pooled train + val records (folds.py)."""
+  config.fold of the pooled train + val records (folds.py), or of the train records alone with
+  config.fold_holdout, whose val records are then the split 'holdout'."""
   height, width = config.image_size
   resolution = config.data_resolution or f"{height}x{width}"
   builder = prepared_builder(config.dataset, resolution, config.data_dir)
   name = f"{builder.name}/{builder.builder_config.name}"
   num_folds = folds.check(config)
-  wanted = ("train", "val") if num_folds else (split,)
+  holdout = bool(num_folds and config.get("fold_holdout", False))
+  if split == "holdout":
+    if not holdout:
+      raise ConfigError("split 'holdout' is the prepared val split kept out of every fold; "
+                        "train with --config.num_folds=K --config.fold_holdout=True, or ask "
+                        "for val")
+    num_folds, split = 0, "val"
+  wanted = (("train",) if holdout else ("train", "val")) if num_folds else (split,)
   for part in wanted:
     if part not in builder.info.splits:
       raise ConfigError(f"{config.dataset} has no split {part!r}; it has "
@@ -154,10 +162,7 @@ def _stored_records(config, split: str):
   skip = tfds.decode.SkipDecoding()
   parts = [builder.as_data_source(part, decoders={"image": skip, "mask": skip}) for part in wanted]
   if not num_folds:
-    return parts[0], f"{name}:{split}"
-  if split not in ("train", "val"):
-    raise ConfigError(f"split {split!r} with num_folds={num_folds}: folds pool train and val; "
-                      "ask for train or val")
+    return parts[0], f"{name}:{'holdout' if holdout else split}"
   pooled = folds.Pooled(parts)
   group_regex = (builder.info.metadata or {}).get("options", {}).get("group_regex", "")
   fold_of = folds.assign(config.dataset, pooled, num_folds, group_regex)
