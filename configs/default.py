@@ -79,6 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = "auto"
   # Kernels for convolutions, BatchNorm + ReLU and max-pools: auto (oneDNN on the CPU when the
   # native kernels were built, XLA on GPU/TPU) | xla | onednn. Same parameters either way.
+  # bfloat16 on a CPU without AVX-512: auto takes XLA's (oneDNN has no bf16 convolutions there).
   config.model.conv_impl = "auto"
   # oneDNN with bf16 compute: how 3x3 stride-1 convolutions run: direct (oneDNN's kernel) |
   # winograd (F(2x2,3x3): 2.25x fewer multiplications, bf16 error ~2x direct's) | auto (per
