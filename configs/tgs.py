@@ -46,6 +46,11 @@ tgs_cv_1600.md for this recipe):
   tgs_cv_checkpoint_averaging.md); at 1600 steps' time (tgs_cv_1600.md), deep supervision
   (`model.deep_supervision`, 1420 steps for its 13% longer step) -0.014 +- 0.014, -0.009 +-
   0.014 with the 80 px minimum area (IoU +0.004: it trades the metric for overlap).
+Fold ensembles (`python -m unet_jax.cross_validate ... --config.fold_holdout=True`, then
+`predict --workdir fold0 --workdir fold1 ...`): 3 folds of the 800 training ids at 600 steps,
+scored on the 200 validation ids none trained on, 0.688 averaged against 0.669 +- 0.008 for one
+fold (+0.019, above every fold; 2-core AVX2 EPYC, float32, 2026-12-01;
+benchmarks/results/cpu-amd-epyc-avx2-2c/tgs_holdout_ensemble.md).
 Held-out images without salt score 0.93 with this recipe, those with salt 0.59: what is left
 is mask quality on salt, not specks on empty images.
 """
