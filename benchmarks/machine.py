@@ -30,19 +30,7 @@ def cpu_model() -> str:
   return platform.processor() or platform.machine()
 
 
-def cpu_flags() -> set[str]:
-  """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
-  try:
-    with open("/proc/cpuinfo") as cpuinfo:
-      for line in cpuinfo:
-        if line.lower().startswith("flags"):
-          return set(line.split(":", 1)[1].split())
-  except OSError:
-    pass
-  return set()
-
-
-def isa_tag(flags: set[str]) -> str:
+def isa_tag(flags) -> str:
   """'-avx2' for an x86 CPU without AVX-512, else '': the same model name (a cloud's 'AMD EPYC')
   comes with and without AVX-512, and the kernels (and bf16) differ, so their reports must not
   share a folder."""
@@ -80,9 +68,10 @@ def detect_device() -> dict:
   name = gpu_name()
   if name:
     return {"platform": "gpu", "name": name, "slug": gpu_slug(name), "cores": cores}
+  from unet_jax import precision  # pylint: disable=import-outside-toplevel  # Imports JAX.
   name = cpu_model()
   return {"platform": "cpu", "name": name,
-          "slug": f"cpu-{slugify(name)}{isa_tag(cpu_flags())}-{cores}c",
+          "slug": f"cpu-{slugify(name)}{isa_tag(precision.cpu_flags())}-{cores}c",
           "cores": cores}
 
 

@@ -10,20 +10,14 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("UNET_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
-def onednn_bf16_reason() -> str | None:
-  """Why the native bfloat16 convolutions cannot run here, or None when they can."""
+def _onednn_bf16_reason() -> str | None:
   from unet_jax.ops import library  # pylint: disable=import-outside-toplevel
-  reason = library.unavailable_reason()
-  if reason is not None:
-    return f"native kernels: {reason}"
-  if not library.bf16_convs_supported():
-    return "oneDNN has no bfloat16 convolutions on this CPU (it needs AVX-512)"
-  return None
+  return library.bf16_unavailable_reason()
 
 
 # For tests that call the native bf16 kernels themselves (models fall back to XLA there).
-needs_onednn_bf16 = pytest.mark.skipif(onednn_bf16_reason() is not None,
-                                       reason=onednn_bf16_reason() or "")
+needs_onednn_bf16 = pytest.mark.skipif(_onednn_bf16_reason() is not None,
+                                       reason=f"native bf16 kernels: {_onednn_bf16_reason()}")
 
 
 def shared_data_dir(name: str) -> pathlib.Path:

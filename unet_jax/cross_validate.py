@@ -15,7 +15,8 @@ after them (cv_scores_tta_average3.json), beside the best's.
 `--folds 0,1` runs some folds only (e.g. one per machine); the table covers every fold that has
 finished. With `--config.fold_holdout=True` the folds are dealt from the prepared train split
 only, and each fold and their ensemble are also scored on the prepared val split, which no fold
-saw: workdir/holdout_scores.{json,md}. Predict with the folds as an ensemble: python -m unet_jax.predict --workdir runs/tgs_cv/fold0 --workdir runs/tgs_cv/fold1 ...
+saw: workdir/holdout_scores.{json,md}. Predict with the folds as an ensemble:
+python -m unet_jax.predict --workdir runs/tgs_cv/fold0 --workdir runs/tgs_cv/fold1 ...
 """
 
 import json

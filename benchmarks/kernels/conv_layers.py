@@ -294,8 +294,8 @@ def run(preset: str = "tgs", dtypes=("fp32", "bf16"), repeats: int = 5, warmup: 
   started, clock = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
   layers = list(layers if layers is not None else model_layers(preset))[:max_layers]
   left_out = {}
-  if "bf16" in dtypes and not library.bf16_convs_supported():
-    left_out["bf16"] = "oneDNN has no bfloat16 convolutions on this CPU (it needs AVX-512)"
+  if "bf16" in dtypes and library.bf16_unavailable_reason():
+    left_out["bf16"] = library.bf16_unavailable_reason()
     dtypes = tuple(d for d in dtypes if d != "bf16")
     log(f"bf16 left out: {left_out['bf16']}")
   for layer in layers:

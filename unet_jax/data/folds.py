@@ -2,10 +2,10 @@
 
 With `config.num_folds = K > 0` the prepared train and val records are pooled and fold
 `config.fold` is held out for validation (with `config.fold_holdout` only the train records are
-folded, and the val records stay a test set no fold trains on: split 'holdout'). Folds are dealt per group so near-duplicates never
-straddle a split (Carvana: the 16 angles of a car; CamVid: a video sequence), and within each
-stratum so every fold gets its share of each (TGS: salt coverage in 11 bins, 0 = empty, as the
-Kaggle kernels stratified). Order inside a stratum is by SHA-1 of the group: deterministic,
+folded, and the val records stay a test set no fold trains on: split 'holdout'). Folds are
+dealt per group so near-duplicates never straddle a split (Carvana: the 16 angles of a car;
+CamVid: a video sequence), and within each stratum so every fold gets its share of each (TGS:
+salt coverage in 11 bins, 0 = empty, as the Kaggle kernels stratified). Order inside a stratum is by SHA-1 of the group: deterministic,
 independent of listing order, of any RNG and of the machine.
 """
 

@@ -126,6 +126,14 @@ def bf16_convs_supported() -> bool:
   return bool(load().unet_onednn_bf16_conv_supported())
 
 
+def bf16_unavailable_reason() -> str | None:
+  """None when the kernels load and have bf16 convolutions here, else one line saying why not."""
+  reason = unavailable_reason()
+  if reason is None and not bf16_convs_supported():
+    reason = "oneDNN has no bfloat16 convolutions on this CPU (they need AVX-512)"
+  return reason
+
+
 def resolve(conv_impl: str, dtype=None) -> str:
   """'auto' -> 'onednn' on the CPU backend when the kernels load (and, for a bfloat16 `dtype`,
   oneDNN has bf16 convolutions on this CPU), else 'xla' (logged once).
@@ -138,11 +146,10 @@ def resolve(conv_impl: str, dtype=None) -> str:
     return "xla"
   if conv_impl == "auto" and jax.default_backend() != "cpu":
     return "xla"
-  reason = unavailable_reason()
-  if reason is None and dtype is not None and jnp.dtype(dtype) == jnp.bfloat16 \
-      and not bf16_convs_supported():
-    reason = ("oneDNN has no bfloat16 convolutions on this CPU (they need AVX-512); "
-              "model.dtype=float32 (what auto picks here) keeps the native kernels")
+  bf16 = dtype is not None and jnp.dtype(dtype) == jnp.bfloat16
+  reason = bf16_unavailable_reason() if bf16 else unavailable_reason()
+  if bf16 and reason is not None and unavailable_reason() is None:
+    reason += "; model.dtype=float32 (what auto picks here) keeps the native kernels"
   if reason is None:
     return "onednn"
   if conv_impl == "onednn":
