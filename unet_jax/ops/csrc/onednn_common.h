@@ -1,5 +1,6 @@
 // What the oneDNN-backed kernels share (onednn_conv.cc, winograd_conv.cc): one CPU engine, a
-// stream per thread, and per-thread scratch buffers.
+// stream per thread, per-thread scratch buffers, and primitives that take their scratchpad
+// from the caller.
 #ifndef UNET_JAX_OPS_CSRC_ONEDNN_COMMON_H_
 #define UNET_JAX_OPS_CSRC_ONEDNN_COMMON_H_
 
@@ -20,11 +21,12 @@ inline dnnl::stream& Stream() {
   return stream;
 }
 
-// A per-thread scratch buffer (grown, never shrunk), slot 0 or 1. Kernels run one at a time
-// (unet_kernel_mutex), so no two use a slot at once.
+// A per-thread scratch buffer (grown, never shrunk), slot 0, 1 or 2 (kScratchpadSlot).
+// Kernels run one at a time (unet_kernel_mutex), so no two use a slot at once.
+constexpr int kScratchpadSlot = 2;
 inline void* Scratch(size_t bytes, int slot) {
   struct Buffer { void* data = nullptr; size_t size = 0; };
-  thread_local Buffer buffers[2];
+  thread_local Buffer buffers[3];
   Buffer& b = buffers[slot];
   if (b.size < bytes) {
     std::free(b.data);
@@ -32,6 +34,23 @@ inline void* Scratch(size_t bytes, int slot) {
     b.data = std::aligned_alloc(64, b.size);
   }
   return b.data;
+}
+
+// Attributes for every primitive we cache: scratchpad_mode::user. With oneDNN's default
+// (library mode, one global scratchpad per thread sized when a primitive is created) a
+// primitive run on a thread other than the one that created it reads the running thread's
+// scratchpad, which may be smaller or absent: XLA calls a handler from any of its pool
+// threads, and the GEMM (im2col) convolutions oneDNN picks on AVX2-only CPUs then crashed.
+inline dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+// The scratchpad a primitive built with UserScratchpad() asks for, in this thread's slot.
+// Primitives run one after another on a thread, so they share the slot.
+inline dnnl::memory Scratchpad(const dnnl::memory::desc& md) {
+  return dnnl::memory(md, Engine(), Scratch(md.get_size() ? md.get_size() : 1, kScratchpadSlot));
 }
 
 }  // namespace unet

@@ -29,7 +29,9 @@ namespace {
 
 using unet::Engine;
 using unet::Scratch;
+using unet::Scratchpad;
 using unet::Stream;
+using unet::UserScratchpad;
 
 // What a convolution is: enough to build every primitive for it.
 struct ConvShape {
@@ -59,17 +61,30 @@ struct ConvShape {
   dnnl::convolution_forward::primitive_desc Forward() const {
     return dnnl::convolution_forward::primitive_desc(
         Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, Src(),
-        Weights(Dt(), tag::any), Dst(), Strides(), PadL(), PadR());
+        Weights(Dt(), tag::any), Dst(), Strides(), PadL(), PadR(), UserScratchpad());
   }
 };
 
-// One cached primitive and the reorder between Flax's HWIO weights and its own layout.
+// One cached primitive and the reorder between Flax's HWIO weights and its own layout, each
+// with the scratchpad it needs from the caller.
 struct Entry {
   dnnl::primitive prim;
   memory::desc weights_md;      // The primitive's weights (or weight-gradient) layout.
   memory::desc user_weights_md; // HWIO as Flax holds it.
+  memory::desc scratchpad_md;
   bool reorder = false;
   dnnl::reorder reorder_prim;
+  memory::desc reorder_scratchpad_md;
+
+  void SetReorder(const memory::desc& from, const memory::desc& to) {
+    dnnl::reorder::primitive_desc pd(Engine(), from, Engine(), to, UserScratchpad());
+    reorder_prim = dnnl::reorder(pd);
+    reorder_scratchpad_md = pd.scratchpad_desc();
+  }
+  void Reorder(memory& from, memory& to) const {
+    reorder_prim.execute(Stream(), {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to},
+                                    {DNNL_ARG_SCRATCHPAD, Scratchpad(reorder_scratchpad_md)}});
+  }
 };
 
 std::mutex cache_mutex;
@@ -90,10 +105,10 @@ std::shared_ptr<Entry> Cached(const std::string& key, Build build) {
 std::shared_ptr<Entry> ForwardEntry(const ConvShape& s) {
   return Cached(s.Key('f'), [&] {
     auto pd = s.Forward();
-    Entry e{dnnl::convolution_forward(pd), pd.weights_desc(), s.UserWeights()};
+    Entry e{dnnl::convolution_forward(pd), pd.weights_desc(), s.UserWeights(),
+            pd.scratchpad_desc()};
     e.reorder = e.weights_md != e.user_weights_md;
-    if (e.reorder) e.reorder_prim = dnnl::reorder(dnnl::reorder::primitive_desc(
-        Engine(), e.user_weights_md, Engine(), e.weights_md));
+    if (e.reorder) e.SetReorder(e.user_weights_md, e.weights_md);
     return e;
   });
 }
@@ -102,11 +117,11 @@ std::shared_ptr<Entry> BackwardDataEntry(const ConvShape& s) {
   return Cached(s.Key('d'), [&] {
     auto pd = dnnl::convolution_backward_data::primitive_desc(
         Engine(), dnnl::algorithm::convolution_direct, s.Src(), s.Weights(s.Dt(), tag::any),
-        s.Dst(), s.Strides(), s.PadL(), s.PadR(), s.Forward());
-    Entry e{dnnl::convolution_backward_data(pd), pd.weights_desc(), s.UserWeights()};
+        s.Dst(), s.Strides(), s.PadL(), s.PadR(), s.Forward(), UserScratchpad());
+    Entry e{dnnl::convolution_backward_data(pd), pd.weights_desc(), s.UserWeights(),
+            pd.scratchpad_desc()};
     e.reorder = e.weights_md != e.user_weights_md;
-    if (e.reorder) e.reorder_prim = dnnl::reorder(dnnl::reorder::primitive_desc(
-        Engine(), e.user_weights_md, Engine(), e.weights_md));
+    if (e.reorder) e.SetReorder(e.user_weights_md, e.weights_md);
     return e;
   });
 }
@@ -116,12 +131,11 @@ std::shared_ptr<Entry> BackwardWeightsEntry(const ConvShape& s) {
     auto f32 = memory::data_type::f32;
     auto pd = dnnl::convolution_backward_weights::primitive_desc(
         Engine(), dnnl::algorithm::convolution_direct, s.Src(), s.Weights(f32, tag::any),
-        s.Dst(), s.Strides(), s.PadL(), s.PadR(), s.Forward());
+        s.Dst(), s.Strides(), s.PadL(), s.PadR(), s.Forward(), UserScratchpad());
     Entry e{dnnl::convolution_backward_weights(pd), pd.diff_weights_desc(),
-            s.Weights(f32, tag::hwio)};
+            s.Weights(f32, tag::hwio), pd.scratchpad_desc()};
     e.reorder = e.weights_md != e.user_weights_md;
-    if (e.reorder) e.reorder_prim = dnnl::reorder(dnnl::reorder::primitive_desc(
-        Engine(), e.weights_md, Engine(), e.user_weights_md));
+    if (e.reorder) e.SetReorder(e.weights_md, e.user_weights_md);
     return e;
   });
 }
@@ -146,7 +160,7 @@ memory PrimitiveWeights(const Entry& e, void* hwio) {
   memory user(e.user_weights_md, Engine(), hwio);
   if (!e.reorder) return user;
   memory mine(e.weights_md, Engine(), Scratch(e.weights_md.get_size(), 0));
-  e.reorder_prim.execute(Stream(), user, mine);
+  e.Reorder(user, mine);
   return mine;
 }
 
@@ -156,7 +170,8 @@ void RunForward(const ConvShape& s, void* x, void* w, void* y) {
   memory weights = PrimitiveWeights(*e, w);
   e->prim.execute(Stream(), {{DNNL_ARG_SRC, memory(s.Src(), Engine(), x)},
                              {DNNL_ARG_WEIGHTS, weights},
-                             {DNNL_ARG_DST, memory(s.Dst(), Engine(), y)}});
+                             {DNNL_ARG_DST, memory(s.Dst(), Engine(), y)},
+                             {DNNL_ARG_SCRATCHPAD, Scratchpad(e->scratchpad_md)}});
   Stream().wait();
 }
 
@@ -166,7 +181,8 @@ void RunBackwardData(const ConvShape& s, void* dy, void* w, void* dx) {
   memory weights = PrimitiveWeights(*e, w);
   e->prim.execute(Stream(), {{DNNL_ARG_DIFF_DST, memory(s.Dst(), Engine(), dy)},
                              {DNNL_ARG_WEIGHTS, weights},
-                             {DNNL_ARG_DIFF_SRC, memory(s.Src(), Engine(), dx)}});
+                             {DNNL_ARG_DIFF_SRC, memory(s.Src(), Engine(), dx)},
+                             {DNNL_ARG_SCRATCHPAD, Scratchpad(e->scratchpad_md)}});
   Stream().wait();
 }
 
@@ -178,8 +194,9 @@ void RunBackwardWeights(const ConvShape& s, void* x, void* dy, void* dw) {
       ? memory(e->weights_md, Engine(), Scratch(e->weights_md.get_size(), 1)) : user;
   e->prim.execute(Stream(), {{DNNL_ARG_SRC, memory(s.Src(), Engine(), x)},
                              {DNNL_ARG_DIFF_DST, memory(s.Dst(), Engine(), dy)},
-                             {DNNL_ARG_DIFF_WEIGHTS, grad}});
-  if (e->reorder) e->reorder_prim.execute(Stream(), grad, user);
+                             {DNNL_ARG_DIFF_WEIGHTS, grad},
+                             {DNNL_ARG_SCRATCHPAD, Scratchpad(e->scratchpad_md)}});
+  if (e->reorder) e->Reorder(grad, user);
   Stream().wait();
 }
 
@@ -284,7 +301,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetConvBackwardWeights, ConvBackwardWeightsImpl,
 // The operand/attribute layout of every handler in this library; library.py refuses a
 // build whose number differs from its ABI_VERSION (a stale in-place build after a failed
 // rebuild would otherwise fail at run time). Bump both together.
-extern "C" __attribute__((visibility("default"))) int unet_kernels_abi_version() { return 6; }
+extern "C" __attribute__((visibility("default"))) int unet_kernels_abi_version() { return 7; }
 
 // 1 when oneDNN has a bfloat16 convolution for this CPU, else 0. oneDNN 3.2 computes bf16 on
 // AVX-512 (natively with AVX512-BF16 or AMX, emulated on plain AVX-512) and has none on an

@@ -83,7 +83,12 @@ struct Problem {
 
 // One batched matmul per (rows, ci, co, transpose), cached.
 std::mutex matmul_mutex;
-std::unordered_map<std::string, std::shared_ptr<dnnl::matmul>> matmuls;
+// A cached matmul and the scratchpad it asks its caller for.
+struct CachedMatmul {
+  dnnl::matmul prim;
+  memory::desc scratchpad_md;
+};
+std::unordered_map<std::string, std::shared_ptr<CachedMatmul>> matmuls;
 
 memory::desc UDesc(const Problem& p) {
   // Half of U, [8][C][O] with C, O the forward's; the transposed product reads [8][O][C].
@@ -100,16 +105,18 @@ memory::desc MDesc(const Problem& p, int64_t rows) {  // Half of the products.
 }
 
 // The batched matmul over 8 transformed taps (run once per half of U).
-std::shared_ptr<dnnl::matmul> Matmul(const Problem& p, int64_t rows) {
+std::shared_ptr<CachedMatmul> Matmul(const Problem& p, int64_t rows) {
   std::string key = std::to_string(rows) + "," + std::to_string(p.ci) + "," +
                     std::to_string(p.co) + "," + std::to_string(p.transpose);
   std::lock_guard<std::mutex> lock(matmul_mutex);
   auto it = matmuls.find(key);
   if (it != matmuls.end()) return it->second;
-  dnnl::matmul::primitive_desc pd(Engine(), VDesc(p, rows), UDesc(p), MDesc(p, rows));
-  auto prim = std::make_shared<dnnl::matmul>(pd);
-  matmuls.emplace(key, prim);
-  return prim;
+  dnnl::matmul::primitive_desc pd(Engine(), VDesc(p, rows), UDesc(p), MDesc(p, rows),
+                                  unet::UserScratchpad());
+  auto cached =
+      std::make_shared<CachedMatmul>(CachedMatmul{dnnl::matmul(pd), pd.scratchpad_desc()});
+  matmuls.emplace(key, cached);
+  return cached;
 }
 
 // The per-tile and per-row loops are compiled for AVX-512, AVX2 and the baseline, picked at
@@ -189,10 +196,11 @@ void RunConv(const Problem& p, const uint16_t* x, const uint16_t* const u[2], ui
     for (int64_t r = 0; r < rows; ++r) InputTile(p, x, zeros.get(), v, rows, t0 + r, r);
     auto matmul = Matmul(p, rows);
     for (int half = 0; half < 2; ++half)
-      matmul->execute(Stream(), {
+      matmul->prim.execute(Stream(), {
           {DNNL_ARG_SRC, memory(VDesc(p, rows), Engine(), v + half * 8 * rows * p.ci)},
           {DNNL_ARG_WEIGHTS, memory(UDesc(p), Engine(), const_cast<uint16_t*>(u[half]))},
-          {DNNL_ARG_DST, memory(MDesc(p, rows), Engine(), m + half * 8 * rows * p.co)}});
+          {DNNL_ARG_DST, memory(MDesc(p, rows), Engine(), m + half * 8 * rows * p.co)},
+          {DNNL_ARG_SCRATCHPAD, unet::Scratchpad(matmul->scratchpad_md)}});
     Stream().wait();
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r) OutputTile(p, m, y, rows, t0 + r, r);
