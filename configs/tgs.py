@@ -49,7 +49,11 @@ tgs_cv_1600.md for this recipe):
 Fold ensembles (`python -m unet_jax.cross_validate ... --config.fold_holdout=True`, then
 `predict --workdir fold0 --workdir fold1 ...`): 3 folds of the 800 training ids at 600 steps,
 scored on the 200 validation ids none trained on, 0.688 averaged against 0.669 +- 0.008 for one
-fold (+0.019, above every fold; 2-core AVX2 EPYC, float32, 2026-12-01;
+fold (+0.019, above every fold). But one model trained on all 800 ids scores 0.684 at the same
+600 steps (the ensemble +0.004, IoU -0.018) and 0.725 at 1800 steps, the ensemble's total
+compute (0.735 at the folds' 0.50 / 80 px post-processing: +0.047 over the ensemble, salt
+images 0.585 against 0.509; one seed each). At schedules this short, spend compute on one
+longer run before an ensemble (2-core AVX2 EPYC, float32, 2026-12-02;
 benchmarks/results/cpu-amd-epyc-avx2-2c/tgs_holdout_ensemble.md).
 Held-out images without salt score 0.93 with this recipe, those with salt 0.59: what is left
 is mask quality on salt, not specks on empty images.
