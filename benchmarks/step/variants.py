@@ -33,6 +33,9 @@ VARIANTS = {
     # The same fp32 model with config.host_malloc='reuse'.
     "jax_fp32_reuse_malloc": ("jax", "JAX fp32, host_malloc=reuse",
                               {"bf16": False, "malloc": "reuse", "conv_impl": "xla"}),
+    # fp32 on oneDNN with reuse: what configs/tgs.py runs where bf16 is not native (AVX2).
+    "jax_onednn_fp32_reuse_malloc": ("jax", "JAX fp32, oneDNN kernels, reuse malloc",
+                                     {"bf16": False, "conv_impl": "onednn", "malloc": "reuse"}),
     "jax_onednn_bf16_reuse_malloc": ("jax", "JAX bf16 compute, oneDNN kernels, reuse malloc",
                                      {"bf16": True, "conv_impl": "onednn", "malloc": "reuse"}),
     # The bf16 oneDNN model with Winograd F(2x2,3x3) for every 3x3 convolution, and with the
