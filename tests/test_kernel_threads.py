@@ -6,13 +6,13 @@ other primitives: the GEMM (im2col) weight gradients oneDNN picks on AVX2-only C
 wrote past it and crashed the process (ResNet-34 U-Net tests, under load).
 """
 
-import ctypes
 import threading
 
 import jax
 import numpy as np
 import pytest
 
+from benchmarks.kernels import conv_layers
 from unet_jax.ops import library
 
 pytestmark = pytest.mark.skipif(library.unavailable_reason() is not None,
@@ -34,14 +34,9 @@ def _operands(dims, seed):
 
 def _onednn_weight_gradient(dims, x, dy):
   """oneDNN's weight gradient (primitive 2), on the calling thread."""
-  fn = library.load().unet_onednn_conv_best_seconds
-  fn.restype = ctypes.c_double
-  fn.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
-                 ctypes.c_void_p, ctypes.c_void_p)
-  dims_array = np.array(dims, np.int64)
-  dw = np.zeros((dims[4], dims[5], dims[3], dims[6]), np.float32)
-  seconds = fn(dims_array.ctypes.data, 0, 2, 1, x.ctypes.data, dy.ctypes.data, dw.ctypes.data)
-  assert seconds >= 0, "oneDNN refused the weight gradient"
+  n, h, w, c, kh, kw, o, _, _, sh, sw, pt, pb, pl, pr = dims
+  layer = conv_layers.layer_spec((n, h, w, c), (kh, kw, c, o), (sh, sw), ((pt, pb), (pl, pr)))
+  _, dw = conv_layers.direct_pass(layer, 2, "fp32")(x, dy)
   return dw
 
 
