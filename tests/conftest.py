@@ -6,6 +6,19 @@ import pathlib
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# The tests check what programs compute, not how fast: LLVM -O0 for XLA's CPU code halves the
+# compile time that dominates most tests (a deep-supervision test 49 -> 11 s on an AVX2 EPYC)
+# and changes no result (no fast-math either way). Set before any test starts JAX's backend;
+# subprocesses inherit it. The demo test runs the README command with the default flags.
+XLA_TEST_FLAG = "--xla_backend_optimization_level=0"
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_TEST_FLAG}".strip()
+
+
+def xla_flags(*flags: str) -> str:
+  """XLA_FLAGS for a subprocess: the suite's own flags plus `flags`."""
+  return " ".join((os.environ.get("XLA_FLAGS", ""), *flags)).strip()
 # One overridable path to the real samples (TGS, Carvana, CamVid in their original layouts).
 SHARED_DATA = pathlib.Path(os.environ.get("UNET_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
 

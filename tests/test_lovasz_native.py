@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import xla_flags
 from unet_jax import losses
 from unet_jax.ops import lovasz as lovasz_ops
 
@@ -105,7 +106,7 @@ def _run(env_extra):
 
 @needs_native
 def test_sharded_over_four_devices_and_the_xla_fallback_agree():
-  four = _run({"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  four = _run({"XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=4")})
   assert four["devices"] == 4 and four["native"] and four["all_gathers"] == 0
   assert four["loss_sharded"] == pytest.approx(four["loss"], rel=1e-6)
   assert four["grad_diff"] <= 1e-7

@@ -12,7 +12,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict
 import pytest
 
-from tests.conftest import REPO, metrics_by_step, restore_saved_state
+from tests.conftest import REPO, metrics_by_step, restore_saved_state, xla_flags
 from unet_jax import inference
 
 HEARTBEAT_SECONDS = 10
@@ -28,7 +28,7 @@ def _free_port() -> int:
 
 def _env(devices: int):
   return dict(os.environ, JAX_PLATFORMS="cpu",
-              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+              XLA_FLAGS=xla_flags(f"--xla_force_host_platform_device_count={devices}"))
 
 
 def _command(workdir, *extra):

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import needs_onednn_bf16
+from tests.conftest import needs_onednn_bf16, xla_flags
 from configs import default
 from unet_jax import models
 from unet_jax.errors import ConfigError
@@ -175,7 +175,7 @@ _SHARDED = textwrap.dedent("""
 
 @needs_onednn_bf16
 def test_sharded_over_four_devices_equals_one_device():
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+  env = {**os.environ, "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=4"),
          "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run([sys.executable, "-c", _SHARDED], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300, check=False)
