@@ -19,6 +19,8 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 def xla_flags(*flags: str) -> str:
   """XLA_FLAGS for a subprocess: the suite's own flags plus `flags`."""
   return " ".join((os.environ.get("XLA_FLAGS", ""), *flags)).strip()
+
+
 # One overridable path to the real samples (TGS, Carvana, CamVid in their original layouts).
 SHARED_DATA = pathlib.Path(os.environ.get("UNET_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
 
