@@ -27,7 +27,6 @@ from unet_jax.ops import library  # pylint: disable=wrong-import-position
 # (batch, height, width, in channels, kernel size, out channels): SAME, stride 1.
 QUICK_SHAPES = ((32, 128, 128, 32, 3, 32), (32, 128, 128, 64, 3, 32), (32, 64, 64, 64, 3, 64),
                 (32, 32, 32, 128, 3, 128), (8, 96, 128, 128, 3, 64), (8, 6, 8, 1024, 3, 1024))
-PRIMITIVES = ("forward", "backward_data", "backward_weights")  # oneDNN primitive 0, 1, 2.
 CALLS = 4  # Best of this many calls per timing; each side is timed 3 times, taking turns.
 
 
@@ -40,12 +39,6 @@ def quick_layers() -> list[dict]:
                                          padding=((pad, pad), (pad, pad)),
                                          name=str((n, h, w, c, k, o))))
   return layers
-
-
-def step_count(layer, primitive: int) -> int:
-  """How many times one train step runs this primitive of this layer."""
-  transposed_pass = {0: 1, 1: 0, 2: 2}[primitive] if layer["transposed"] else primitive
-  return layer["input_grad_count"] if transposed_pass == 1 else layer["count"]
 
 
 def project_pass(layer, primitive: int, dtype: str):
@@ -97,18 +90,19 @@ def main(argv=None):
     sys.exit(f"conv_kernels_vs_torch: the oneDNN kernels cannot load: {reason}")
   torch.set_num_threads(len(os.sched_getaffinity(0)))
   layers = quick_layers() if args.preset == "quick" else conv_layers.model_layers(args.preset)
-  print(f"{args.preset}, {args.dtype}: {'layer x -> w':34s} {'primitive':16s} {'project':>8s} "
+  print(f"{args.preset}, {args.dtype}: {'layer x -> w':34s} {'pass':16s} {'project':>8s} "
         f"{'torch':>8s} GFLOP/s  torch speed / project")
   step = {"project": 0.0, "torch": 0.0}
   for layer in layers:
-    for primitive, name in enumerate(PRIMITIVES):
+    for name in conv_layers.PASSES:
+      primitive = conv_layers.primitive_of(layer, name)
       mine, theirs = (project_pass(layer, primitive, args.dtype),
                       torch_pass(torch, layer, primitive, args.dtype))
       mine_s, theirs_s = [], []
       for _ in range(3):
         mine_s.append(mine())
         theirs_s.append(theirs())
-      count = step_count(layer, primitive)
+      count = conv_layers.step_count(layer, name)
       step["project"] += count * min(mine_s)
       step["torch"] += count * min(theirs_s)
       label = f"{layer['kind']} {'x'.join(map(str, layer['x']))} -> {layer['w'][3]}"

@@ -218,6 +218,16 @@ def _host(array):
   return out
 
 
+def primitive_of(layer, pass_name: str) -> int:
+  """The oneDNN primitive (0, 1, 2) that computes this pass of the layer as the model runs it."""
+  return _PRIMITIVE[layer["transposed"]][pass_name]
+
+
+def step_count(layer, pass_name: str) -> int:
+  """How many times one train step runs this pass of this layer."""
+  return layer["input_grad_count" if pass_name == "input_grad" else "count"]
+
+
 def make_arrays(layer, dtype: str, seed: int = 0) -> dict:
   """Random x, w, y (the primitive's operands) in `dtype`, on the device and on the host."""
   rng = np.random.default_rng(seed)
@@ -228,7 +238,7 @@ def make_arrays(layer, dtype: str, seed: int = 0) -> dict:
 
 def pass_callables(layer, dtype: str, pass_name: str, arrays, host) -> dict:
   """{impl: () -> (seconds of one call, output)} for one pass of one layer."""
-  primitive = _PRIMITIVE[layer["transposed"]][pass_name]
+  primitive = primitive_of(layer, pass_name)
   a, b = OPERANDS[primitive]
   (xla, xla_operands), onednn = _xla_pass(layer, pass_name), _onednn_jax_pass(layer, primitive)
   direct = direct_pass(layer, primitive, dtype)
@@ -270,7 +280,7 @@ def totals(layers, dtype: str) -> dict:
   seconds = {impl: {p: 0.0 for p in PASSES} for impl in IMPLS}
   for layer in layers:
     for p in PASSES:
-      weight = layer["input_grad_count" if p == "input_grad" else "count"]
+      weight = step_count(layer, p)
       flops[p] += weight * layer["flops"]
       for impl in IMPLS:
         seconds[impl][p] += weight * layer["timings"][dtype][p][impl]["seconds"]
