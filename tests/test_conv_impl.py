@@ -3,7 +3,7 @@
 import jax
 import pytest
 
-from tests.conftest import tiny_config
+from tests.conftest import init_variables, tiny_config
 from unet_jax import models
 from unet_jax.errors import ConfigError
 from unet_jax.ops import library
@@ -47,7 +47,7 @@ def test_without_the_kernels_auto_falls_back_and_onednn_is_refused(without_nativ
     models.from_config(tiny_config(**{"model.conv_impl": "onednn"}))
   model = models.from_config(tiny_config())  # auto: builds and runs on XLA.
   images = jax.numpy.zeros((1, 16, 16, 3))
-  assert model.apply(model.init(jax.random.PRNGKey(0), images), images).shape == (1, 16, 16, 1)
+  assert model.apply(init_variables(model, images), images).shape == (1, 16, 16, 1)
 
 
 def test_bf16_models_without_onednn_bf16_convolutions_use_xla(monkeypatch):
@@ -61,7 +61,7 @@ def test_bf16_models_without_onednn_bf16_convolutions_use_xla(monkeypatch):
     library.resolve("onednn", jax.numpy.bfloat16)
   model = models.from_config(tiny_config(**{"model.dtype": "bfloat16"}))
   images = jax.numpy.zeros((1, 16, 16, 3))
-  assert model.apply(model.init(jax.random.PRNGKey(0), images), images).shape == (1, 16, 16, 1)
+  assert model.apply(init_variables(model, images), images).shape == (1, 16, 16, 1)
 
 
 def test_onednn_answers_whether_it_has_bf16_convolutions_here():

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_binary_step_inputs, tiny_config
+from tests.conftest import init_variables, tiny_binary_step_inputs, tiny_config
 from unet_jax import losses, models, steps, tiny_unet
 from unet_jax.errors import ConfigError
 from unet_jax.models.unet import gated_logits
@@ -45,7 +45,7 @@ def test_image_bce_targets_any_counted_foreground_and_skips_padding_examples():
 def test_unet_empty_head_gates_pixels_and_sows_the_image_logit():
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 16, 1)), jnp.float32)
   model = tiny_unet(empty_head=True, conv_impl="xla")
-  variables = model.init(jax.random.key(0), x)
+  variables = init_variables(model, x)
   assert variables["params"]["empty_head"]["kernel"].shape == (16, 1)  # 4 * 2**2 channels.
   logits, sown = model.apply(variables, x, mutable=["intermediates"])
   assert logits.shape == (2, 16, 16, 1)
@@ -54,7 +54,7 @@ def test_unet_empty_head_gates_pixels_and_sows_the_image_logit():
   off["params"]["empty_head"]["bias"] = jnp.full((1,), -40.0)
   assert np.all(jax.nn.sigmoid(model.apply(off, x)) < 1e-12)
   with pytest.raises(ValueError, match="empty_head needs num_classes=1"):
-    tiny_unet(num_classes=3, empty_head=True).init(jax.random.key(0), x)
+    init_variables(tiny_unet(num_classes=3, empty_head=True), x)
 
 
 def test_from_config_rejects_an_empty_head_on_a_multiclass_task():

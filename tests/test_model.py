@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import init_variables
 from unet_jax import UNet, tiny_unet
 from unet_jax.models import unet as unet_lib
 
@@ -75,7 +76,7 @@ def test_padding_does_not_leak_between_examples():
   model = tiny_unet(num_classes=1)
   rng = np.random.default_rng(1)
   a, b = (jnp.asarray(rng.normal(size=(1, 13, 21, 1)), jnp.float32) for _ in range(2))
-  variables = model.init(jax.random.key(0), a)
+  variables = init_variables(model, a)
   both = model.apply(variables, jnp.concatenate([a, b]))
   np.testing.assert_allclose(both[:1], model.apply(variables, a), rtol=1e-5, atol=1e-5)
 
@@ -91,7 +92,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
 def test_upsample_modes_and_dropout_train_and_run(upsample):
   model = tiny_unet(num_classes=1, upsample=upsample, dropout=(0.0, 0.3, 0.3))
   images = jnp.ones((2, 16, 16, 1))
-  variables = model.init(jax.random.key(0), images)
+  variables = init_variables(model, images)
   out_a, _ = model.apply(variables, images, train=True, rngs={"dropout": jax.random.key(1)},
                          mutable=["batch_stats"])
   out_b, _ = model.apply(variables, images, train=True, rngs={"dropout": jax.random.key(2)},
@@ -102,16 +103,16 @@ def test_upsample_modes_and_dropout_train_and_run(upsample):
 
 def test_wrong_number_of_dropout_rates_is_rejected():
   with pytest.raises(ValueError, match="needs 3 per-level rates"):
-    tiny_unet(dropout=(0.1, 0.2)).init(jax.random.key(0), jnp.ones((1, 16, 16, 1)))
+    init_variables(tiny_unet(dropout=(0.1, 0.2)), jnp.ones((1, 16, 16, 1)))
 
 
 def test_matmul_up_convolution_equals_conv_transpose_in_value_and_gradients():
   from unet_jax.models.blocks import UpSample  # pylint: disable=import-outside-toplevel
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 7, 6)), jnp.float32)
   fast, reference = UpSample(4, impl="matmul"), UpSample(4, impl="conv_transpose")
-  params = reference.init(jax.random.key(1), x)
+  params = init_variables(reference, x, seed=1)
   params = jax.tree.map(lambda p: p + 0.1, params)  # A non-zero bias too.
-  assert jax.tree.structure(fast.init(jax.random.key(1), x)) == jax.tree.structure(params)
+  assert jax.tree.structure(init_variables(fast, x, seed=1)) == jax.tree.structure(params)
   np.testing.assert_allclose(fast.apply(params, x), reference.apply(params, x), rtol=1e-5,
                              atol=1e-6)
   loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
@@ -124,8 +125,8 @@ def test_matmul_up_convolution_equals_conv_transpose_in_value_and_gradients():
 def test_remat_gives_the_same_loss_and_gradients():
   images = jnp.asarray(np.random.default_rng(3).normal(size=(2, 16, 16, 1)), jnp.float32)
   plain, remat = tiny_unet(num_classes=1), tiny_unet(num_classes=1, remat=True)
-  variables = plain.init(jax.random.key(0), images)
-  assert jax.tree.structure(remat.init(jax.random.key(0), images)) == jax.tree.structure(
+  variables = init_variables(plain, images)
+  assert jax.tree.structure(init_variables(remat, images)) == jax.tree.structure(
       variables)
 
   def loss(model):
@@ -147,14 +148,14 @@ def test_level_blocks_and_squeeze_excitation(block):
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 16, 1)), jnp.float32)
   plain = tiny_unet(block=block, conv_impl="xla")
   gated = tiny_unet(block=block, squeeze_excitation=True, conv_impl="xla")
-  variables = plain.init(jax.random.key(0), x)
+  variables = init_variables(plain, x)
   level = variables["params"]["encoder_0"]
   if block == "residual":  # A ResNet BasicBlock with a 1x1 projection (1 -> 4 channels).
     assert level["downsample_conv"]["kernel"].shape == (1, 1, 1, 4)
     assert level["conv1"]["kernel"].shape == (3, 3, 1, 4)
   else:
     assert set(level) == {"ConvBNReLU_0", "ConvBNReLU_1"}
-  gated_variables = gated.init(jax.random.key(0), x)
+  gated_variables = init_variables(gated, x)
   se = gated_variables["params"]["encoder_0"]["se"]
   assert se["reduce"]["kernel"].shape == (4, 1) and se["expand"]["kernel"].shape == (1, 4)
   assert plain.apply(variables, x).shape == gated.apply(gated_variables, x).shape == (2, 16, 16, 1)
@@ -174,4 +175,4 @@ def test_level_blocks_and_squeeze_excitation(block):
 
 def test_residual_block_needs_same_padding_and_batch_norm():
   with pytest.raises(ValueError, match="block='residual' needs padding='SAME'"):
-    tiny_unet(block="residual", padding="VALID").init(jax.random.key(0), jnp.zeros((1, 64, 64, 1)))
+    init_variables(tiny_unet(block="residual", padding="VALID"), jnp.zeros((1, 64, 64, 1)))

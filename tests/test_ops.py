@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import needs_onednn_bf16
+from tests.conftest import init_variables, needs_onednn_bf16
 from unet_jax.models import ResNetUNet, SimpleEncoderDecoder, UNet
 from unet_jax.ops import kernels, layers, library
 
@@ -206,8 +206,8 @@ def test_models_train_alike_on_both_kernel_sets(name):
   size = 64 if name == "resnet18_unet" else 20  # ResNet: a 2x2 map at stride 32.
   images = jnp.asarray(np.random.default_rng(4).uniform(-1, 1, (2, size, size, 3)), jnp.float32)
   xla_model, onednn_model = MODELS[name]("xla"), MODELS[name]("onednn")
-  variables = xla_model.init(jax.random.PRNGKey(0), images)
-  assert (jax.tree.structure(onednn_model.init(jax.random.PRNGKey(0), images))
+  variables = init_variables(xla_model, images)
+  assert (jax.tree.structure(init_variables(onednn_model, images))
           == jax.tree.structure(variables))
 
   def loss(model, params):

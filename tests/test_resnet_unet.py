@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import init_variables
 from unet_jax.errors import UserError
 from unet_jax.models import resnet_unet, torchvision_import
 
@@ -99,7 +100,7 @@ def test_imported_torchvision_weights_give_the_same_features(tmp_path):
   torch.save(torch_model.state_dict(), path)
   model = resnet_unet.ResNetUNet(num_classes=2)
   images = np.random.default_rng(0).normal(size=(2, 64, 96, 3)).astype(np.float32)
-  variables = model.init(jax.random.key(0), jnp.asarray(images))
+  variables = init_variables(model, jnp.asarray(images))
   variables = torchvision_import.load_torchvision_resnet(path, variables)
   encoder = resnet_unet.ResNetEncoder("resnet34")
   ours = encoder.apply({"params": variables["params"]["encoder"],
@@ -118,7 +119,7 @@ def test_single_channel_model_sums_the_rgb_stem(tmp_path):
   path = tmp_path / "resnet34.pth"
   torch.save(torch_model.state_dict(), path)
   model = resnet_unet.ResNetUNet(num_classes=1)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+  variables = init_variables(model, jnp.zeros((1, 32, 32, 1)))
   variables = torchvision_import.load_torchvision_resnet(path, variables)
   expected = torch_model.conv1.weight.detach().numpy().sum(axis=1).transpose(1, 2, 0)[:, :, None]
   np.testing.assert_allclose(variables["params"]["encoder"]["conv1"]["kernel"], expected,
@@ -130,7 +131,7 @@ def test_a_resnet18_file_for_a_resnet34_model_is_one_clear_error(tmp_path):
   state = {k: v for k, v in torch_model.state_dict().items() if not k.startswith("layer3.5")}
   torch.save(state, tmp_path / "short.pth")
   model = resnet_unet.ResNetUNet(num_classes=1)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  variables = init_variables(model, jnp.zeros((1, 32, 32, 3)))
   with pytest.raises(UserError, match="same depth"):
     torchvision_import.load_torchvision_resnet(tmp_path / "short.pth", variables)
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import needs_onednn_bf16, xla_flags
+from tests.conftest import init_variables, needs_onednn_bf16, xla_flags
 from configs import default
 from unet_jax import models
 from unet_jax.errors import ConfigError
@@ -82,7 +82,7 @@ def test_bfloat16_kernels_and_nan_propagate():
 @needs_onednn_bf16
 def test_unet_trains_alike_with_winograd_and_direct():
   x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 24, 24, 3)), jnp.float32)
-  variables = models.UNet(features=16, depth=2).init(jax.random.key(0), x, train=False)
+  variables = init_variables(models.UNet(features=16, depth=2), x, train=False)
 
   def loss_and_grads(algo):
     model = models.UNet(features=16, depth=2, dtype=jnp.bfloat16, conv_impl="onednn",

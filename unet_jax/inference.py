@@ -95,13 +95,14 @@ def _abstract_variables(model, config, channels: int):
   return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), sample)
 
 
-def infer_input_channels(model, config, state_dir: pathlib.Path) -> int:
-  """The channel count whose initial parameters have the checkpoint's shapes."""
+def infer_input_channels(model, config, state_dir: pathlib.Path) -> tuple[int, dict]:
+  """The channel count whose initial parameters have the checkpoint's shapes, and those
+  variables' shapes (each candidate traces the model: kept, not traced again)."""
   stored = _stored_param_shapes(state_dir)
   for channels in CANDIDATE_CHANNELS:
-    shapes = _abstract_variables(model, config, channels)["params"]
-    if jax.tree.map(lambda leaf: tuple(leaf.shape), shapes) == stored:
-      return channels
+    abstract = _abstract_variables(model, config, channels)
+    if jax.tree.map(lambda leaf: tuple(leaf.shape), abstract["params"]) == stored:
+      return channels, abstract
   raise WorkdirError(f"the checkpoint in {state_dir} does not match config.json's model; "
                      "was config.json edited after training?")
 
@@ -200,9 +201,8 @@ def load(workdir, which: str = "best") -> TrainedModel:
   train.enable_compilation_cache(config.get("compilation_cache_dir", ""))
   model = models.from_config(config)
   state_dirs = [ckpts.directory / str(step) / "state" for step in chosen]
-  channels = infer_input_channels(model, config, state_dirs[0])
+  channels, abstract = infer_input_channels(model, config, state_dirs[0])
   mesh = parallel.make_mesh()
-  abstract = _abstract_variables(model, config, channels)
   variables = average_variables([restore_variables(d, abstract, mesh) for d in state_dirs])
   logging.info("loaded the checkpoint%s of step%s %s from %s (%d input channels)",
                "s" * (len(chosen) > 1), "s" * (len(chosen) > 1), ", ".join(map(str, chosen)),
