@@ -156,6 +156,7 @@ def get_config() -> ml_collections.ConfigDict:
   # train.configure_cpu_dispatch.
   config.cpu_async_dispatch = False
   # Persistent XLA compilation cache shared by runs ('' = off): a rerun skips compilation.
+  # It keeps compiles over 0.5 s, or over $JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS if set.
   config.compilation_cache_dir = "~/.cache/unet_jax/xla"
 
   return config

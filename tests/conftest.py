@@ -14,6 +14,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 XLA_TEST_FLAG = "--xla_backend_optimization_level=0"
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_TEST_FLAG}".strip()
+# Tests and their subprocesses compile the same tiny programs again and again: the runs'
+# persistent compilation cache keeps every one, not only those over train's 0.5 s (-8% on the
+# subprocess-heavy files on the AVX2 EPYC).
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 def xla_flags(*flags: str) -> str:

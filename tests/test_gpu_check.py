@@ -142,6 +142,26 @@ def test_the_compilation_cache_keeps_xla_autotuning_results(tmp_path):
       jax.config.update(name, value)
 
 
+@pytest.mark.parametrize("from_env, expected", [(None, 0.5), ("0", 0.0)])
+def test_the_cache_keeps_compiles_over_half_a_second_unless_jax_s_variable_says(
+    from_env, expected, monkeypatch, tmp_path):
+  import jax  # pylint: disable=import-outside-toplevel
+  from unet_jax import train  # pylint: disable=import-outside-toplevel
+  name = "jax_persistent_cache_min_compile_time_secs"
+  before = {n: getattr(jax.config, n) for n in (name, "jax_compilation_cache_dir")}
+  if from_env is None:
+    monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
+  else:
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", from_env)
+  try:
+    jax.config.update(name, float(from_env or 1.0))  # What jax read from the variable.
+    train.enable_compilation_cache(str(tmp_path))
+    assert getattr(jax.config, name) == expected
+  finally:
+    for n, value in before.items():
+      jax.config.update(n, value)
+
+
 def test_nvidia_smi_fields_are_read_one_by_one(tmp_path, monkeypatch):
   """A driver's nvidia-smi that refuses one field (here compute_cap) still gives the rest."""
   fake = tmp_path / "nvidia-smi"

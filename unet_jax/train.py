@@ -161,7 +161,8 @@ def enable_compilation_cache(cache_dir: str) -> None:
   does not depend on that default. Older jax without the option: the cache alone."""
   if cache_dir:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache_dir))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # The user's, if set.
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     try:
       jax.config.update("jax_persistent_cache_enable_xla_caches",
                         "xla_gpu_per_fusion_autotune_cache_dir")
