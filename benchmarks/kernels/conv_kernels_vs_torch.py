@@ -22,6 +22,7 @@ if __package__ in (None, ""):  # `python benchmarks/kernels/conv_kernels_vs_torc
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from benchmarks.kernels import conv_layers  # pylint: disable=wrong-import-position
+from benchmarks.kernels import conv_layers_report  # pylint: disable=wrong-import-position
 from unet_jax.ops import library  # pylint: disable=wrong-import-position
 
 # (batch, height, width, in channels, kernel size, out channels): SAME, stride 1.
@@ -102,7 +103,7 @@ def main(argv=None):
       for _ in range(3):
         mine_s.append(mine())
         theirs_s.append(theirs())
-      count = conv_layers.step_count(layer, name)
+      count = conv_layers_report.step_count(layer, name)
       step["project"] += count * min(mine_s)
       step["torch"] += count * min(theirs_s)
       label = f"{layer['kind']} {'x'.join(map(str, layer['x']))} -> {layer['w'][3]}"

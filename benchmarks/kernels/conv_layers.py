@@ -48,7 +48,7 @@ from unet_jax.ops import kernels, library, winograd
 
 RESULTS = throughput.RESULTS
 SCHEMA_VERSION = 1
-PASSES = ("forward", "input_grad", "weight_grad")
+PASSES = conv_layers_report.PASSES
 IMPLS = ("xla", "onednn_jax", "onednn_direct", "winograd_jax")
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 # oneDNN primitive per pass (0 forward, 1 backward data, 2 backward weights) and its operands,
@@ -223,11 +223,6 @@ def primitive_of(layer, pass_name: str) -> int:
   return _PRIMITIVE[layer["transposed"]][pass_name]
 
 
-def step_count(layer, pass_name: str) -> int:
-  """How many times one train step runs this pass of this layer."""
-  return layer["input_grad_count" if pass_name == "input_grad" else "count"]
-
-
 def make_arrays(layer, dtype: str, seed: int = 0) -> dict:
   """Random x, w, y (the primitive's operands) in `dtype`, on the device and on the host."""
   rng = np.random.default_rng(seed)
@@ -280,7 +275,7 @@ def totals(layers, dtype: str) -> dict:
   seconds = {impl: {p: 0.0 for p in PASSES} for impl in IMPLS}
   for layer in layers:
     for p in PASSES:
-      weight = step_count(layer, p)
+      weight = conv_layers_report.step_count(layer, p)
       flops[p] += weight * layer["flops"]
       for impl in IMPLS:
         seconds[impl][p] += weight * layer["timings"][dtype][p][impl]["seconds"]

@@ -9,6 +9,11 @@ LABELS = {"xla": "XLA", "onednn_jax": "oneDNN via JAX", "onednn_direct": "oneDNN
 PASSES = ("forward", "input_grad", "weight_grad")
 
 
+def step_count(layer, pass_name: str) -> int:
+  """How many times one train step runs this pass of this layer."""
+  return layer["input_grad_count" if pass_name == "input_grad" else "count"]
+
+
 def _shape(layer) -> str:
   n, h, w, c = layer["x"]
   o = layer["w"][3]
@@ -29,7 +34,7 @@ def layer_table(data, dtype: str) -> str:
     for p in PASSES:
       t = layer["timings"][dtype][p]
       g = [t[i]["gflops"] for i in impls]
-      count = layer["input_grad_count" if p == "input_grad" else "count"]
+      count = step_count(layer, p)
       lines.append(f"| {_shape(layer)} | {count} | {p} | " + " | ".join(f"{v:.1f}" for v in g)
                    + f" | {g[1] / g[2]:.2f} | {g[1] / g[0]:.2f} |"
                    + (f" {g[3] / g[1]:.2f} |" if winograd else ""))
