@@ -130,6 +130,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 16  # Global batch (all devices, all hosts); must divide by device count.
   config.eval_batch_size = 32  # Global eval batch; must divide by device count.
   config.num_train_steps = 1000  # Optimisation steps.
+  # Wall-time budget of a run in minutes (0 = none): after timing its first steps the run
+  # trains num_train_steps or the steps that fit, whichever are fewer, the schedule fitted to
+  # them (unet_jax/budget.py; kept in workdir/time_budget.json so a resume trains the same).
+  config.time_budget_minutes = 0.0
   config.log_every_steps = 50  # Train-metric lines in the log and metrics.jsonl.
   config.eval_every_steps = 250  # Validation, checkpoints and plots.
   config.max_checkpoints = 2  # Latest checkpoints kept (the best one is kept separately).
@@ -153,7 +157,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.host_malloc = "system"
   # False: XLA:CPU runs each step on the calling thread. With the native kernels on 2 cores,
   # 20 queued (asynchronous) tgs steps took 455-710 ms each, inline 453-479; see
-  # train.configure_cpu_dispatch.
+  # runtime.configure_cpu_dispatch.
   config.cpu_async_dispatch = False
   # Persistent XLA compilation cache shared by runs ('' = off): a rerun skips compilation.
   # It keeps compiles over 0.5 s, or over $JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS if set.

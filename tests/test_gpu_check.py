@@ -125,15 +125,15 @@ def test_without_out_or_OUT_the_command_is_refused(monkeypatch, capsys):
 
 
 def test_the_compilation_cache_keeps_xla_autotuning_results(tmp_path):
-  """train.enable_compilation_cache also turns on XLA's per-fusion autotune cache (GPU)."""
+  """runtime.enable_compilation_cache also turns on XLA's per-fusion autotune cache (GPU)."""
   import jax  # pylint: disable=import-outside-toplevel
-  from unet_jax import train  # pylint: disable=import-outside-toplevel
+  from unet_jax import runtime  # pylint: disable=import-outside-toplevel
   names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
            "jax_persistent_cache_enable_xla_caches")
   before = {name: getattr(jax.config, name) for name in names}
   try:
     jax.config.update("jax_persistent_cache_enable_xla_caches", None)
-    train.enable_compilation_cache(str(tmp_path))
+    runtime.enable_compilation_cache(str(tmp_path))
     assert jax.config.jax_compilation_cache_dir == str(tmp_path)
     assert jax.config.jax_persistent_cache_enable_xla_caches == (
         "xla_gpu_per_fusion_autotune_cache_dir")
@@ -146,7 +146,7 @@ def test_the_compilation_cache_keeps_xla_autotuning_results(tmp_path):
 def test_the_cache_keeps_compiles_over_half_a_second_unless_jax_s_variable_says(
     from_env, expected, monkeypatch, tmp_path):
   import jax  # pylint: disable=import-outside-toplevel
-  from unet_jax import train  # pylint: disable=import-outside-toplevel
+  from unet_jax import runtime  # pylint: disable=import-outside-toplevel
   name = "jax_persistent_cache_min_compile_time_secs"
   before = {n: getattr(jax.config, n) for n in (name, "jax_compilation_cache_dir")}
   if from_env is None:
@@ -155,7 +155,7 @@ def test_the_cache_keeps_compiles_over_half_a_second_unless_jax_s_variable_says(
     monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", from_env)
   try:
     jax.config.update(name, float(from_env or 1.0))  # What jax read from the variable.
-    train.enable_compilation_cache(str(tmp_path))
+    runtime.enable_compilation_cache(str(tmp_path))
     assert getattr(jax.config, name) == expected
   finally:
     for n, value in before.items():

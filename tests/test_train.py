@@ -14,7 +14,7 @@ from PIL import Image
 from configs import synthetic as synthetic_config
 from tests.conftest import REPO, XLA_TEST_FLAG, metrics_by_step, tiny_config
 from unet_jax.errors import ConfigError
-from unet_jax import plots, train
+from unet_jax import plots, runtime, train
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +83,11 @@ def test_cpu_dispatch_setting_after_the_client_exists_is_named_not_silent(caplog
   jax.devices()  # The CPU client now exists; its dispatch mode is fixed.
   current = jax.config.read("jax_cpu_enable_async_dispatch")
   with caplog.at_level(logging.WARNING):
-    train.configure_cpu_dispatch(current)
+    runtime.configure_cpu_dispatch(current)
     assert not caplog.records
-    train.configure_cpu_dispatch(not current)
+    runtime.configure_cpu_dispatch(not current)
   assert any("comes too late" in record.getMessage() for record in caplog.records)
-  train.configure_cpu_dispatch(current)
+  runtime.configure_cpu_dispatch(current)
 
 
 def test_second_loss_stage_takes_over_at_its_step(tmp_path, caplog):

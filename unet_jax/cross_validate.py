@@ -19,6 +19,7 @@ saw: workdir/holdout_scores.{json,md}. Predict with the folds as an ensemble:
 python -m unet_jax.predict --workdir runs/tgs_cv/fold0 --workdir runs/tgs_cv/fold1 ...
 """
 
+import copy
 import json
 import logging
 import pathlib
@@ -28,7 +29,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from unet_jax import cli, evaluate, inference, resilience, train
+from unet_jax import budget, cli, evaluate, inference, resilience, train
 from unet_jax.errors import ConfigError
 
 TABLE_METRICS = ("tgs_map", "tgs_map_empty", "tgs_map_salt", "iou", "dice", "pixel_accuracy",
@@ -36,8 +37,9 @@ TABLE_METRICS = ("tgs_map", "tgs_map_empty", "tgs_map_salt", "iou", "dice", "pix
 
 
 def fold_config(config, num_folds: int, fold: int) -> ml_collections.ConfigDict:
-  """A copy of `config` that trains fold `fold` of `num_folds`."""
-  config = ml_collections.ConfigDict(config.to_dict())
+  """A copy of `config` that trains fold `fold` of `num_folds` (references kept: a fitted time
+  budget moves loss_stage2_step with num_train_steps)."""
+  config = copy.deepcopy(config)
   config.num_folds, config.fold = num_folds, fold
   return config
 
@@ -171,7 +173,7 @@ def cross_validate(config, workdir, num_folds: int, folds: str = "", tta: str = 
   inference.check_choice(checkpoint)  # Before hours of training, not after.
   for fold in parse_folds(folds, num_folds):
     fold_dir = workdir / f"fold{fold}"
-    if is_finished(fold_dir, config.num_train_steps):
+    if is_finished(fold_dir, budget.planned_steps(config, fold_dir)):
       logging.info("fold %d of %d already trained in %s", fold, num_folds, fold_dir)
       continue
     logging.info("training fold %d of %d in %s", fold, num_folds, fold_dir)
@@ -185,7 +187,8 @@ def cross_validate(config, workdir, num_folds: int, folds: str = "", tta: str = 
                                          min_areas=min_areas, threshold_metric=threshold_metric,
                                          checkpoint=checkpoint)
              for fold in range(num_folds)
-             if is_finished(workdir / f"fold{fold}", config.num_train_steps)}
+             if is_finished(workdir / f"fold{fold}",
+                            budget.planned_steps(config, workdir / f"fold{fold}"))}
   summary = {"num_folds": num_folds, "tta": tta, "checkpoint": checkpoint,
              "dataset": config.dataset, **summarize(reports)}
   suffix = ("_tta" if tta == "flip" else "") + inference.checkpoint_label(checkpoint)

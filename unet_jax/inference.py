@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from jax.sharding import Mesh
 
-from unet_jax import checkpoints, models, parallel, steps, train
+from unet_jax import checkpoints, models, parallel, runtime, steps
 from unet_jax.errors import WorkdirError
 
 CANDIDATE_CHANNELS = (1, 3, 4, 2)  # Input channels tried against a checkpoint's shapes.
@@ -198,7 +198,7 @@ def load(workdir, which: str = "best") -> TrainedModel:
     chosen = _pick_steps(ckpts, which, available, workdir)
   finally:
     ckpts.close()
-  train.enable_compilation_cache(config.get("compilation_cache_dir", ""))
+  runtime.enable_compilation_cache(config.get("compilation_cache_dir", ""))
   model = models.from_config(config)
   state_dirs = [ckpts.directory / str(step) / "state" for step in chosen]
   channels, abstract = infer_input_channels(model, config, state_dirs[0])

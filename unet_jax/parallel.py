@@ -83,6 +83,13 @@ def any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
 
 
+def broadcast_from_first(value):
+  """Process 0's `value` on every process (a collective: all processes call it)."""
+  if jax.process_count() == 1:
+    return value
+  return multihost_utils.broadcast_one_to_all(np.asarray(value))
+
+
 def sync(name: str) -> None:
   """Waits for every process to reach this point."""
   if jax.process_count() > 1:

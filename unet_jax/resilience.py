@@ -19,6 +19,7 @@ RESUMABLE_FIELDS = frozenset({
     "prefetch", "compilation_cache_dir", "data_dir", "restart", "early_stopping_patience",
     "nan_policy", "host_malloc", "cpu_async_dispatch", "tensorboard",
     "model.conv_impl",  # Which kernels run the same math (XLA or oneDNN on the CPU).
+    "time_budget_minutes",  # A run keeps the step count it fitted (workdir/time_budget.json).
 })
 
 
@@ -47,7 +48,7 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 def _clear_run(workdir: pathlib.Path) -> None:
   for name in ("checkpoints", "plots", "tensorboard"):
     shutil.rmtree(workdir / name, ignore_errors=True)
-  for name in ("metrics.jsonl", "config.json", "best.json"):
+  for name in ("metrics.jsonl", "config.json", "best.json", "time_budget.json"):
     (workdir / name).unlink(missing_ok=True)
   (workdir / "plots").mkdir(parents=True, exist_ok=True)
   logging.info("restart=True: cleared the previous run in %s", workdir)

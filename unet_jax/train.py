@@ -8,13 +8,12 @@ import os
 import pathlib
 
 import jax
-from jax._src import xla_bridge  # backends_are_initialized: no public equivalent.
 import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from unet_jax import (checkpoints, data, host_memory, logs, losses, models, optim, parallel,
-                      plots, resilience, steps, tensorboard)
+from unet_jax import (budget, checkpoints, data, host_memory, logs, losses, models, optim,
+                      parallel, plots, resilience, runtime, steps, tensorboard)
 from unet_jax.data import augment, pipeline, window
 from unet_jax.models import torchvision_import
 from unet_jax.errors import ConfigError, NonFiniteError, WorkdirError
@@ -139,37 +138,6 @@ def _check_choices(config) -> None:
   optim.make_optimizer(config, config.num_train_steps)  # Unknown optimizer, schedule, plateau.
 
 
-def configure_cpu_dispatch(asynchronous: bool) -> None:
-  """Whether XLA:CPU queues steps on its own threads (True) or runs each one on the calling
-  thread (False). Read when JAX creates its CPU client, so call it before the first device
-  use. Synchronous is the default: on the 2-core AMD EPYC the tgs step with the native kernels
-  took 453-479 ms inline and 455-710 ms with 20 steps queued asynchronously."""
-  flag = "jax_cpu_enable_async_dispatch"
-  initialized = getattr(xla_bridge, "backends_are_initialized", lambda: False)
-  if jax.config.read(flag) != asynchronous and initialized():
-    logging.warning("cpu_async_dispatch=%s comes too late: JAX's CPU client already exists",
-                    asynchronous)
-  jax.config.update(flag, asynchronous)
-
-
-def enable_compilation_cache(cache_dir: str) -> None:
-  """Persists compiled XLA programs in `cache_dir` so later runs skip compilation.
-
-  On a GPU, also XLA's per-fusion autotuning results (the convolution algorithms and GEMM
-  tilings it measured), so a rerun whose program changed still skips re-measuring the
-  fusions that did not; jax 0.10-0.12 enable this with the cache by default, set here so it
-  does not depend on that default. Older jax without the option: the cache alone."""
-  if cache_dir:
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache_dir))
-    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # The user's, if set.
-      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    try:
-      jax.config.update("jax_persistent_cache_enable_xla_caches",
-                        "xla_gpu_per_fusion_autotune_cache_dir")
-    except AttributeError:
-      pass
-
-
 def in_second_stage(config, step: int) -> bool:
   """Whether step `step` (1-based) trains with config.loss_stage2."""
   return bool(config.get("loss_stage2")) and step >= config.loss_stage2_step
@@ -194,6 +162,7 @@ class Run:
   schedule: np.ndarray  # Learning rate by optimizer update count (host table, see optim).
   plateau: object  # optim.plateau_update, or None when reduce-on-plateau is off.
   lr_scale: float = 1.0  # The reduce-on-plateau multiplier in the state (host copy).
+  started_at: float = 0.0  # budget.clock() when setup began (the time budget counts it).
   skipped_seen: int = 0
 
   def step_fn(self, step: int):
@@ -297,15 +266,18 @@ def _restore_or_start(run: Run, state, train_iterator):
 
 
 def _setup(config, workdir):
-  configure_cpu_dispatch(config.cpu_async_dispatch)  # Before anything asks for a device.
+  started_at = budget.clock()
+  runtime.configure_cpu_dispatch(config.cpu_async_dispatch)  # Before anything asks for a device.
   _check_choices(config)
   # Before JAX starts its CPU thread pool; an unknown setting is refused here.
   host_memory.configure(config.host_malloc)
-  enable_compilation_cache(config.compilation_cache_dir)
+  runtime.enable_compilation_cache(config.compilation_cache_dir)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh, "batch_size")
   parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
   workdir = prepare_workdir(workdir)
+  if not config.restart:
+    budget.apply_record(config, workdir)  # Before comparing configs: the fitted step count.
   resilience.claim_workdir(workdir, config)
   train_source = data.load_split(config, "train")
   val_source = _validation_source(config)
@@ -327,7 +299,8 @@ def _setup(config, workdir):
             best=resilience.EarlyStopping(0, config.best_metric, config.best_mode),
             schedule=optim.schedule_table(config, config.num_train_steps),
             plateau=(optim.plateau_update(config, parallel.replicated(mesh))
-                     if optim.plateau_enabled(config) else None))
+                     if optim.plateau_enabled(config) else None),
+            started_at=started_at)
   state, train_iterator, start_step = _restore_or_start(run, state, train_iterator)
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -360,7 +333,12 @@ def _train_loop(run: Run, state, train_iterator, start_step: int, stop) -> dict:
   logger = logs.TrainLogger(run.log, bar, config.batch_size, run.learning_rate)
   previous = None  # (step, metrics) of the step before, read once this one is queued.
   in_flight = collections.deque()  # Metrics of the steps dispatched last, oldest first.
+  fitter = None
+  if budget.enabled(config) and not (run.workdir / budget.RECORD_NAME).exists():
+    fitter = budget.Fitter(run, start_step, run.started_at, len(run.val_source))
   for step in bar:
+    if step > config.num_train_steps:  # The time budget fitted fewer steps.
+      break
     if resilience.injected_fault("kill", step):
       resilience.die_now()
     batch = _next_batch(train_iterator, step, run.mesh)
@@ -368,6 +346,11 @@ def _train_loop(run: Run, state, train_iterator, start_step: int, stop) -> dict:
       jax.block_until_ready(in_flight.popleft())
     state, metrics = run.step_fn(step)(state, batch)
     in_flight.append(metrics)
+    if fitter is not None and not fitter.done:
+      state = fitter.after_dispatch(step, state, metrics, batch)
+      if fitter.done:  # Every step so far has finished: the device is idle now.
+        bar.total = config.num_train_steps
+        logger.synced(step)
     if previous is not None and previous[0] % config.log_every_steps == 0:
       run.check_finite(logger.write(*previous))
     previous = (step, metrics)

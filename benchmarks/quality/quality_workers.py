@@ -74,9 +74,9 @@ def run_jax(config, budget_s, eval_points, options) -> dict:
   train.MAX_STEPS_IN_FLIGHT steps in flight, train.evaluate at the eval points."""
   del options
   import jax  # pylint: disable=import-outside-toplevel
-  from unet_jax import parallel, steps, train  # pylint: disable=import-outside-toplevel
-  train.configure_cpu_dispatch(config.cpu_async_dispatch)
-  train.enable_compilation_cache(config.compilation_cache_dir)
+  from unet_jax import parallel, runtime, steps, train  # pylint: disable=import-outside-toplevel
+  runtime.configure_cpu_dispatch(config.cpu_async_dispatch)
+  runtime.enable_compilation_cache(config.compilation_cache_dir)
   start = time.perf_counter()
   mesh, _, val_source, state, iterator = _common(config)
   train_step, eval_step, _ = steps.jit_steps(config)

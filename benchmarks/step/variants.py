@@ -97,10 +97,10 @@ def build_jax(spec, bf16: bool, upsample_impl: str = "matmul", conv_impl: str = 
   import jax.numpy as jnp
   import optax
   from configs import default
-  from unet_jax import losses, steps, train
+  from unet_jax import losses, runtime, steps, train
   from unet_jax.models import UNet
 
-  train.configure_cpu_dispatch(default.get_config().cpu_async_dispatch)  # As the trainer does.
+  runtime.configure_cpu_dispatch(default.get_config().cpu_async_dispatch)  # As the trainer does.
 
   model = UNet(num_classes=1, dtype=jnp.bfloat16 if bf16 else jnp.float32,
                upsample_impl=upsample_impl, conv_impl=conv_impl, conv_algo=conv_algo,
