@@ -4,8 +4,10 @@ The loop times a few steps right after the first (compiling) one, then trains th
 num_train_steps or the steps that fit the budget, whichever are fewer. The learning-rate
 schedule and the second-loss switch (a reference to num_train_steps in the configs) follow the
 fitted count. The steps before the decision ran under the configured schedule, which equals the
-fitted one during warmup_cosine's warm-up and for constant (checked: a warning when not). The
-decision is kept in workdir/time_budget.json, so a resumed run trains the same schedule.
+fitted one during warmup_cosine's warm-up and for constant (checked: a warning when not).
+If the run then falls behind (a machine whose speed drifts), an evaluation re-fits it to fewer
+steps, the schedule going on from the rate it reached (a warp, see Decision.warp). Decisions are
+kept in workdir/time_budget.json, so a resumed run trains the same schedule.
 """
 
 import dataclasses
@@ -22,8 +24,10 @@ from unet_jax import optim, parallel
 from unet_jax.errors import ConfigError
 
 RECORD_NAME = "time_budget.json"
-TIMED_STEPS = 5  # Steps timed after the first (compiling) one.
-PLANNED_FRACTION = 0.97  # Of the budget left: the rest absorbs drift of the step time.
+# Steps timed after the first (compiling) one: training steps all the same, inside the usual
+# warm-up, so the decision costs nothing but one wait for the device.
+TIMED_STEPS = 20
+PLANNED_FRACTION = 0.95  # Of the budget: the rest absorbs drift of the step time.
 EVAL_OVERHEAD_SECONDS = 2.0  # Checkpoint, curves and prediction grid of one evaluation.
 clock = time.monotonic  # Seconds; what the budget is measured with (tests replace it).
 
@@ -34,10 +38,8 @@ def enabled(config) -> bool:
 
 def planned_steps(config, workdir) -> int:
   """The steps a run in `workdir` trains: the fitted count once decided, else the config's."""
-  path = pathlib.Path(workdir) / RECORD_NAME
-  if enabled(config) and path.exists():
-    return int(json.loads(path.read_text())["fitted_steps"])
-  return config.num_train_steps
+  record = read_record(workdir) if enabled(config) else None
+  return record.total_steps() if record else config.num_train_steps
 
 
 def apply_record(config, workdir: pathlib.Path) -> bool:
@@ -78,6 +80,8 @@ class Decision:
   stage2_step_seconds: float
   eval_seconds: float
   compile_seconds: float
+  # [step, new total] of each re-fit to fewer steps at an evaluation, when the run fell behind.
+  refits: list = dataclasses.field(default_factory=list)
 
   def summary(self) -> str:
     hours = self.configured_steps * self.step_seconds / 3600
@@ -91,14 +95,64 @@ class Decision:
             f"(reproduce elsewhere: --config.num_train_steps={self.fitted_steps} "
             "--config.time_budget_minutes=0)")
 
+  def total_steps(self) -> int:
+    return self.refits[-1][1] if self.refits else self.fitted_steps
+
+  def warp(self, extra=()):
+    """(count, position) knots of the fitted schedule's pace after the re-fits (and an `extra`
+    [step, total] one), or None.
+
+    Before a re-fit at count t the schedule runs at its own pace; from t it covers what was
+    left of it by the new total: the rate goes on from where it was, with no jump.
+    """
+    refits = list(self.refits) + ([list(extra)] if extra else [])
+    if not refits:
+      return None
+    knots = [(0.0, 0.0), (float(self.fitted_steps), float(self.fitted_steps))]
+    for step, total in refits:
+      counts, positions = zip(*knots)
+      here = float(np.interp(step, counts, positions))
+      knots = [k for k in knots if k[0] < step] + [(float(step), here),
+                                                   (float(total), float(self.fitted_steps))]
+    return tuple(knots)
+
+
+def read_record(workdir) -> Decision | None:
+  path = pathlib.Path(workdir) / RECORD_NAME
+  return Decision(**json.loads(path.read_text())) if path.exists() else None
+
+
+def recorded_warp(config, workdir):
+  """The schedule warp of the run in `workdir` (see Decision.warp); None without one."""
+  record = read_record(workdir) if enabled(config) else None
+  return record.warp() if record else None
+
+
+def decision_step(config, start_step: int = 0) -> int:
+  """The step after which the fitter decides: it skips the compiling step and the batches
+  prefetched meanwhile (those steps wait for no input), then times TIMED_STEPS."""
+  return start_step + 1 + config.prefetch + TIMED_STEPS
+
+
+def _timed(step_fn, state, batch) -> float:
+  """Seconds of one step on a copy of `state` (the step donates its input state)."""
+  copy = jax.block_until_ready(
+      jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, state))
+  begin = clock()
+  jax.block_until_ready(step_fn(copy, batch))
+  return clock() - begin
+
 
 class Fitter:
-  """Times the steps after `start_step` + 1 and refits the run's schedule once, in the loop."""
+  """Times steps after the first ones and fits the run's schedule to the budget, in the loop;
+  re-fits it to fewer steps at an evaluation if the run falls behind (this process only)."""
 
   def __init__(self, run, start_step: int, started_at: float, val_size: int):
     self.run, self.started_at, self.val_size = run, started_at, val_size
-    self.first, self.last = start_step + 1, start_step + 1 + TIMED_STEPS
+    self.last = decision_step(run.config, start_step)
+    self.first = self.last - TIMED_STEPS
     self.first_done_at = None
+    self.decision, self.decided_at = None, None
     self.done = False
 
   def after_dispatch(self, step: int, state, metrics, batch):
@@ -111,19 +165,18 @@ class Fitter:
       step_seconds = (clock() - self.first_done_at) / TIMED_STEPS
       state = self._decide(step, state, batch, step_seconds)
       self.done = True
+      self.decided_at = (step, clock())
     return state
 
   def _stage2_step_seconds(self, state, batch, step_seconds: float) -> float:
-    """One timed second-loss step on a copy of the state (after one that compiles it)."""
-    stage2 = self.run.train_step_stage2
-    if stage2 is None:
+    """The second loss's step time: the steady step time x its ratio to the first loss's,
+    both timed alone on copies of the state (after one call that compiles the second)."""
+    if self.run.train_step_stage2 is None:
       return step_seconds
-    copy = lambda: jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, state)
-    jax.block_until_ready(stage2(copy(), batch))
-    state_copy = jax.block_until_ready(copy())
-    begin = clock()
-    jax.block_until_ready(stage2(state_copy, batch))
-    return clock() - begin
+    _timed(self.run.train_step_stage2, state, batch)
+    ratio = (_timed(self.run.train_step_stage2, state, batch)
+             / _timed(self.run.train_step, state, batch))
+    return step_seconds * ratio
 
   def _decide(self, step: int, state, batch, step_seconds: float):
     config = self.run.config
@@ -132,7 +185,8 @@ class Fitter:
     # A forward pass costs about a third of a train step of the same batch.
     eval_seconds = (eval_batches * step_seconds * config.eval_batch_size / config.batch_size / 3
                     + EVAL_OVERHEAD_SECONDS)
-    compile_seconds = self.first_done_at - self.started_at  # Setup included: an upper bound.
+    # Setup, the compile and the prefetched steps: an upper bound of the compile to come.
+    compile_seconds = self.first_done_at - self.started_at
     stage2_fraction = 0.0
     if self.run.train_step_stage2 is not None:
       stage2_fraction = 1 - config.loss_stage2_step / config.num_train_steps
@@ -149,29 +203,74 @@ class Fitter:
           f"time_budget_minutes={config.time_budget_minutes:g} is spent after {step} steps "
           f"(setup and compiles took {compile_seconds:.0f} s, a step {step_seconds:.2f} s); "
           "raise --config.time_budget_minutes, or set it to 0 to train num_train_steps")
-    decision = Decision(config.time_budget_minutes, config.num_train_steps, fitted, step,
-                        step_seconds, stage2_seconds, eval_seconds, compile_seconds)
+    self.decision = Decision(config.time_budget_minutes, config.num_train_steps, fitted, step,
+                             step_seconds, stage2_seconds, eval_seconds, compile_seconds)
     if fitted < config.num_train_steps:
-      state = self._refit(state, step, fitted)
-    logging.info("%s", decision.summary())
-    if jax.process_index() == 0:
-      record = json.dumps(dataclasses.asdict(decision), indent=2) + "\n"
-      (self.run.workdir / RECORD_NAME).write_text(record)
-      (self.run.workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+      before = self.run.schedule
+      state = self._refit(state, fitted)
+      if not np.allclose(before[:step], self.run.schedule[:step]):
+        logging.warning("time budget: the first %d steps ran under the configured schedule, "
+                        "which differs from the fitted one there (only warm-up and constant "
+                        "schedules are equal); the run continues on the fitted one", step)
+    logging.info("%s", self.decision.summary())
+    self._save()
     return state
 
-  def _refit(self, state, step: int, fitted: int):
-    """num_train_steps = fitted: a new optimizer schedule (same state) and step tables."""
+  def _seconds(self, begin: int, end: int, total: int) -> float:
+    """Relative cost of steps begin+1..end of a `total`-step run: 1 a first-loss step, the
+    measured ratio a second-loss one (its switch at the configured fraction of `total`)."""
+    decision, config = self.decision, self.run.config
+    ratio = decision.stage2_step_seconds / decision.step_seconds
+    if self.run.train_step_stage2 is None:
+      return end - begin
+    switch = round(total * config.loss_stage2_step / config.num_train_steps)
+    second = max(0, end - max(begin, switch - 1))
+    return (end - begin - second) + ratio * second
+
+  def after_evaluation(self, step: int, state):
+    """Re-fits to fewer steps if, at the pace since the decision (evaluations included), the
+    run would overrun its budget; returns the state (with the re-fitted optimizer)."""
+    config = self.run.config
+    if self.decided_at is None or step >= config.num_train_steps:
+      return state
+    now = clock()
+    total = config.num_train_steps
+    pace = (now - self.decided_at[1]) / self._seconds(self.decided_at[0], step, total)
+    left = config.time_budget_minutes * 60 - (now - self.started_at)
+    if pace * self._seconds(step, total, total) <= left:
+      return state
+    fits = lambda n: pace * self._seconds(step, n, n) <= left * PLANNED_FRACTION
+    refit = next((n for n in range(total - 1, step, -1) if fits(n)), step + 1)
+    refit = int(parallel.broadcast_from_first(refit))
+    try:
+      state = self._refit(state, refit, self.decision.warp(extra=(step, refit)))
+    except ConfigError as error:  # An explicit second-loss switch past the new end.
+      logging.warning("%s; the schedule stays", error)
+      return state
+    logging.warning("time budget: at the pace since step %d the run would end %.0f s late; "
+                    "re-fitted to %d steps from step %d on (was %d), the learning rate going "
+                    "on from where it is", self.decided_at[0],
+                    pace * self._seconds(step, total, total) - left, refit, step, total)
+    self.decision.refits.append([step, refit])
+    self._save()
+    return state
+
+  def _refit(self, state, total: int, warp=None):
+    """num_train_steps = total: a new optimizer schedule (same state) and step tables."""
     run = self.run
-    before = run.schedule
-    run.config.num_train_steps = fitted  # loss_stage2_step follows where it is a reference.
-    if run.train_step_stage2 is not None and not 0 < run.config.loss_stage2_step <= fitted:
+    previous, run.config.num_train_steps = run.config.num_train_steps, total
+    # loss_stage2_step follows where it is a reference (as in the shipped configs).
+    if run.train_step_stage2 is not None and not 0 < run.config.loss_stage2_step <= total:
+      run.config.num_train_steps = previous
       raise ConfigError(
           f"time budget: loss_stage2_step={run.config.loss_stage2_step} is past the "
-          f"{fitted} steps that fit; set it relative to num_train_steps or lower it")
-    run.schedule = optim.schedule_table(run.config, fitted)
-    if not np.allclose(before[:step], run.schedule[:step]):
-      logging.warning("time budget: the first %d steps ran under the configured schedule, "
-                      "which differs from the fitted one there (only warm-up and constant "
-                      "schedules are equal); the run continues on the fitted one", step)
-    return state.replace(tx=optim.make_optimizer(run.config, fitted))
+          f"{total} steps that fit; set it relative to num_train_steps or lower it")
+    run.schedule = optim.schedule_table(run.config, total, warp)
+    return state.replace(tx=optim.make_optimizer(run.config, total, warp))
+
+  def _save(self) -> None:
+    if jax.process_index() == 0:
+      record = json.dumps(dataclasses.asdict(self.decision), indent=2) + "\n"
+      (self.run.workdir / RECORD_NAME).write_text(record)
+      (self.run.workdir / "config.json").write_text(
+          self.run.config.to_json_best_effort(indent=2))

@@ -11,8 +11,17 @@ from unet_jax.errors import ConfigError
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 
 
-def make_schedule(config, total_steps: int) -> optax.Schedule:
-  """constant | warmup_cosine | one_cycle, peaking at `config.learning_rate`."""
+def make_schedule(config, total_steps: int, warp=None) -> optax.Schedule:
+  """constant | warmup_cosine | one_cycle, peaking at `config.learning_rate`.
+
+  `warp` ((count, position) knots, see budget.warp_knots) runs the schedule of the last
+  knot's position in total at a piecewise-linear pace: a run re-fitted to fewer steps midway
+  goes on from the rate it reached and ends its schedule at the last knot's count.
+  """
+  if warp:
+    counts, positions = (np.asarray(k, np.float32) for k in zip(*warp))
+    base = make_schedule(config, int(positions[-1]))
+    return lambda count: base(jnp.interp(count, counts, positions))
   lr = config.learning_rate
   if config.schedule == "constant":
     return optax.constant_schedule(lr)
@@ -26,13 +35,14 @@ def make_schedule(config, total_steps: int) -> optax.Schedule:
                    "choose constant, warmup_cosine or one_cycle")
 
 
-def schedule_table(config, total_steps: int) -> np.ndarray:
+def schedule_table(config, total_steps: int, warp=None) -> np.ndarray:
   """The learning rate at every update count 0 .. total_steps, computed once on this
   process's device: logging a step's rate then reads a host array, with no device work or
   wait inside the training loop."""
   counts = np.arange(total_steps + 1, dtype=np.int32)
   # vmap: optax's piecewise schedules (one_cycle) compare a scalar count with their boundaries.
-  rates = np.asarray(jax.jit(jax.vmap(make_schedule(config, total_steps)))(counts), np.float32)
+  schedule = make_schedule(config, total_steps, warp)
+  rates = np.asarray(jax.jit(jax.vmap(schedule))(counts), np.float32)
   return np.broadcast_to(rates, counts.shape)  # A constant schedule gives one value.
 
 
@@ -59,10 +69,11 @@ def _base_optimizer(config, schedule) -> optax.GradientTransformation:
   raise ConfigError(f"unknown optimizer {config.optimizer!r}; choose {', '.join(OPTIMIZERS)}")
 
 
-def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(config, total_steps: int, warp=None) -> optax.GradientTransformation:
   """adam | adamw | sgd | rmsprop after optional clipping (by value, then by global norm),
-  followed, when reduce-on-plateau is on, by its scale (see `plateau_update`)."""
-  optimizer = _base_optimizer(config, make_schedule(config, total_steps))
+  followed, when reduce-on-plateau is on, by its scale (see `plateau_update`); `warp`: see
+  make_schedule."""
+  optimizer = _base_optimizer(config, make_schedule(config, total_steps, warp))
   clips = []
   if config.grad_clip_value > 0:
     clips.append(optax.clip(config.grad_clip_value))

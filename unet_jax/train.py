@@ -71,10 +71,11 @@ def save_prediction_grid(state, predict_fn, source, config, mesh, path) -> None:
                          num_classes=max(config.num_classes, 2))
 
 
-def _initial_state(config, mesh, train_source):
-  """The replicated initial TrainState (with an imported encoder when config asks)."""
+def _initial_state(config, mesh, train_source, warp=None):
+  """The replicated initial TrainState (with an imported encoder when config asks); `warp`:
+  the schedule's pace after time-budget re-fits (budget.recorded_warp)."""
   model = models.from_config(config)
-  tx = optim.make_optimizer(config, config.num_train_steps)
+  tx = optim.make_optimizer(config, config.num_train_steps, warp)
   # The sample only gives shapes; as a closed-over constant it needs no cross-process input.
   sample = np.asarray(train_source[0]["image"])[None]
   state = jax.jit(lambda: steps.create_train_state(model, tx, sample, config.seed),
@@ -279,9 +280,10 @@ def _setup(config, workdir):
   if not config.restart:
     budget.apply_record(config, workdir)  # Before comparing configs: the fitted step count.
   resilience.claim_workdir(workdir, config)
+  warp = budget.recorded_warp(config, workdir)
   train_source = data.load_split(config, "train")
   val_source = _validation_source(config)
-  state = _initial_state(config, mesh, train_source)
+  state = _initial_state(config, mesh, train_source, warp)
   train_iterator = _make_train_iterator(config, train_source)
   train_step, eval_step, predict = steps.jit_steps(config)
   run = Run(config=config, workdir=workdir, mesh=mesh, val_source=val_source,
@@ -297,7 +299,7 @@ def _setup(config, workdir):
                                                     config.early_stopping_metric,
                                                     config.early_stopping_mode),
             best=resilience.EarlyStopping(0, config.best_metric, config.best_mode),
-            schedule=optim.schedule_table(config, config.num_train_steps),
+            schedule=optim.schedule_table(config, config.num_train_steps, warp),
             plateau=(optim.plateau_update(config, parallel.replicated(mesh))
                      if optim.plateau_enabled(config) else None),
             started_at=started_at)
@@ -358,6 +360,9 @@ def _train_loop(run: Run, state, train_iterator, start_step: int, stop) -> dict:
       values = logger.write(step, metrics) if step % config.log_every_steps == 0 else metrics
       run.check_finite(parallel.to_host(values))  # Before the save: never checkpoint a NaN.
       state, scores, early_stop = run.evaluate_and_checkpoint(step, state, train_iterator)
+      if fitter is not None:  # Fewer steps if the run fell behind its time budget.
+        state = fitter.after_evaluation(step, state)
+        bar.total = config.num_train_steps
       logger.synced(step)
       previous = None
       if early_stop:
