@@ -152,7 +152,7 @@ class Fitter:
     self.last = decision_step(run.config, start_step)
     self.first = self.last - TIMED_STEPS
     self.first_done_at = None
-    self.decision, self.decided_at = None, None
+    self.decision, self.decided_at, self.checked_at = None, None, None
     self.done = False
 
   def after_dispatch(self, step: int, state, metrics, batch):
@@ -165,7 +165,7 @@ class Fitter:
       step_seconds = (clock() - self.first_done_at) / TIMED_STEPS
       state = self._decide(step, state, batch, step_seconds)
       self.done = True
-      self.decided_at = (step, clock())
+      self.decided_at = self.checked_at = (step, clock())
     return state
 
   def _stage2_step_seconds(self, state, batch, step_seconds: float) -> float:
@@ -228,14 +228,20 @@ class Fitter:
     return (end - begin - second) + ratio * second
 
   def after_evaluation(self, step: int, state):
-    """Re-fits to fewer steps if, at the pace since the decision (evaluations included), the
-    run would overrun its budget; returns the state (with the re-fitted optimizer)."""
+    """Re-fits to fewer steps if, at the pace since the decision or since the last evaluation
+    (evaluations included), the run would overrun its budget; returns the state (with the
+    re-fitted optimizer)."""
     config = self.run.config
     if self.decided_at is None or step >= config.num_train_steps:
       return state
     now = clock()
     total = config.num_train_steps
-    pace = (now - self.decided_at[1]) / self._seconds(self.decided_at[0], step, total)
+    # The slower of the pace since the decision and since the last evaluation: a machine that
+    # slowed down recently is planned at its recent pace (on the AVX2 VM the step time wandered
+    # between 1.2 and 2.3 s within the hour).
+    pace = max((now - begun) / self._seconds(begun_step, step, total)
+               for begun_step, begun in (self.decided_at, self.checked_at) if begun_step < step)
+    self.checked_at = (step, now)
     left = config.time_budget_minutes * 60 - (now - self.started_at)
     if pace * self._seconds(step, total, total) <= left:
       return state
@@ -247,10 +253,10 @@ class Fitter:
     except ConfigError as error:  # An explicit second-loss switch past the new end.
       logging.warning("%s; the schedule stays", error)
       return state
-    logging.warning("time budget: at the pace since step %d the run would end %.0f s late; "
-                    "re-fitted to %d steps from step %d on (was %d), the learning rate going "
-                    "on from where it is", self.decided_at[0],
-                    pace * self._seconds(step, total, total) - left, refit, step, total)
+    logging.warning("time budget: at %.2f s a step the run would end %.0f s late; re-fitted "
+                    "to %d steps from step %d on (was %d), the learning rate going on from "
+                    "where it is", pace, pace * self._seconds(step, total, total) - left, refit,
+                    step, total)
     self.decision.refits.append([step, refit])
     self._save()
     return state
