@@ -42,15 +42,13 @@ def planned_steps(config, workdir) -> int:
   return record.total_steps() if record else config.num_train_steps
 
 
-def apply_record(config, workdir: pathlib.Path) -> bool:
-  """Sets num_train_steps to the count an earlier run in `workdir` fitted; True if it did."""
+def apply_record(config, workdir: pathlib.Path) -> None:
+  """Sets num_train_steps to the count an earlier run in `workdir` fitted, if any."""
   steps = planned_steps(config, workdir)
-  if steps == config.num_train_steps:
-    return enabled(config) and (workdir / RECORD_NAME).exists()
-  logging.info("time budget: training %d steps as this workdir's run decided (%s)", steps,
-               workdir / RECORD_NAME)
-  config.num_train_steps = steps
-  return True
+  if steps != config.num_train_steps:
+    logging.info("time budget: training %d steps as this workdir's run decided (%s)", steps,
+                 workdir / RECORD_NAME)
+    config.num_train_steps = steps
 
 
 def fit_steps(*, budget_seconds: float, elapsed_seconds: float, done_steps: int,
@@ -147,8 +145,8 @@ class Fitter:
   """Times steps after the first ones and fits the run's schedule to the budget, in the loop;
   re-fits it to fewer steps at an evaluation if the run falls behind (this process only)."""
 
-  def __init__(self, run, start_step: int, started_at: float, val_size: int):
-    self.run, self.started_at, self.val_size = run, started_at, val_size
+  def __init__(self, run, start_step: int, val_size: int):
+    self.run, self.started_at, self.val_size = run, run.started_at, val_size
     self.last = decision_step(run.config, start_step)
     self.first = self.last - TIMED_STEPS
     self.first_done_at = None
@@ -239,9 +237,12 @@ class Fitter:
     # The slower of the pace since the decision and since the last evaluation: a machine that
     # slowed down recently is planned at its recent pace (on the AVX2 VM the step time wandered
     # between 1.2 and 2.3 s within the hour).
-    pace = max((now - begun) / self._seconds(begun_step, step, total)
-               for begun_step, begun in (self.decided_at, self.checked_at) if begun_step < step)
+    paces = [(now - begun) / self._seconds(begun_step, step, total)
+             for begun_step, begun in (self.decided_at, self.checked_at) if begun_step < step]
     self.checked_at = (step, now)
+    if not paces:  # An evaluation at the step of the decision: nothing timed since.
+      return state
+    pace = max(paces)
     left = config.time_budget_minutes * 60 - (now - self.started_at)
     if pace * self._seconds(step, total, total) <= left:
       return state

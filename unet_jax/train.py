@@ -336,8 +336,8 @@ def _train_loop(run: Run, state, train_iterator, start_step: int, stop) -> dict:
   previous = None  # (step, metrics) of the step before, read once this one is queued.
   in_flight = collections.deque()  # Metrics of the steps dispatched last, oldest first.
   fitter = None
-  if budget.enabled(config) and not (run.workdir / budget.RECORD_NAME).exists():
-    fitter = budget.Fitter(run, start_step, run.started_at, len(run.val_source))
+  if budget.enabled(config) and budget.read_record(run.workdir) is None:
+    fitter = budget.Fitter(run, start_step, len(run.val_source))
   for step in bar:
     if step > config.num_train_steps:  # The time budget fitted fewer steps.
       break
