@@ -1,6 +1,7 @@
 """Fits a run's schedule into a wall-time budget (config.time_budget_minutes).
 
-The loop times a few steps right after the first (compiling) one, then trains the configured
+The loop times TIMED_STEPS steps after the compiling one and the prefetched batches (and the
+second loss's step against the first's), then trains the configured
 num_train_steps or the steps that fit the budget, whichever are fewer. The learning-rate
 schedule and the second-loss switch (a reference to num_train_steps in the configs) follow the
 fitted count. The steps before the decision ran under the configured schedule, which equals the
