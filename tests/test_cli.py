@@ -83,7 +83,8 @@ def test_onednn_asked_for_without_the_kernels(tmp_path):
 
 def test_auto_falls_back_to_xla_with_one_log_line(tmp_path):
   proc = _main_without_native_kernels("--config=tests/tiny_config.py",
-                                      f"--workdir={tmp_path / 'run'}")
+                                      f"--workdir={tmp_path / 'run'}",
+                                      "--config.num_train_steps=2", "--config.eval_every_steps=2")
   assert proc.returncode == 0, proc.stderr[-2000:]
   fallback = [l for l in proc.stderr.splitlines() if "uses XLA's convolutions" in l]
   assert len(fallback) == 1 and "UNET_JAX_DISABLE_NATIVE" in fallback[0]
