@@ -20,6 +20,9 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 # persistent compilation cache keeps every one, not only those over train's 0.5 s (-8% on the
 # subprocess-heavy files on the AVX2 EPYC).
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# In-process tests too (not only those that run train_and_evaluate, which sets it): both
+# xdist workers and every subprocess share one cache, the one configs/default.py names.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/unet_jax/xla"))
 
 
 def xla_flags(*flags: str) -> str:
