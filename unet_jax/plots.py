@@ -93,11 +93,16 @@ def prediction_mosaic(images, masks, predictions, num_classes: int, overlay: boo
     else:
       cells = [_image_rgb(image), _labels_rgb(truth, num_classes),
                _labels_rgb(predicted, num_classes)]
-    height = cells[0].shape[0]
-    gap = np.ones((height, GAP, 3), np.float32)
-    rows.append(np.concatenate([part for cell in cells for part in (cell, gap)][:-1], axis=1))
-  gap = np.ones((GAP, rows[0].shape[1], 3), np.float32)
-  return np.concatenate([part for row in rows for part in (row, gap)][:-1], axis=0)
+    rows.append(_join(cells, axis=1))
+  return _join(rows, axis=0)
+
+
+def _join(parts, axis: int) -> np.ndarray:
+  """`parts` concatenated along `axis` with GAP white pixels between neighbours."""
+  shape = list(parts[0].shape)
+  shape[axis] = GAP
+  gap = np.ones(shape, np.float32)
+  return np.concatenate([piece for part in parts for piece in (part, gap)][:-1], axis=axis)
 
 
 def plot_predictions(images, masks, predictions, out_path, num_classes: int,
