@@ -5,6 +5,8 @@ import pathlib
 
 import pytest
 
+from configs import default as default_config
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # The tests check what programs compute, not how fast: LLVM -O0 for XLA's CPU code halves the
@@ -22,7 +24,8 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # In-process tests too (not only those that run train_and_evaluate, which sets it): both
 # xdist workers and every subprocess share one cache, the one configs/default.py names.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/unet_jax/xla"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.expanduser(
+    default_config.get_config().compilation_cache_dir))
 
 
 def xla_flags(*flags: str) -> str:
