@@ -12,7 +12,7 @@ import tempfile
 import numpy as np
 import pytest
 
-from tests._trained_run import trained_workdir
+from tests._trained_run import FLOAT32, trained_workdir
 from tests.conftest import tiny_config
 from unet_jax import data, evaluate, inference, steps, train
 from unet_jax.errors import ConfigError, WorkdirError
@@ -86,7 +86,7 @@ def _second_run():
   workdir = pathlib.Path(tempfile.mkdtemp(prefix="unet_jax_trained_seed1_"))
   atexit.register(shutil.rmtree, workdir, ignore_errors=True)
   train.train_and_evaluate(tiny_config(num_train_steps=2, eval_every_steps=2,
-                                       log_every_steps=1, seed=1), workdir)
+                                       log_every_steps=1, seed=1, **FLOAT32), workdir)
   return workdir
 
 
