@@ -65,6 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
   # A 1x1 head on each decoder level but the last, trained by the first-stage loss against the
   # full-size mask (its logits resized), weighted by deep_supervision_weight, halved per level.
   config.model.deep_supervision = False
+  # The head reads every decoder level (coarser ones resized to full size and concatenated),
+  # not only the last: the TGS winners' hypercolumns. SAME only.
+  config.model.hypercolumn = False
   config.model.remat = False  # Recompute activations per level in backward (saves memory).
   config.model.padding = "SAME"  # SAME | VALID (the paper's unpadded convs, cropped skips).
   # VALID only: overlap_tile (mirror-pad the input so the output covers it) | resize_nearest |

@@ -68,6 +68,10 @@ def from_config(config):
   if deep_supervision and model_config.padding != "SAME":
     raise ConfigError("model.deep_supervision needs model.padding=SAME; set it, or "
                       "--config.model.deep_supervision=False")
+  hypercolumn = model_config.get("hypercolumn", False)
+  if hypercolumn and model_config.padding != "SAME":
+    raise ConfigError("model.hypercolumn needs model.padding=SAME; set it, or "
+                      "--config.model.hypercolumn=False")
   dropout = model_config.dropout
   if not isinstance(dropout, (int, float)) and len(dropout) != model_config.depth + 1:
     raise ConfigError(f"model.dropout has {len(dropout)} rates but depth {model_config.depth} "
@@ -80,7 +84,7 @@ def from_config(config):
               remat=model_config.get("remat", False), conv_impl=conv_impl, block=block,
               conv_algo=model_config.get("conv_algo", "direct"),
               squeeze_excitation=model_config.get("squeeze_excitation", False),
-              empty_head=empty_head, deep_supervision=deep_supervision,
+              empty_head=empty_head, deep_supervision=deep_supervision, hypercolumn=hypercolumn,
               **_valid_output(model_config.get("valid_output", "overlap_tile")))
 
 

@@ -118,6 +118,9 @@ class UNet(nn.Module):
     deep_supervision: SAME only; a 1x1 head on each decoder level but the last, its logits
       resized (bilinear) to the output and sown as intermediates/deep_logits (coarsest first)
       for auxiliary losses (steps.train_step); inference output unchanged.
+    hypercolumn: SAME only; the head reads every decoder level's output, the coarser ones
+      resized (bilinear) to the finest and concatenated (the TGS winners' hypercolumns), not
+      only the last level's.
   """
 
   num_classes: int = 1
@@ -139,6 +142,7 @@ class UNet(nn.Module):
   squeeze_excitation: bool = False
   empty_head: bool = False
   deep_supervision: bool = False
+  hypercolumn: bool = False
 
   @nn.compact
   def __call__(self, images, train: bool = False):
@@ -199,7 +203,9 @@ class UNet(nn.Module):
     # exports never run them.
     deep_heads = self.deep_supervision and (self.is_initializing()
                                             or self.is_mutable_collection("intermediates"))
-    deep_logits = []
+    if self.hypercolumn and self.padding != "SAME":
+      raise ValueError("hypercolumn needs padding='SAME'")
+    deep_logits, columns = [], []
     for level in reversed(range(self.depth)):
       features = self.features * 2**level
       x = UpSample(features, self.upsample, self.dtype, self.param_dtype, self.upsample_impl,
@@ -209,6 +215,10 @@ class UNet(nn.Module):
       x = conv(features, name=f"decoder_{level}")(x, train)
       if deep_heads and level > 0:
         deep_logits.append(self._head(impl, x, f"deep_head_{level}"))
+      columns.append(x)
+    if self.hypercolumn:
+      x = jnp.concatenate([jax.image.resize(c, c.shape[:1] + x.shape[1:3] + c.shape[3:],
+                                            "bilinear") for c in columns[:-1]] + [x], axis=-1)
     logits = self._head(impl, x, "head")
     return (logits if image_logit is None else gated_logits(logits, image_logit)), deep_logits
 
