@@ -102,6 +102,12 @@ def init_variables(model, *inputs, seed: int = 0, **kwargs):
   return jax.jit(lambda *args: model.init(jax.random.key(seed), *args, **kwargs))(*inputs)
 
 
+def random_images(shape=(2, 20, 24, 1), seed: int = 0):
+  """Standard-normal NHWC images (20x24 by default: a depth-3 model pads them to 24x24)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.random.normal(jax.random.key(seed), shape)
+
+
 def tiny_binary_step_inputs(config):
   """For a tiny binary `config`: its train state, a 4-image batch (two with a 5x5 square of
   foreground), and the model's training-mode logits and sown intermediates on that batch."""
@@ -117,7 +123,7 @@ def tiny_binary_step_inputs(config):
                                                       mutable=["batch_stats", "intermediates"]))
   logits, updates = apply({"params": state.params, "batch_stats": state.batch_stats},
                           steps.normalize_images(images))
-  return state, {"image": images, "mask": masks}, logits, updates["intermediates"]
+  return state, {"image": images, "mask": masks}, logits, updates.get("intermediates", {})
 
 
 def restore_saved_state(workdir, step: int) -> dict:

@@ -5,18 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import init_variables, tiny_binary_step_inputs, tiny_config
+from tests.conftest import init_variables, random_images, tiny_binary_step_inputs, tiny_config
 from unet_jax import losses, models, optim, steps, tiny_unet
 from unet_jax.errors import ConfigError
 
 
-def _images(shape=(2, 20, 24, 1)):
-  return jax.random.normal(jax.random.key(0), shape)
-
-
 @pytest.mark.parametrize("conv_impl", ["xla", "auto"])
 def test_heads_sit_on_every_decoder_level_but_the_last_and_leave_the_output_alone(conv_impl):
-  images = _images()  # 20x24: padded to 24x24 by the depth-3 model, then cropped back.
+  images = random_images()  # 20x24: padded to 24x24 by the depth-3 model, then cropped back.
   model = tiny_unet(depth=3, conv_impl=conv_impl, deep_supervision=True)
   variables = init_variables(model, images, seed=1)
   assert sorted(k for k in variables["params"] if "head" in k) == [
@@ -94,7 +90,7 @@ def test_from_config_rejects_deep_supervision_with_valid_padding():
 
 
 def test_inference_does_not_run_the_heads():
-  images = _images((1, 16, 16, 1))
+  images = random_images((1, 16, 16, 1))
   model = tiny_unet(conv_impl="xla", deep_supervision=True)
   variables = init_variables(model, images, seed=1)
   plain_variables = {"params": {k: p for k, p in variables["params"].items()

@@ -4,18 +4,14 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import init_variables, tiny_config
-from unet_jax import losses, models, optim, steps, tiny_unet
+from tests.conftest import init_variables, random_images, tiny_binary_step_inputs, tiny_config
+from unet_jax import losses, models, steps, tiny_unet
 from unet_jax.errors import ConfigError
-
-
-def _images(shape=(2, 20, 24, 1)):
-  return jax.random.normal(jax.random.key(0), shape)
 
 
 @pytest.mark.parametrize("conv_impl", ["xla", "auto"])
 def test_the_head_reads_every_decoder_level(conv_impl):
-  images = _images()  # 20x24: padded to 24x24 by the depth-3 model, then cropped back.
+  images = random_images()  # 20x24: padded to 24x24 by the depth-3 model, then cropped back.
   model = tiny_unet(depth=3, conv_impl=conv_impl, hypercolumn=True)
   variables = init_variables(model, images, seed=1)
   kernel = variables["params"]["head"]["kernel"]
@@ -29,7 +25,7 @@ def test_the_head_reads_every_decoder_level(conv_impl):
 
 
 def test_without_hypercolumn_the_head_reads_the_last_level_only():
-  images = _images()
+  images = random_images()
   variables = init_variables(tiny_unet(depth=3, conv_impl="xla"), images, seed=1)
   assert variables["params"]["head"]["kernel"].shape == (1, 1, 4, 1)
 
@@ -39,12 +35,7 @@ def test_a_train_step_trains_every_level_through_the_head():
   config.model.hypercolumn = True
   config.model.conv_impl = "xla"
   config.warmup_steps = 0  # A nonzero learning rate at the first step.
-  images = np.random.default_rng(0).integers(0, 255, (4, 16, 16), np.uint8)
-  masks = np.zeros((4, 16, 16), np.int32)
-  masks[:2, 4:9, 4:9] = 1
-  state = steps.create_train_state(models.from_config(config), optim.make_optimizer(config, 4),
-                                   images, seed=0)
-  batch = {"image": images, "mask": masks}
+  state, batch, _, _ = tiny_binary_step_inputs(config)
   new_state, metrics = steps.train_step(state, batch, loss_fn=losses.bce_dice, ignore_index=None)
   assert np.isfinite(metrics["loss"])
   head_before = state.params["head"]["kernel"]
