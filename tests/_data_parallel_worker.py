@@ -48,6 +48,8 @@ def main():
   # rounding level, and bf16 activations round differently with 8 rows per shard than with 2.
   config.model.dtype = "float32"
   config.model.conv_impl = sys.argv[1] if len(sys.argv) > 1 else "auto"
+  # Dropout on: its masks must not depend on how the batch is split (blocks.Dropout).
+  config.model.dropout = 0.2
   devices = jax.devices()
   results = {"device_count": len(devices),
              "one": run(devices[:1], config, 3), "all": run(devices, config, 3)}

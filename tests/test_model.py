@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import init_variables
 from unet_jax import UNet, tiny_unet
-from unet_jax.models import unet as unet_lib
+from unet_jax.models import blocks, unet as unet_lib
 
 
 def _param_count(model, shape):
@@ -176,3 +176,22 @@ def test_level_blocks_and_squeeze_excitation(block):
 def test_residual_block_needs_same_padding_and_batch_norm():
   with pytest.raises(ValueError, match="block='residual' needs padding='SAME'"):
     init_variables(tiny_unet(block="residual", padding="VALID"), jnp.zeros((1, 64, 64, 1)))
+
+
+@pytest.mark.parametrize("channels", [16, 3])  # Packed 16-bit draws; odd counts: nn.Dropout.
+def test_dropout_keeps_each_element_with_probability_one_minus_rate(channels):
+  x = jnp.ones((8, 32, 32, channels), jnp.bfloat16)
+  layer = blocks.Dropout(0.3)
+  out = layer.apply({}, x, rngs={"dropout": jax.random.key(0)})
+  assert out.dtype == x.dtype and out.shape == x.shape
+  kept = np.asarray(out, np.float32) != 0
+  n = kept.size
+  assert abs(kept.mean() - 0.7) < 4 * np.sqrt(0.21 / n)  # Bernoulli(0.7), 4 sigma.
+  np.testing.assert_allclose(np.asarray(out, np.float32)[kept], 1 / 0.7, rtol=1e-2)
+  for axis in (0, 3):  # No structure: every image and channel keeps ~70%.
+    per = kept.mean(axis=tuple(a for a in range(4) if a != axis))
+    assert np.all(np.abs(per - 0.7) < 6 * np.sqrt(0.21 * x.shape[axis] / n))
+  other = layer.apply({}, x, rngs={"dropout": jax.random.key(1)})
+  assert not np.array_equal(np.asarray(other, np.float32) != 0, kept)
+  np.testing.assert_array_equal(blocks.Dropout(0.3, deterministic=True).apply({}, x), x)
+  assert not np.asarray(blocks.Dropout(1.0).apply({}, x, rngs={"dropout": jax.random.key(0)})).any()

@@ -16,6 +16,35 @@ Padding = Literal["SAME", "VALID"]
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
+class Dropout(nn.Module):
+  """nn.Dropout drawing two 16-bit uniforms from each 32-bit threefry word.
+
+  Threefry bits are most of dropout's cost on XLA:CPU (a 32x128x128x16 mask: 96 ms, 44 ms
+  packed); the masks are Bernoulli(1 - rate) to 1/65536 and, drawn in x's shape with the
+  channel pairs last, do not depend on how the batch is sharded. Odd channel counts use
+  nn.Dropout.
+  """
+
+  rate: float
+  deterministic: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    if self.deterministic or self.rate == 0.0:
+      return x
+    if self.rate >= 1.0:
+      return jnp.zeros_like(x)
+    if x.shape[-1] % 2:
+      return nn.Dropout(self.rate, deterministic=False)(x)
+    words = jax.random.bits(self.make_rng("dropout"), x.shape[:-1] + (x.shape[-1] // 2,),
+                            jnp.uint32)
+    uniforms = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(x.shape)
+    threshold = round(self.rate * 65536)
+    keep_prob = 1.0 - threshold / 65536
+    return jnp.where(uniforms >= threshold, x / jnp.asarray(keep_prob, x.dtype),
+                     jnp.zeros_like(x))
+
+
 class ConvBNReLU(nn.Module):
   """3x3 conv -> optional BatchNorm -> ReLU. Convs are bias-free when normalised.
 

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from unet_jax.models.blocks import (BasicBlock, DoubleConv, Dtype, Padding, UpSample,
+from unet_jax.models.blocks import (BasicBlock, DoubleConv, Dropout, Dtype, Padding, UpSample,
                                     center_crop, he_normal)
 from unet_jax.ops import layers
 
@@ -191,11 +191,11 @@ class UNet(nn.Module):
     skips = []
     for level in range(self.depth):
       x = conv(self.features * 2**level, name=f"encoder_{level}")(x, train)
-      x = nn.Dropout(dropout[level], deterministic=not train)(x)
+      x = Dropout(dropout[level], deterministic=not train)(x)
       skips.append(x)
       x = layers.max_pool_2x2(impl, x)
     x = conv(self.features * 2**self.depth, name="bottleneck")(x, train)
-    x = nn.Dropout(dropout[self.depth], deterministic=not train)(x)
+    x = Dropout(dropout[self.depth], deterministic=not train)(x)
     image_logit = self._empty_logit(x) if self.empty_head else None
     if self.deep_supervision and self.padding != "SAME":
       raise ValueError("deep_supervision needs padding='SAME'")
