@@ -49,3 +49,19 @@ def test_from_config_rejects_hypercolumn_with_valid_padding():
   config.model.padding = "VALID"
   with pytest.raises(ConfigError, match="model.hypercolumn needs model.padding=SAME"):
     models.from_config(config)
+
+
+def test_the_head_equals_the_1x1_convolution_of_the_resized_concatenation():
+  """The head sums each level's 1x1 logits resized; the winners' form concatenates first."""
+  rng = np.random.default_rng(1)
+  columns = [rng.standard_normal((2, s, s, c)).astype(np.float32)
+             for s, c in ((6, 16), (12, 8), (24, 4))]  # Coarsest first, as the decoder runs.
+  kernel = rng.standard_normal((1, 1, 28, 1)).astype(np.float32)
+  params = {"params": {"kernel": kernel, "bias": np.array([0.3], np.float32)}}
+  stacked = jax.numpy.concatenate(
+      [jax.image.resize(c, c.shape[:1] + (24, 24) + c.shape[3:], "bilinear") for c in columns],
+      axis=-1)
+  reference = jax.numpy.einsum("nhwc,ck->nhwk", stacked, kernel[0, 0]) + 0.3
+  logits = models.unet.HypercolumnHead(1).apply(params, columns)
+  assert logits.shape == (2, 24, 24, 1)
+  np.testing.assert_allclose(logits, reference, rtol=1e-5, atol=1e-5)

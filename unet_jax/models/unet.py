@@ -216,10 +216,8 @@ class UNet(nn.Module):
       if deep_heads and level > 0:
         deep_logits.append(self._head(impl, x, f"deep_head_{level}"))
       columns.append(x)
-    if self.hypercolumn:
-      x = jnp.concatenate([jax.image.resize(c, c.shape[:1] + x.shape[1:3] + c.shape[3:],
-                                            "bilinear") for c in columns[:-1]] + [x], axis=-1)
-    logits = self._head(impl, x, "head")
+    logits = (HypercolumnHead(self.num_classes, self.param_dtype, name="head")(columns)
+              if self.hypercolumn else self._head(impl, x, "head"))
     return (logits if image_logit is None else gated_logits(logits, image_logit)), deep_logits
 
   def _head(self, impl: str, x, name: str):
@@ -237,6 +235,33 @@ class UNet(nn.Module):
                            name="empty_head")(pooled)
     self.sow("intermediates", "empty_logit", image_logit)
     return image_logit
+
+
+class HypercolumnHead(nn.Module):
+  """The 1x1 head over every decoder level (coarsest first), each resized (bilinear) to the
+  finest: the head of their concatenation, computed as the sum of each level's own 1x1 logits
+  resized, since resizing and a 1x1 convolution commute. Same parameters ('kernel' rows in
+  level order, 'bias') and function, without a full-resolution tensor of every level's
+  channels (it doubled the tgs step)."""
+
+  num_classes: int
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, columns):
+    channels = [c.shape[-1] for c in columns]
+    kernel = self.param("kernel", he_normal, (1, 1, sum(channels), self.num_classes),
+                        self.param_dtype).astype(jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.num_classes,), self.param_dtype)
+    shape = columns[-1].shape[:3] + (self.num_classes,)
+    logits, start = bias.astype(jnp.float32), 0
+    for column, width in zip(columns, channels):
+      level = jnp.einsum("nhwc,ck->nhwk", column.astype(jnp.float32),
+                         kernel[0, 0, start:start + width])
+      start += width
+      logits = logits + (level if level.shape == shape else
+                         jax.image.resize(level, shape, "bilinear"))
+    return logits
 
 
 def _crop(x, crop, height: int, width: int):
