@@ -135,6 +135,15 @@ def test_auto_times_a_layer_once_and_caches_the_choice(tmp_path, monkeypatch):
   monkeypatch.setattr(winograd, "time_layer", lambda *a, **k: pytest.fail("timed again"))
   assert winograd.choose("auto", shape, kernel, (1, 1), ((1, 1), (1, 1)),
                          jnp.bfloat16) == choice
+  # A CPU of the same model name with other instruction sets times the layer for itself.
+  winograd._measured_choice.cache_clear()  # pylint: disable=protected-access
+  monkeypatch.setattr(winograd.precision, "cpu_flags", lambda: frozenset({"avx2"}))
+  monkeypatch.setattr(winograd, "time_layer", lambda *a, **k: {
+      "choice": "direct", "direct_ms": 1.0, "winograd_ms": 2.0, "timing_s": 0.0})
+  assert winograd.choose("auto", shape, kernel, (1, 1), ((1, 1), (1, 1)),
+                         jnp.bfloat16) == "direct"
+  keys = sorted(json.loads((tmp_path / "conv_algo.json").read_text()))
+  assert len(keys) == 2 and any("|avx2|" in k for k in keys) and key in keys
   winograd._measured_choice.cache_clear()  # pylint: disable=protected-access
 
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unet_jax import precision
 from unet_jax.ops import kernels, library
 
 ALGOS = ("auto", "direct", "winograd")
@@ -152,11 +153,18 @@ def _cpu_model() -> str:
   return platform.processor() or platform.machine()
 
 
+# The instruction sets that decide which oneDNN kernel runs: CPUs of one model name ("AMD EPYC"
+# on cloud VMs) differ in them, and so do their timings.
+KEY_ISA_FLAGS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
+
+
 def _key(x_shape, out_channels, padding) -> str:
   n, h, w, c = x_shape
   threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   pads = ",".join(str(p) for pair in padding for p in pair)
-  return f"{_cpu_model()}|{threads} threads|{n}x{h}x{w}x{c}->{out_channels}|pad {pads}"
+  isa = "+".join(f for f in KEY_ISA_FLAGS if f in precision.cpu_flags()) or "baseline"
+  return (f"{_cpu_model()}|{isa}|{threads} threads|{n}x{h}x{w}x{c}->{out_channels}"
+          f"|pad {pads}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -177,7 +185,7 @@ def _measured_choice(x_shape, out_channels, padding) -> str:
       logging.warning("conv_algo=auto: cannot cache the choice in %s (%s)", path, e)
   entry = table[key]
   logging.info("conv_algo=auto: %s: direct %.2f ms, winograd %.2f ms (forward + input "
-               "gradient) -> %s", key.split("|", 2)[2], entry["direct_ms"], entry["winograd_ms"],
+               "gradient) -> %s", key.split("|", 3)[3], entry["direct_ms"], entry["winograd_ms"],
                entry["choice"])
   return entry["choice"]
 
