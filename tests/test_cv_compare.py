@@ -94,3 +94,20 @@ def test_gain_at_the_shipped_post_processing_pairs_folds_scored_alike(tmp_path):
   assert all(line.count("|") == 12 for line in rows)
   with pytest.raises(SystemExit, match="was not searched"):
     cv_compare.fold_scores_at(tmp_path / "base", 0.65, 160)
+
+
+def test_a_committed_report_stands_in_for_a_baseline_workdir(tmp_path):
+  base = _candidate(tmp_path, "base", [0.70, 0.60, 0.80])
+  base["scores_at"] = [0.71, 0.62, 0.80]
+  report = tmp_path / "tgs_cv.json"
+  report.write_text(json.dumps({"base": {k: v for k, v in base.items() if k != "config"}}))
+  report.with_suffix(".md").write_text("| candidate | paired gain at t 0.50, 80 px (TGS) |\n")
+  reported = cv_compare.load_reported(report, "base", at=(0.5, 80))
+  assert reported["scores_at"] == [0.71, 0.62, 0.80]  # `at` read from the legacy .md header.
+  assert cv_compare.load_reported(report, "base", at=(0.55, 160))["scores_at"] is None
+  steady = _candidate(tmp_path, "steady", [0.72, 0.63, 0.825])
+  assert cv_compare.paired_gain(steady, reported)["mean"] == pytest.approx(0.025)
+  with pytest.raises(SystemExit, match=r"no candidate 'reg'; it holds \['base'\]"):
+    cv_compare.load_reported(report, "reg", at=None)
+  with pytest.raises(SystemExit, match="no such report"):
+    cv_compare.load_reported(tmp_path / "missing.json", "base", at=None)

@@ -8,6 +8,9 @@
 
 A workdir ending in @<label> reads the scores of other weights than the best, e.g.
 runs/cv/base@average3 for `cross_validate --checkpoint average:3` (cv_scores_tta_average3.json).
+A committed report's candidate stands in for its workdir as <report>.json#<name>, e.g.
+--run reg=benchmarks/results/<device>/tgs_cv_2000.json#reg, so a new lever is paired with a
+baseline cross-validated in an earlier session on the same folds.
 Every candidate must have been cross-validated on the same folds, so fold k of one is paired
 with fold k of the baseline: a lever is kept when its mean paired gain in the TGS metric is
 positive and larger than the standard deviation of those gains over the folds (it wins on
@@ -17,6 +20,7 @@ most folds by more than it wobbles). Writes <out>.md, .json and .png (scores wit
 import argparse
 import json
 import pathlib
+import re
 import sys
 
 import numpy as np
@@ -47,6 +51,25 @@ def load_candidate(workdir: pathlib.Path, label: str = "") -> dict:
   return {"summary": summary, "config": config,
           "postprocess": json.loads(post_path.read_text()) if post_path.exists() else None,
           "minutes_per_fold": float(np.mean(minutes)) / 60 if minutes else None}
+
+
+def load_reported(report: pathlib.Path, name: str, at: tuple | None) -> dict:
+  """Candidate `name` of a committed cv_compare report (<report>.json), as load_candidate gives
+  it plus its stored post-processing gain and, where scored at the same `at`, its fold scores."""
+  if not report.exists():
+    raise SystemExit(f"{report}: no such report; give a cv_compare .json or a workdir")
+  runs = json.loads(report.read_text())
+  if name not in runs:
+    raise SystemExit(f"{report}: no candidate {name!r}; it holds {sorted(runs)}")
+  run = dict(runs[name])
+  run_at = run.get("at")
+  if run_at is None and run.get("scores_at") is not None:  # Reports that named `at` in .md only.
+    found = re.search(r"paired gain at t ([0-9.]+), ([0-9]+) px",
+                      report.with_suffix(".md").read_text())
+    run_at = (float(found.group(1)), int(found.group(2))) if found else None
+  if at is None or run_at is None or tuple(run_at) != tuple(at):
+    run["scores_at"] = None
+  return run
 
 
 def paired_gain(candidate: dict, baseline: dict, metric: str = "tgs_map") -> dict:
@@ -184,6 +207,11 @@ def main() -> None:
   runs = {}
   for spec in args.run:
     name, workdir, *overrides = spec.split("=", 2)
+    if "#" in workdir:
+      report, _, reported_name = workdir.partition("#")
+      runs[name] = load_reported(pathlib.Path(report), reported_name, at)
+      runs[name]["overrides"] = "".join(overrides) or runs[name].get("overrides", "")
+      continue
     workdir, _, label = workdir.partition("@")
     runs[name] = {**load_candidate(pathlib.Path(workdir), label), "overrides": "".join(overrides)}
     if runs[name]["postprocess"]:
@@ -192,6 +220,7 @@ def main() -> None:
                                                         best["min_area"], label)
     if at:
       runs[name]["scores_at"] = fold_scores_at(pathlib.Path(workdir), *at, label)
+      runs[name]["at"] = list(at)
   if args.baseline not in runs:
     raise SystemExit(f"--baseline {args.baseline} is not one of the --run names {list(runs)}")
   out = pathlib.Path(args.out)
