@@ -13,8 +13,8 @@ calls after warm-up, the implementations taking turns in every repeat:
   onednn_direct: the same oneDNN primitives on numpy buffers through ctypes (the ceiling);
   winograd_jax: unet_jax.ops.winograd's FFI calls where they apply (3x3 stride 1, bf16; the
     forward includes the kernel transform, which the input gradient reuses; the weight
-    gradient is the direct kernel), elsewhere the onednn_jax call: what conv_algo=winograd
-    runs. GFLOP/s count the direct convolution's FLOPs, so "effective" rates above the
+    gradient from the transformed input and output gradient), elsewhere the onednn_jax
+    call: what conv_algo=winograd runs. GFLOP/s count the direct convolution's FLOPs, so "effective" rates above the
     machine's peak are possible.
 Writes benchmarks/results/<device-slug>/conv_layers_<preset>.{json,md,png}.
 """
@@ -176,7 +176,8 @@ def _winograd_pass(layer, pass_name, dtype, arrays):
     u = jax.jit(winograd._transform)(arrays["w"])
     return jax.jit(lambda y, u: winograd._transposed_sharded(
         (2 - pt, 2 - pl), in_hw, y, u)), (arrays["y"], u)
-  return None  # The weight gradient: oneDNN's direct kernel, as onednn_jax.
+  return jax.jit(lambda x, y: winograd._filter_grad_sharded(
+      (pt, pl), tuple(layer["w"]), x, y)), (arrays["x"], arrays["y"])
 
 
 def direct_pass(layer, primitive, dtype):
@@ -329,8 +330,8 @@ def run(preset: str = "tgs", dtypes=("fp32", "bf16"), repeats: int = 5, warmup: 
                         "_backward_weights_sharded), jitted",
           "onednn_direct": "unet_onednn_conv_best_seconds: oneDNN on numpy buffers, no JAX",
           "winograd_jax": "unet_jax.ops.winograd FFI calls (kernel transform + forward; "
-                          "transposed input gradient) where they apply (3x3 stride 1 bf16), "
-                          "else onednn_jax"},
+                          "transposed input gradient; weight gradient) where they apply (3x3 "
+                          "stride 1 bf16), else onednn_jax"},
       "layers": layers,
       "totals": {dtype: totals(layers, dtype) for dtype in dtypes},
   }

@@ -57,8 +57,9 @@ class OneDNNConv(nn.Module):
                      preferred_element_type=jnp.float32).astype(self.dtype)
     else:
       pads = _explicit_padding(self.padding, x.shape[1], x.shape[2], kernel_size, strides)
-      if winograd.choose(self.algo, x.shape, kernel.shape, strides, pads, x.dtype) == "winograd":
-        y = winograd.conv2d(x, kernel, pads)
+      plan = winograd.choose(self.algo, x.shape, kernel.shape, strides, pads, x.dtype)
+      if plan != winograd.DIRECT:
+        y = winograd.conv2d(x, kernel, pads, plan)
       else:
         y = kernels.conv2d(x, kernel, strides, pads)
     if self.use_bias:

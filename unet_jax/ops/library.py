@@ -31,12 +31,13 @@ TARGETS = {  # XLA custom-call name -> exported handler symbol.
     "unet_split_channels": "UnetSplitChannels",
     "unet_winograd_kernel": "UnetWinogradKernel",
     "unet_winograd_conv": "UnetWinogradConv",
+    "unet_winograd_filter_grad": "UnetWinogradFilterGrad",
     "unet_lovasz_weights": "UnetLovaszWeights",
 }
 IMPLS = ("auto", "xla", "onednn")
 # The handlers' operand layout this code calls; equal to unet_kernels_abi_version() in
 # csrc/onednn_conv.cc. Bump both when a handler's operands or attributes change.
-ABI_VERSION = 7
+ABI_VERSION = 8
 
 
 class KernelsUnavailable(RuntimeError):

@@ -5,8 +5,10 @@ Winograd does 2.25x fewer multiplications than a direct 3x3 convolution, at the 
 transforms that read and write memory; it pays where channel counts are high and the image
 small (the deep U-Net levels), where oneDNN's direct kernel is also least efficient. So
 `conv_algo='auto'` times both on each candidate layer's own shape the first time it is seen
-and keeps the faster, as cuDNN's benchmark mode does; the choice is cached on disk by CPU
-model, thread count and shape, and logged.
+and keeps the faster, for the forward and input gradient and apart for the weight gradient
+(without AMX, oneDNN's direct bf16 weight gradient is slow on small deep maps), as cuDNN's
+benchmark mode does; the choice is cached on disk by CPU model, instruction sets, thread count
+and shape, and logged.
 """
 
 import ctypes
@@ -80,39 +82,70 @@ def _transposed_sharded(top_left, out_hw, x, u):
   return _transposed_halves(top_left, 1, out_hw, x, *u)
 
 
+def _filter_grad(top_left, kernel_shape, x, dy):
+  out = jax.ShapeDtypeStruct((3, 3, *kernel_shape[2:]), jnp.float32)
+  return kernels._call("unet_winograd_filter_grad", out, x, dy,  # pylint: disable=protected-access
+                       padding=np.asarray(top_left, np.int64))
+
+
+# Each device's weight gradient over its part of the batch, summed over devices.
+_filter_grad_sharded = _sharded(_filter_grad, batched_args=(0, 1), summed_results=(0,),
+                                static_argnums=(0, 1), rule="b h w c, b p q o -> k l c o")
+
+
 def _output_hw(x, padding):
   (pt, pb), (pl, pr) = padding
   return x.shape[1] + pt + pb - 2, x.shape[2] + pl + pr - 2
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv2d(x, kernel, padding):
-  """3x3 stride-1 NHWC x HWIO convolution of bfloat16 `x` by Winograd F(2x2,3x3); `kernel`
-  float32 or bfloat16 (its gradient comes back in its dtype). padding ((top, bottom),
-  (left, right)), each 0 or 1. The kernel is transformed once and the transform reused by
-  the input gradient; the weight gradient is oneDNN's direct kernel."""
-  y, _ = _conv2d_fwd(x, kernel, padding)
+# How one convolution runs: (forward and input gradient, weight gradient), each 'direct'
+# (oneDNN's kernel) or 'winograd'.
+DIRECT, WINOGRAD = ("direct", "direct"), ("winograd", "winograd")
+
+
+def conv2d(x, kernel, padding, plan=WINOGRAD):
+  """3x3 stride-1 NHWC x HWIO convolution of bfloat16 `x`; `kernel` float32 or bfloat16 (its
+  gradient comes back in its dtype). padding ((top, bottom), (left, right)), each 0 or 1.
+  `plan` (forward and input gradient, weight gradient): 'winograd' or 'direct' each. Winograd
+  transforms the kernel once and reuses the transform for the input gradient; its weight
+  gradient rounds the transformed input and output gradient to bf16 (error at the forward's
+  bf16 level, where the direct kernel's is float32 accumulation of exact products)."""
+  return _conv2d(x, kernel, padding, tuple(plan))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv2d(x, kernel, padding, plan):
+  y, _ = _conv2d_fwd(x, kernel, padding, plan)
   return y
 
 
-def _conv2d_fwd(x, kernel, padding):
-  u = _transform(kernel)
+def _conv2d_fwd(x, kernel, padding, plan):
   (pt, _), (pl, _) = padding
-  y = _forward_sharded((pt, pl), _output_hw(x, padding), x, u)
-  return y, (x, kernel, u)
+  if plan[0] == "winograd":
+    u = _transform(kernel)
+    return _forward_sharded((pt, pl), _output_hw(x, padding), x, u), (x, kernel, u)
+  weights = kernels._native_weights(kernel, x.dtype)  # pylint: disable=protected-access
+  return kernels._forward_sharded((1, 1), padding, x, weights), (x, kernel, None)  # pylint: disable=protected-access
 
 
-def _conv2d_bwd(padding, residuals, dy):
+def _conv2d_bwd(padding, plan, residuals, dy):
   x, kernel, u = residuals
   dy = dy.astype(x.dtype)
   (pt, _), (pl, _) = padding
-  dx = _transposed_sharded((2 - pt, 2 - pl), x.shape[1:3], dy, u)
-  dw = kernels._backward_weights_sharded(  # pylint: disable=protected-access
-      (1, 1), padding, kernel.shape, x, dy)
+  if u is not None:
+    dx = _transposed_sharded((2 - pt, 2 - pl), x.shape[1:3], dy, u)
+  else:
+    dx = kernels._backward_data_sharded(  # pylint: disable=protected-access
+        (1, 1), padding, x.shape[1:3], dy, kernels._native_weights(kernel, x.dtype))  # pylint: disable=protected-access
+  if plan[1] == "winograd":
+    dw = _filter_grad_sharded((pt, pl), tuple(kernel.shape), x, dy)
+  else:
+    dw = kernels._backward_weights_sharded(  # pylint: disable=protected-access
+        (1, 1), padding, kernel.shape, x, dy)
   return dx, dw.astype(kernel.dtype)
 
 
-conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 # ---- The per-layer choice ----------------------------------------------------------------
@@ -123,15 +156,16 @@ def check(algo: str) -> str:
   return algo
 
 
-def choose(algo: str, x_shape, kernel_shape, strides, padding, dtype) -> str:
-  """'winograd' or 'direct' for one convolution under `algo` (auto | direct | winograd)."""
+def choose(algo: str, x_shape, kernel_shape, strides, padding, dtype) -> tuple[str, str]:
+  """The plan (forward and input gradient, weight gradient), 'winograd' or 'direct' each, for
+  one convolution under `algo` (auto | direct | winograd)."""
   if check(algo) == "direct" or not applicable(x_shape, kernel_shape, strides, padding, dtype):
-    return "direct"
+    return DIRECT
   if algo == "winograd":
-    return "winograd"
+    return WINOGRAD
   c, o = kernel_shape[2:]
   if min(c, o) < AUTO_MIN_CHANNELS:
-    return "direct"
+    return DIRECT
   return _measured_choice(tuple(int(d) for d in x_shape), int(o),
                           tuple((int(a), int(b)) for a, b in padding))
 
@@ -168,13 +202,13 @@ def _key(x_shape, out_channels, padding) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _measured_choice(x_shape, out_channels, padding) -> str:
+def _measured_choice(x_shape, out_channels, padding) -> tuple[str, str]:
   key, path = _key(x_shape, out_channels, padding), cache_path()
   try:
     table = json.loads(path.read_text())
   except (OSError, ValueError):
     table = {}
-  if key not in table:
+  if "filter_choice" not in table.get(key, {}):  # New, or timed before the weight gradient was.
     table[key] = time_layer(x_shape, out_channels, padding)
     try:
       path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,10 +218,11 @@ def _measured_choice(x_shape, out_channels, padding) -> str:
     except OSError as e:
       logging.warning("conv_algo=auto: cannot cache the choice in %s (%s)", path, e)
   entry = table[key]
-  logging.info("conv_algo=auto: %s: direct %.2f ms, winograd %.2f ms (forward + input "
-               "gradient) -> %s", key.split("|", 3)[3], entry["direct_ms"], entry["winograd_ms"],
-               entry["choice"])
-  return entry["choice"]
+  logging.info("conv_algo=auto: %s: forward + input gradient direct %.2f ms, winograd %.2f ms "
+               "-> %s; weight gradient direct %.2f ms, winograd %.2f ms -> %s",
+               key.split("|", 3)[3], entry["direct_ms"], entry["winograd_ms"], entry["choice"],
+               entry["filter_direct_ms"], entry["filter_winograd_ms"], entry["filter_choice"])
+  return entry["choice"], entry["filter_choice"]
 
 
 def _bf16_buffer(shape, rng):
@@ -198,8 +233,8 @@ def _bf16_buffer(shape, rng):
 
 def time_layer(x_shape, out_channels, padding, repeats: int = 5) -> dict:
   """Best-of-`repeats` milliseconds of one training step's direct and Winograd work for a
-  layer (forward and input gradient, with the direct kernel's weight reorders and Winograd's
-  kernel transform; the weight gradient is the same kernel either way), and the faster."""
+  layer, and the faster of each: the forward and input gradient (with the direct kernel's
+  weight reorders and Winograd's kernel transform), and the weight gradient."""
   lib = library.load()
   n, h, w, c = x_shape
   (pt, pb), (pl, pr) = padding
@@ -210,22 +245,29 @@ def time_layer(x_shape, out_channels, padding, repeats: int = 5) -> dict:
   kernel = rng.standard_normal((3, 3, c, out_channels), dtype=np.float32)
   kernel_bf16 = (kernel.view(np.uint32) >> 16).astype(np.uint16)
   u = np.empty((16, c, out_channels), np.uint16)  # Both halves, one after the other.
+  dw = np.empty((3, 3, c, out_channels), np.float32)
   ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # pylint: disable=unnecessary-lambda-assignment
-  direct = lib.unet_onednn_conv_best_seconds
-  direct.restype, winograd = ctypes.c_double, lib.unet_winograd_best_seconds
-  winograd.restype = ctypes.c_double
+  direct, winograd = lib.unet_onednn_conv_best_seconds, lib.unet_winograd_best_seconds
+  filter_grad = lib.unet_winograd_filter_grad_best_seconds
+  for function in (direct, winograd, filter_grad):
+    function.restype = ctypes.c_double
   conv_dims = np.asarray([n, h, w, c, 3, 3, out_channels, oh, ow, 1, 1, pt, pb, pl, pr], np.int64)
   wino_dims = np.asarray([n, h, w, c, out_channels, pt, pb, pl, pr], np.int64)
   start = time.perf_counter()
-  best_direct = best_winograd = float("inf")
+  best = dict.fromkeys(("direct", "winograd", "filter_direct", "filter_winograd"), float("inf"))
   for _ in range(repeats):  # Taking turns, so a busy moment hurts both alike.
     forward = direct(ptr(conv_dims), 1, 0, 1, ptr(x), ptr(kernel_bf16), ptr(y))
     backward = direct(ptr(conv_dims), 1, 1, 1, ptr(y), ptr(kernel_bf16), ptr(dx))
-    best_direct = min(best_direct, forward + backward)
-    best_winograd = min(best_winograd, winograd(ptr(wino_dims), 1, ptr(x), ptr(kernel), ptr(u),
-                                                ptr(y), ptr(dx)))
-  if min(best_direct, best_winograd) < 0:
-    raise library.KernelsUnavailable("a native convolution kernel failed while timing")
-  return {"direct_ms": round(best_direct * 1e3, 3), "winograd_ms": round(best_winograd * 1e3, 3),
-          "choice": "winograd" if best_winograd < best_direct else "direct",
+    times = {"direct": forward + backward,
+             "winograd": winograd(ptr(wino_dims), 1, ptr(x), ptr(kernel), ptr(u), ptr(y),
+                                  ptr(dx)),
+             "filter_direct": direct(ptr(conv_dims), 1, 2, 1, ptr(x), ptr(y), ptr(dw)),
+             "filter_winograd": filter_grad(ptr(wino_dims), 1, ptr(x), ptr(y), ptr(dw))}
+    if min(times.values()) < 0:
+      raise library.KernelsUnavailable("a native convolution kernel failed while timing")
+    best = {k: min(best[k], t) for k, t in times.items()}
+  faster = lambda a, b: "winograd" if best[b] < best[a] else "direct"  # pylint: disable=unnecessary-lambda-assignment
+  return {**{f"{k}_ms": round(t * 1e3, 3) for k, t in best.items()},
+          "choice": faster("direct", "winograd"),
+          "filter_choice": faster("filter_direct", "filter_winograd"),
           "timing_s": round(time.perf_counter() - start, 2)}

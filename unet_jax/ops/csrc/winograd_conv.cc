@@ -17,6 +17,11 @@
 // reads U[k] as U[k]^T and stores the transformed input, and reads the products, at the
 // permuted index: no second kernel transform. Padding: the forward's (top, left); the input
 // gradient of a forward with padding p is the transposed convolution with padding 2 - p.
+//
+// The weight gradient: with V the input's transform and dM = A dy A^T the output gradient's
+// (the transpose of the output transform), dU[k] = sum over tiles V[k]^T dM[k] (16 bf16
+// matmuls, float32 accumulation over chunks of tiles) and dg = G^T dU G per channel pair
+// (winograd_filter_grad.cc).
 
 #include <algorithm>
 #include <chrono>
@@ -30,6 +35,7 @@
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "onednn_common.h"
+#include "winograd_common.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -38,92 +44,22 @@ using dt = dnnl::memory::data_type;
 
 std::mutex& unet_kernel_mutex();  // onednn_conv.cc: one native kernel at a time.
 
-namespace {
+namespace unet_winograd {
 
-using unet::Engine;
-using unet::Scratch;
-using unet::Stream;
-
-inline float Bf16ToF32(uint16_t v) {
-  uint32_t bits = uint32_t(v) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-inline uint16_t F32ToBf16(float f) {  // Round to nearest even; NaN stays NaN.
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  if ((bits & 0x7fffffff) > 0x7f800000) return uint16_t((bits >> 16) | 0x40);
-  bits += 0x7fff + ((bits >> 16) & 1);
-  return uint16_t(bits >> 16);
-}
-
-// The transposed convolution reads U[k]^T at the rotated index: 4x4 rows and columns 0 <-> 3.
-inline int Slot(int k, bool transpose) {
-  if (!transpose) return k;
-  static const int p[4] = {3, 1, 2, 0};
-  return p[k / 4] * 4 + p[k % 4];
-}
-
-// x (n, h, w, ci) -> y (n, oh, ow, co); tile (ti, tj) reads input rows 2ti - pt .. 2ti - pt + 3.
-struct Problem {
-  int64_t n, h, w, ci, oh, ow, co, pt, pl;
-  bool transpose;
-  int64_t TilesH() const { return (oh + 1) / 2; }
-  int64_t TilesW() const { return (ow + 1) / 2; }
-  int64_t Tiles() const { return n * TilesH() * TilesW(); }
-  // Tiles per chunk: transformed input (bf16) and products (f32) within ~24 MiB, so big
-  // images run in pieces instead of allocating 16x their activations.
-  int64_t Chunk() const {
-    int64_t per_tile = 16 * (2 * ci + 4 * co);
-    return std::max<int64_t>(1, std::min(Tiles(), (int64_t(24) << 20) / per_tile));
-  }
-};
-
-// One batched matmul per (rows, ci, co, transpose), cached.
-std::mutex matmul_mutex;
-// A cached matmul and the scratchpad it asks its caller for.
-struct CachedMatmul {
-  dnnl::matmul prim;
-  memory::desc scratchpad_md;
-};
-std::unordered_map<std::string, std::shared_ptr<CachedMatmul>> matmuls;
-
-memory::desc UDesc(const Problem& p) {
-  // Half of U, [8][C][O] with C, O the forward's; the transposed product reads [8][O][C].
-  return p.transpose ? memory::desc({8, p.ci, p.co}, dt::bf16, {p.ci * p.co, 1, p.ci})
-                     : memory::desc({8, p.ci, p.co}, dt::bf16, {p.ci * p.co, p.co, 1});
-}
-
-memory::desc VDesc(const Problem& p, int64_t rows) {  // Half of the transformed input.
-  return memory::desc({8, rows, p.ci}, dt::bf16, {rows * p.ci, p.ci, 1});
-}
-
-memory::desc MDesc(const Problem& p, int64_t rows) {  // Half of the products.
-  return memory::desc({8, rows, p.co}, dt::f32, {rows * p.co, p.co, 1});
-}
-
-// The batched matmul over 8 transformed taps (run once per half of U).
-std::shared_ptr<CachedMatmul> Matmul(const Problem& p, int64_t rows) {
-  std::string key = std::to_string(rows) + "," + std::to_string(p.ci) + "," +
-                    std::to_string(p.co) + "," + std::to_string(p.transpose);
-  std::lock_guard<std::mutex> lock(matmul_mutex);
-  auto it = matmuls.find(key);
-  if (it != matmuls.end()) return it->second;
-  dnnl::matmul::primitive_desc pd(Engine(), VDesc(p, rows), UDesc(p), MDesc(p, rows),
-                                  unet::UserScratchpad());
+std::shared_ptr<CachedMatmul> CachedMatmulFor(
+    const std::string& key, const std::function<dnnl::matmul::primitive_desc()>& make) {
+  static std::mutex mutex;
+  static std::unordered_map<std::string, std::shared_ptr<CachedMatmul>> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  auto pd = make();
   auto cached =
       std::make_shared<CachedMatmul>(CachedMatmul{dnnl::matmul(pd), pd.scratchpad_desc()});
-  matmuls.emplace(key, cached);
+  cache.emplace(key, cached);
   return cached;
 }
 
-// The per-tile and per-row loops are compiled for AVX-512, AVX2 and the baseline, picked at
-// load time (the rest of the build targets the baseline x86-64).
-#define UNET_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-
-// V = B^T d B for tile t of the input, every channel, into row r of the chunk's [16][rows][ci].
 UNET_VECTOR_CLONES void InputTile(const Problem& p, const uint16_t* x, const uint16_t* zeros,
                                   uint16_t* v, int64_t rows, int64_t t, int64_t r) {
   const int64_t C = p.ci, th = p.TilesH(), tw = p.TilesW();
@@ -154,6 +90,39 @@ UNET_VECTOR_CLONES void InputTile(const Problem& p, const uint16_t* x, const uin
       dst[i * 4 + 3][c] = F32ToBf16(e[i][1] - e[i][3]);
     }
   }
+}
+
+}  // namespace unet_winograd
+
+namespace {
+
+using namespace unet_winograd;  // NOLINT
+using unet::Engine;
+using unet::Scratch;
+using unet::Stream;
+
+memory::desc UDesc(const Problem& p) {
+  // Half of U, [8][C][O] with C, O the forward's; the transposed product reads [8][O][C].
+  return p.transpose ? memory::desc({8, p.ci, p.co}, dt::bf16, {p.ci * p.co, 1, p.ci})
+                     : memory::desc({8, p.ci, p.co}, dt::bf16, {p.ci * p.co, p.co, 1});
+}
+
+memory::desc VDesc(const Problem& p, int64_t rows) {  // Half of the transformed input.
+  return memory::desc({8, rows, p.ci}, dt::bf16, {rows * p.ci, p.ci, 1});
+}
+
+memory::desc MDesc(const Problem& p, int64_t rows) {  // Half of the products.
+  return memory::desc({8, rows, p.co}, dt::f32, {rows * p.co, p.co, 1});
+}
+
+// The batched matmul over 8 transformed taps (run once per half of U).
+std::shared_ptr<CachedMatmul> Matmul(const Problem& p, int64_t rows) {
+  std::string key = std::to_string(rows) + "," + std::to_string(p.ci) + "," +
+                    std::to_string(p.co) + "," + std::to_string(p.transpose);
+  return CachedMatmulFor(key, [&] {
+    return dnnl::matmul::primitive_desc(Engine(), VDesc(p, rows), UDesc(p), MDesc(p, rows),
+                                        unet::UserScratchpad());
+  });
 }
 
 // Y = A^T M A for tile t, from row r of the chunk's products [16][rows][co], as bf16 NHWC.
@@ -349,3 +318,4 @@ extern "C" __attribute__((visibility("default"))) double unet_winograd_best_seco
   }
   return best;
 }
+
