@@ -66,7 +66,8 @@ def get_config() -> ml_collections.ConfigDict:
   # full-size mask (its logits resized), weighted by deep_supervision_weight, halved per level.
   config.model.deep_supervision = False
   # The head reads every decoder level (coarser ones resized to full size and concatenated),
-  # not only the last: the TGS winners' hypercolumns. SAME only.
+  # not only the last: the TGS winners' hypercolumns. SAME only. No gain in a 3-fold TGS CV
+  # at 2000 steps (-0.000 +- 0.004), costs no step time since 2026-12-03.
   config.model.hypercolumn = False
   config.model.remat = False  # Recompute activations per level in backward (saves memory).
   config.model.padding = "SAME"  # SAME | VALID (the paper's unpadded convs, cropped skips).

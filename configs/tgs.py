@@ -70,7 +70,9 @@ tgs_cv_1600.md for this recipe):
   (`--checkpoint average:3`, +0.004 +- 0.009 over the same runs' last checkpoint,
   tgs_cv_checkpoint_averaging.md); at 1600 steps' time (tgs_cv_1600.md), deep supervision
   (`model.deep_supervision`, 1420 steps for its 13% longer step) -0.014 +- 0.014, -0.009 +-
-  0.014 with the 80 px minimum area (IoU +0.004: it trades the metric for overlap).
+  0.014 with the 80 px minimum area (IoU +0.004: it trades the metric for overlap); at 2000
+  steps over this recipe (tgs_cv_hypercolumn.md, cpu-amd-epyc-2c), hypercolumns
+  (`model.hypercolumn`) -0.000 +- 0.004, -0.002 +- 0.003 at 0.50 / 80 px.
 Fold ensembles (`python -m unet_jax.cross_validate ... --config.fold_holdout=True`, then
 `predict --workdir fold0 --workdir fold1 ...`): 3 folds of the 800 training ids at 600 steps,
 scored on the 200 validation ids none trained on, 0.688 averaged against 0.669 +- 0.008 for one
