@@ -90,7 +90,7 @@ def get_config() -> ml_collections.ConfigDict:
   # layer, whichever is faster on this CPU, timed once and cached: unet_jax/ops/winograd.py).
   # Direct by default: on the AMX Xeon Winograd wins only at the deepest levels (classic step:
   # ~4% fewer conv seconds, below the step's noise); on the AVX512-BF16 Zen 5 auto takes the
-  # classic step 1.12x faster, quality at full schedules not yet shown (benchmarks/README.md).
+  # classic step 1.08-1.12x faster, quality at full schedules not yet shown (benchmarks/README.md).
   config.model.conv_algo = "direct"
 
   # Loss and optimisation.
