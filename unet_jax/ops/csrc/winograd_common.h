@@ -44,11 +44,21 @@ struct Problem {
   int64_t TilesH() const { return (oh + 1) / 2; }
   int64_t TilesW() const { return (ow + 1) / 2; }
   int64_t Tiles() const { return n * TilesH() * TilesW(); }
-  // Tiles per chunk: transformed input (bf16) and products (f32) within ~24 MiB, so big
+  // Tiles per chunk whose transformed buffers (`per_tile` bytes a tile) fit ~24 MiB, so big
   // images run in pieces instead of allocating 16x their activations.
-  int64_t Chunk() const {
-    int64_t per_tile = 16 * (2 * ci + 4 * co);
+  int64_t Chunk(int64_t per_tile) const {
     return std::max<int64_t>(1, std::min(Tiles(), (int64_t(24) << 20) / per_tile));
+  }
+  // Output tile t: where its top-left element sits in (n, oh, ow, co), and whether its second
+  // row and column lie inside the output (not past an odd edge).
+  struct Corner {
+    int64_t offset;
+    bool row1, col1;
+  };
+  Corner OutputCorner(int64_t t) const {
+    int64_t b = t / (TilesH() * TilesW()), y0 = 2 * (t / TilesW() % TilesH()),
+            x0 = 2 * (t % TilesW());
+    return {((b * oh + y0) * ow + x0) * co, y0 + 1 < oh, x0 + 1 < ow};
   }
 };
 

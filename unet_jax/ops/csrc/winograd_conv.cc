@@ -128,11 +128,10 @@ std::shared_ptr<CachedMatmul> Matmul(const Problem& p, int64_t rows) {
 // Y = A^T M A for tile t, from row r of the chunk's products [16][rows][co], as bf16 NHWC.
 UNET_VECTOR_CLONES void OutputTile(const Problem& p, const float* m, uint16_t* y, int64_t rows,
                                    int64_t t, int64_t r) {
-  const int64_t O = p.co, th = p.TilesH(), tw = p.TilesW();
-  int64_t b = t / (th * tw), ti = t / tw % th, tj = t % tw;
-  int64_t y0 = 2 * ti, x0 = 2 * tj;
-  bool y1 = y0 + 1 < p.oh, x1 = x0 + 1 < p.ow;
-  uint16_t* q00 = y + ((b * p.oh + y0) * p.ow + x0) * O;
+  const int64_t O = p.co;
+  const auto corner = p.OutputCorner(t);
+  const bool y1 = corner.row1, x1 = corner.col1;
+  uint16_t* q00 = y + corner.offset;
   uint16_t* q01 = q00 + O;
   uint16_t* q10 = q00 + p.ow * O;
   uint16_t* q11 = q10 + O;
@@ -155,7 +154,8 @@ UNET_VECTOR_CLONES void OutputTile(const Problem& p, const float* m, uint16_t* y
 
 void RunConv(const Problem& p, const uint16_t* x, const uint16_t* const u[2], uint16_t* y) {
   std::lock_guard<std::mutex> lock(unet_kernel_mutex());
-  const int64_t tiles = p.Tiles(), chunk = p.Chunk();
+  const int64_t tiles = p.Tiles();
+  const int64_t chunk = p.Chunk(16 * (2 * p.ci + 4 * p.co));  // V bf16, M float32.
   auto* v = static_cast<uint16_t*>(Scratch(16 * chunk * p.ci * 2 + 64, 0));
   auto* m = static_cast<float*>(Scratch(16 * chunk * p.co * 4, 1));
   std::unique_ptr<uint16_t[]> zeros(new uint16_t[p.ci]());

@@ -35,11 +35,10 @@ using unet::Stream;
 // chunk's [16][rows][co], bf16: the output transform's transpose.
 UNET_VECTOR_CLONES void GradTile(const Problem& p, const uint16_t* dy, uint16_t* dm,
                                  int64_t rows, int64_t t, int64_t r) {
-  const int64_t O = p.co, th = p.TilesH(), tw = p.TilesW();
-  int64_t b = t / (th * tw), ti = t / tw % th, tj = t % tw;
-  int64_t y0 = 2 * ti, x0 = 2 * tj;
-  bool y1 = y0 + 1 < p.oh, x1 = x0 + 1 < p.ow;
-  const uint16_t* q00 = dy + ((b * p.oh + y0) * p.ow + x0) * O;
+  const int64_t O = p.co;
+  const auto corner = p.OutputCorner(t);
+  const bool y1 = corner.row1, x1 = corner.col1;
+  const uint16_t* q00 = dy + corner.offset;
   const uint16_t* q01 = q00 + O;
   const uint16_t* q10 = q00 + p.ow * O;
   const uint16_t* q11 = q10 + O;
@@ -96,7 +95,8 @@ UNET_VECTOR_CLONES void FilterRow(const float* du, int64_t c, int64_t o_count, i
   for (int64_t o = 0; o < o_count; ++o) {
     float d[4][4], t[3][4];
     for (int k = 0; k < 16; ++k) d[k / 4][k % 4] = du[k * plane + c * o_count + o];
-    for (int j = 0; j < 4; ++j) {  // G^T dU, G = [[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]].
+    // G^T dU, with G = [[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]].
+    for (int j = 0; j < 4; ++j) {
       t[0][j] = d[0][j] + 0.5f * (d[1][j] + d[2][j]);
       t[1][j] = 0.5f * (d[1][j] - d[2][j]);
       t[2][j] = 0.5f * (d[1][j] + d[2][j]) + d[3][j];
@@ -113,8 +113,7 @@ UNET_VECTOR_CLONES void FilterRow(const float* du, int64_t c, int64_t o_count, i
 void RunFilterGrad(const Problem& p, const uint16_t* x, const uint16_t* dy, float* dg) {
   std::lock_guard<std::mutex> lock(unet_kernel_mutex());
   const int64_t tiles = p.Tiles();
-  const int64_t chunk = std::max<int64_t>(
-      1, std::min(tiles, (int64_t(24) << 20) / (16 * (2 * p.ci + 2 * p.co))));
+  const int64_t chunk = p.Chunk(16 * (2 * p.ci + 2 * p.co));  // V and dM, bf16.
   auto* v = static_cast<uint16_t*>(Scratch(16 * chunk * (p.ci + p.co) * 2 + 64, 0));
   uint16_t* dm = v + 16 * chunk * p.ci;
   auto* du = static_cast<float*>(Scratch(16 * p.ci * p.co * 4, 1));
