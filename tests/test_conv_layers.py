@@ -85,17 +85,19 @@ def test_the_implementations_compute_the_same_passes(name):
                                  err_msg=f"{name} {pass_name} {impl}")
 
 
-@needs_onednn_bf16
-def test_the_winograd_column_computes_the_passes_in_bf16():
+# bf16 outputs: both round to 8 bits, Winograd's transforms add about as much again; float32:
+# rounding of 24-bit sums (a wrong tap or tile is off by O(1)).
+@pytest.mark.parametrize("dtype,tolerance", [pytest.param("bf16", 3e-2, marks=needs_onednn_bf16),
+                                             ("fp32", 1e-5)])
+def test_the_winograd_column_computes_the_passes(dtype, tolerance):
   layer = next(layer for layer in _layers() if layer["name"] == "twice")
-  arrays, host = conv_layers.make_arrays(layer, "bf16", seed=1)
+  arrays, host = conv_layers.make_arrays(layer, dtype, seed=1)
   for pass_name in conv_layers.PASSES:
-    calls = conv_layers.pass_callables(layer, "bf16", pass_name, arrays, host)
+    calls = conv_layers.pass_callables(layer, dtype, pass_name, arrays, host)
     expected, got = (_as_float(calls[impl]()[1]).copy() for impl in ("onednn_jax",
                                                                      "winograd_jax"))
     assert got.shape == expected.shape
-    # bf16 outputs: both round to 8 bits, Winograd's transforms add about as much again.
-    np.testing.assert_allclose(got, expected, atol=3e-2 * np.abs(expected).max(),
+    np.testing.assert_allclose(got, expected, atol=tolerance * np.abs(expected).max(),
                                err_msg=pass_name)
 
 

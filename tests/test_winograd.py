@@ -1,7 +1,7 @@
 """unet_jax.ops.winograd: the native Winograd F(2x2,3x3) convolution computes the convolution
-and its gradients (value and input gradient within twice the direct bf16 kernel's error, the
-weight gradient at the forward's bf16 level), partitions over devices, and conv_algo picks it
-per layer and pass."""
+and its gradients (bf16: value and input gradient within twice the direct bf16 kernel's error,
+the weight gradient at the forward's bf16 level; float32: at float32 rounding), partitions over
+devices, and conv_algo picks it per layer, pass and dtype."""
 
 import json
 import os
@@ -79,6 +79,36 @@ def test_value_and_gradients_within_twice_the_direct_kernels_error(case):
   np.testing.assert_allclose(mixed[2], got[2], rtol=1e-6, atol=1e-6)
 
 
+# float32 rounding through the transforms leaves ~1e-7-5e-7 relative error here (the direct
+# kernel's is ~1e-7); a wrong tap, tile or edge gives O(1).
+FLOAT32_TOLERANCE = 2e-6
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_float32_value_and_gradients_at_float32_rounding(case):
+  n, h, w, c, o, pads = case
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((n, h, w, c)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, c, o)) / np.sqrt(9 * c), jnp.float32)
+  oh, ow = h + sum(pads[0]) - 2, w + sum(pads[1]) - 2
+  dy = jnp.asarray(rng.standard_normal((n, oh, ow, o)), jnp.float32)
+
+  def reference(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), pads, precision="highest",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  run = jax.jit(_value_and_gradients, static_argnums=0)
+  want = run(reference, x, kernel, dy)
+  got = run(lambda a, b: winograd.conv2d(a, b, pads), x, kernel, dy)
+  assert [g.dtype for g in got] == [jnp.float32] * 3 and got[0].shape == want[0].shape
+  for name, g, r in zip(("value", "input gradient", "weight gradient"), got, want):
+    assert _relative(g, r) < FLOAT32_TOLERANCE, (name, _relative(g, r))
+  mixed = run(lambda a, b: winograd.conv2d(a, b, pads, ("direct", "winograd")), x, kernel, dy)
+  direct = run(lambda a, b: kernels.conv2d(a, b, (1, 1), pads), x, kernel, dy)
+  np.testing.assert_array_equal(mixed[0], direct[0])
+  np.testing.assert_allclose(mixed[2], got[2], rtol=1e-6, atol=1e-6)
+
+
 @needs_onednn_bf16
 def test_bfloat16_kernels_and_nan_propagate():
   x = jnp.ones((1, 4, 4, 2), jnp.bfloat16).at[0, 1, 1, 0].set(jnp.nan)
@@ -88,13 +118,17 @@ def test_bfloat16_kernels_and_nan_propagate():
   assert not bool(jnp.isnan(y[0, 3, 3, 0]))  # Outside the NaN's 3x3 reach.
 
 
-@needs_onednn_bf16
-def test_unet_trains_alike_with_winograd_and_direct():
+_BF16 = pytest.param(jnp.bfloat16, marks=needs_onednn_bf16, id="bfloat16")
+DTYPES = [_BF16, pytest.param(jnp.float32, id="float32")]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_unet_trains_alike_with_winograd_and_direct(dtype):
   x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 24, 24, 3)), jnp.float32)
   variables = init_variables(models.UNet(features=16, depth=2), x, train=False)
 
   def loss_and_grads(algo):
-    model = models.UNet(features=16, depth=2, dtype=jnp.bfloat16, conv_impl="onednn",
+    model = models.UNet(features=16, depth=2, dtype=dtype, conv_impl="onednn",
                         conv_algo=algo)
 
     def loss(params):
@@ -119,24 +153,31 @@ def test_choice_rules_without_measuring():
   def choose(algo, x_shape, kernel_shape, strides=(1, 1), dtype=jnp.bfloat16):
     return winograd.choose(algo, x_shape, kernel_shape, strides, same, dtype)
   assert choose("winograd", (2, 8, 8, 4), (3, 3, 4, 4)) == winograd.WINOGRAD
-  assert choose("winograd", (2, 8, 8, 4), (3, 3, 4, 4), dtype=jnp.float32) == winograd.DIRECT
+  assert choose("winograd", (2, 8, 8, 4), (3, 3, 4, 4), dtype=jnp.float32) == winograd.WINOGRAD
+  assert choose("winograd", (2, 8, 8, 4), (3, 3, 4, 4), dtype=jnp.float16) == winograd.DIRECT
   assert choose("winograd", (2, 8, 8, 4), (3, 3, 4, 4), strides=(2, 2)) == winograd.DIRECT
   assert choose("winograd", (2, 8, 8, 4), (1, 1, 4, 4)) == winograd.DIRECT
-  assert choose("auto", (2, 8, 8, 64), (3, 3, 64, 64)) == winograd.DIRECT
+  assert choose("auto", (2, 8, 8, 64), (3, 3, 64, 64)) == winograd.DIRECT  # bf16 from 256.
+  assert choose("auto", (2, 8, 8, 32), (3, 3, 32, 64), dtype=jnp.float32) == winograd.DIRECT
   assert choose("direct", (2, 8, 8, 512), (3, 3, 512, 512)) == winograd.DIRECT
+  # auto_float32 (the config default): auto under float32, direct under bfloat16.
+  assert choose("auto_float32", (2, 8, 8, 512), (3, 3, 512, 512)) == winograd.DIRECT
+  assert choose("auto_float32", (2, 8, 8, 32), (3, 3, 32, 32), dtype=jnp.float32) == \
+      winograd.DIRECT  # Below auto's 64 channels: no measurement.
   with pytest.raises(ValueError, match="conv_algo must be one of"):
     winograd.check("fastest")
 
 
-@needs_onednn_bf16
-def test_auto_times_a_layer_once_and_caches_the_choice(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_auto_times_a_layer_once_and_caches_the_choice(tmp_path, monkeypatch, dtype):
   monkeypatch.setenv(winograd.CACHE_VARIABLE, str(tmp_path))
   winograd._measured_choice.cache_clear()  # pylint: disable=protected-access
   shape, kernel = (1, 4, 4, 256), (3, 3, 256, 256)
-  choice = winograd.choose("auto", shape, kernel, (1, 1), ((1, 1), (1, 1)), jnp.bfloat16)
+  choice = winograd.choose("auto", shape, kernel, (1, 1), ((1, 1), (1, 1)), dtype)
   table = json.loads((tmp_path / "conv_algo.json").read_text())
   (key, entry), = table.items()
-  assert "1x4x4x256->256" in key and (entry["choice"], entry["filter_choice"]) == choice
+  assert "1x4x4x256->256" in key and key.endswith(jnp.dtype(dtype).name)
+  assert (entry["choice"], entry["filter_choice"]) == choice
   assert min(entry[f"{k}_ms"] for k in ("direct", "winograd", "filter_direct",
                                         "filter_winograd")) > 0
   faster = lambda a, b: "winograd" if entry[f"{b}_ms"] < entry[f"{a}_ms"] else "direct"
@@ -144,18 +185,25 @@ def test_auto_times_a_layer_once_and_caches_the_choice(tmp_path, monkeypatch):
   # A new process (cleared memo) reads the file instead of timing again.
   winograd._measured_choice.cache_clear()  # pylint: disable=protected-access
   monkeypatch.setattr(winograd, "time_layer", lambda *a, **k: pytest.fail("timed again"))
-  assert winograd.choose("auto", shape, kernel, (1, 1), ((1, 1), (1, 1)),
-                         jnp.bfloat16) == choice
+  assert winograd.choose("auto", shape, kernel, (1, 1), ((1, 1), (1, 1)), dtype) == choice
+  auto_float32 = winograd.choose("auto_float32", shape, kernel, (1, 1), ((1, 1), (1, 1)), dtype)
+  assert auto_float32 == (choice if dtype == jnp.float32 else winograd.DIRECT)
   # A CPU of the same model name with other instruction sets times the layer for itself.
   winograd._measured_choice.cache_clear()  # pylint: disable=protected-access
-  monkeypatch.setattr(winograd.precision, "cpu_flags", lambda: frozenset({"avx2"}))
+  other_isa = "avx2" if "|avx2|" not in key else "avx512f+avx2"  # Not this CPU's.
+  monkeypatch.setattr(winograd.precision, "cpu_flags",
+                      lambda: frozenset(other_isa.split("+")))
   monkeypatch.setattr(winograd, "time_layer", lambda *a, **k: {
       "choice": "direct", "direct_ms": 1.0, "winograd_ms": 2.0, "filter_choice": "winograd",
       "filter_direct_ms": 2.0, "filter_winograd_ms": 1.0, "timing_s": 0.0})
   assert winograd.choose("auto", shape, kernel, (1, 1), ((1, 1), (1, 1)),
-                         jnp.bfloat16) == ("direct", "winograd")
+                         dtype) == ("direct", "winograd")
   keys = sorted(json.loads((tmp_path / "conv_algo.json").read_text()))
-  assert len(keys) == 2 and any("|avx2|" in k for k in keys) and key in keys
+  assert len(keys) == 2 and any(f"|{other_isa}|" in k for k in keys) and key in keys
+  # The other dtype is another measurement too.
+  other = jnp.float32 if dtype == jnp.bfloat16 else jnp.bfloat16
+  winograd.choose("auto", shape, kernel, (1, 1), ((1, 1), (1, 1)), other)
+  assert len(json.loads((tmp_path / "conv_algo.json").read_text())) == 3
   winograd._measured_choice.cache_clear()  # pylint: disable=protected-access
 
 
@@ -169,11 +217,11 @@ def test_config_passes_conv_algo_and_refuses_unknown_values():
 
 
 _SHARDED = textwrap.dedent("""
-    import json, jax, jax.numpy as jnp, numpy as np
+    import json, sys, jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from unet_jax.ops import winograd
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((8, 6, 6, 8)), jnp.bfloat16)
+    x = jnp.asarray(rng.standard_normal((8, 6, 6, 8)), jnp.dtype(sys.argv[1]))
     kernel = jnp.asarray(rng.standard_normal((3, 3, 8, 16)), jnp.float32)
     def loss(x, k):
       return jnp.sum(winograd.conv2d(x, k, ((1, 1), (1, 1))).astype(jnp.float32) ** 2)
@@ -194,12 +242,12 @@ _SHARDED = textwrap.dedent("""
 """)
 
 
-@needs_onednn_bf16
-def test_sharded_over_four_devices_equals_one_device():
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sharded_over_four_devices_equals_one_device(dtype):
   env = {**os.environ, "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=4"),
          "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, "-c", _SHARDED], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=300, check=False)
+  proc = subprocess.run([sys.executable, "-c", _SHARDED, jnp.dtype(dtype).name], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   assert result["devices"] == 4 and result["shard_rows"] == [2, 2, 2, 2]

@@ -11,7 +11,7 @@ calls after warm-up, the implementations taking turns in every repeat:
     and its jax.vjp pieces, jitted;
   onednn_jax: the FFI calls of unet_jax.ops.kernels, jitted;
   onednn_direct: the same oneDNN primitives on numpy buffers through ctypes (the ceiling);
-  winograd_jax: unet_jax.ops.winograd's FFI calls where they apply (3x3 stride 1, bf16; the
+  winograd_jax: unet_jax.ops.winograd's FFI calls where they apply (3x3 stride 1; the
     forward includes the kernel transform, which the input gradient reuses; the weight
     gradient from the transformed input and output gradient), elsewhere the onednn_jax
     call: what conv_algo=winograd runs. GFLOP/s count the direct convolution's FLOPs, so "effective" rates above the
@@ -171,9 +171,9 @@ def _winograd_pass(layer, pass_name, dtype, arrays):
   # pylint: disable=protected-access
   if pass_name == "forward":
     return jax.jit(lambda x, w: winograd._forward_sharded(
-        (pt, pl), out_hw, x, winograd._transform(w))), (arrays["x"], arrays["w"])
+        (pt, pl), out_hw, x, winograd._transform(w, x.dtype))), (arrays["x"], arrays["w"])
   if pass_name == "input_grad":
-    u = jax.jit(winograd._transform)(arrays["w"])
+    u = jax.jit(winograd._transform, static_argnums=1)(arrays["w"], arrays["y"].dtype)
     return jax.jit(lambda y, u: winograd._transposed_sharded(
         (2 - pt, 2 - pl), in_hw, y, u)), (arrays["y"], u)
   return jax.jit(lambda x, y: winograd._filter_grad_sharded(
@@ -331,7 +331,7 @@ def run(preset: str = "tgs", dtypes=("fp32", "bf16"), repeats: int = 5, warmup: 
           "onednn_direct": "unet_onednn_conv_best_seconds: oneDNN on numpy buffers, no JAX",
           "winograd_jax": "unet_jax.ops.winograd FFI calls (kernel transform + forward; "
                           "transposed input gradient; weight gradient) where they apply (3x3 "
-                          "stride 1 bf16), else onednn_jax"},
+                          "stride 1), else onednn_jax"},
       "layers": layers,
       "totals": {dtype: totals(layers, dtype) for dtype in dtypes},
   }

@@ -48,6 +48,11 @@ VARIANTS = {
                                                "reuse malloc",
                                                {"bf16": True, "conv_impl": "onednn",
                                                 "conv_algo": "auto", "malloc": "reuse"}),
+    # The same choice in float32 (CPUs without native bf16, e.g. AVX2: the float32 kernels).
+    "jax_onednn_fp32_auto_algo_reuse_malloc": ("jax", "JAX fp32, oneDNN kernels, conv_algo=auto, "
+                                               "reuse malloc",
+                                               {"bf16": False, "conv_impl": "onednn",
+                                                "conv_algo": "auto", "malloc": "reuse"}),
     "torch_eager_nchw": ("torch", "PyTorch eager NCHW fp32", {}),
     "torch_eager_cl": ("torch", "PyTorch eager channels_last fp32", {"channels_last": True}),
     "torch_autocast_bf16_cl": ("torch", "PyTorch autocast bf16 channels_last",

@@ -49,7 +49,7 @@ class ConvBNReLU(nn.Module):
   """3x3 conv -> optional BatchNorm -> ReLU. Convs are bias-free when normalised.
 
   conv_impl: 'xla' (flax's layers) or 'onednn' (unet_jax.ops: the convolution on oneDNN,
-  BatchNorm + ReLU fused); same variables either way. conv_algo (onednn, bf16): direct |
+  BatchNorm + ReLU fused); same variables either way. conv_algo (onednn): direct |
   winograd | auto (unet_jax.ops.winograd).
   """
 
@@ -119,7 +119,7 @@ class BasicBlock(nn.Module):
   dtype: Dtype = jnp.float32
   conv_impl: str = "xla"  # Resolved: xla | onednn.
   squeeze_excitation: bool = False
-  conv_algo: str = "direct"  # onednn, bf16: direct | winograd | auto.
+  conv_algo: str = "direct"  # onednn: direct | winograd | auto.
 
   @nn.compact
   def __call__(self, x, train: bool):

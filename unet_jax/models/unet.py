@@ -104,9 +104,10 @@ class UNet(nn.Module):
       save activation memory; same results.
     conv_impl: 'auto' (oneDNN kernels on the CPU when built, else XLA), 'xla' or 'onednn':
       which kernels run the convolutions, BatchNorm + ReLU and max-pools; same variables.
-    conv_algo: oneDNN with bfloat16 compute: 'direct', 'winograd' (F(2x2,3x3) for every 3x3
-      stride-1 convolution) or 'auto' (per layer, the faster of the two as measured on this
-      CPU: unet_jax.ops.winograd); same variables and, within bf16 rounding, same results.
+    conv_algo: oneDNN, bfloat16 or float32 compute: 'direct', 'winograd' (F(2x2,3x3) for
+      every 3x3 stride-1 convolution) or 'auto' (per layer and pass, the faster of the two as
+      measured on this CPU: unet_jax.ops.winograd), or 'auto_float32' ('auto' under float32
+      compute, 'direct' under bfloat16); same variables and, within rounding, same results.
     block: each level's unit: 'double_conv' (the paper's two conv-BN-ReLU) or 'residual' (a
       ResNet BasicBlock with a 1x1 projection shortcut: the Kaggle TGS Res-U-Nets; SAME
       padding and BatchNorm only).
@@ -137,7 +138,7 @@ class UNet(nn.Module):
   upsample_impl: Literal["matmul", "conv_transpose"] = "matmul"
   remat: bool = False
   conv_impl: Literal["auto", "xla", "onednn"] = "auto"
-  conv_algo: Literal["auto", "direct", "winograd"] = "direct"
+  conv_algo: Literal["auto", "direct", "winograd", "auto_float32"] = "direct"
   block: Literal["double_conv", "residual"] = "double_conv"
   squeeze_excitation: bool = False
   empty_head: bool = False

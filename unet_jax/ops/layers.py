@@ -43,7 +43,7 @@ class OneDNNConv(nn.Module):
   param_dtype: Dtype = jnp.float32
   kernel_init: Callable = nn.initializers.lecun_normal()
   bias_init: Callable = nn.initializers.zeros
-  algo: str = "direct"  # 3x3 stride 1, bf16: direct | winograd | auto (ops/winograd.py).
+  algo: str = "direct"  # 3x3 stride 1, bf16/f32: direct | winograd | auto (ops/winograd.py).
 
   @nn.compact
   def __call__(self, x):
@@ -103,7 +103,7 @@ class OneDNNBatchNorm(nn.Module):
 
 def conv(impl: str, features: int, kernel_size, algo: str = "direct", **kwargs) -> nn.Module:
   """nn.Conv or its oneDNN twin; pass `name=` so both land at the same parameter path.
-  `algo` (oneDNN only): direct | winograd | auto, for its 3x3 stride-1 bf16 convolutions."""
+  `algo` (oneDNN only): direct | winograd | auto, for its 3x3 stride-1 convolutions."""
   if impl == "onednn":
     return OneDNNConv(features, tuple(kernel_size), algo=winograd.check(algo), **kwargs)
   return nn.Conv(features, tuple(kernel_size), **kwargs)

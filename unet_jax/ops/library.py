@@ -37,7 +37,7 @@ TARGETS = {  # XLA custom-call name -> exported handler symbol.
 IMPLS = ("auto", "xla", "onednn")
 # The handlers' operand layout this code calls; equal to unet_kernels_abi_version() in
 # csrc/onednn_conv.cc. Bump both when a handler's operands or attributes change.
-ABI_VERSION = 8
+ABI_VERSION = 9
 
 
 class KernelsUnavailable(RuntimeError):

@@ -27,29 +27,41 @@ import numpy as np
 from unet_jax import precision
 from unet_jax.ops import kernels, library
 
-ALGOS = ("auto", "direct", "winograd")
+# auto_float32: auto where the compute is float32 (there Winograd's error is float32 rounding,
+# as the direct kernel's), direct under bfloat16 (there it is ~2x the direct kernel's): the
+# default (configs/default.py).
+ALGOS = ("auto", "direct", "winograd", "auto_float32")
 # 'auto' only times layers with at least this many input and output channels: below it the
-# transforms cost about what the saved multiplications do (the gate report: 0.7-0.8x at 128
-# and 256 channels), so those stay direct without spending a measurement on them.
-AUTO_MIN_CHANNELS = 256
+# transforms cost about what the saved multiplications do, so those stay direct without
+# spending a measurement on them. bf16 (the gate report): 0.7-0.8x at 128 and 256 channels.
+# float32 (2-core AVX2 EPYC, where direct float32 runs at a third of bf16's rate): the forward
+# and input gradient 1.2-2.1x from 128 channels up, the weight gradient 1.3-3.4x from 64 up;
+# 0.4-0.9x below 64.
+AUTO_MIN_CHANNELS = {"bfloat16": 256, "float32": 64}
 CACHE_VARIABLE = "UNET_JAX_CACHE_DIR"  # Where conv_algo.json lives (~/.cache/unet_jax).
+
+
+DTYPES = (jnp.bfloat16, jnp.float32)  # Activations the kernels take (U and V alike).
 
 
 def applicable(x_shape, kernel_shape, strides, padding, dtype) -> bool:
   """Whether this convolution has a Winograd kernel: 3x3, stride 1, padding 0 or 1 on every
-  side, bfloat16 activations."""
+  side, bfloat16 or float32 activations."""
   pads = [p for pair in padding for p in pair]
   return (tuple(kernel_shape[:2]) == (3, 3) and tuple(strides) == (1, 1)
-          and all(p in (0, 1) for p in pads) and jnp.dtype(dtype) == jnp.bfloat16
+          and all(p in (0, 1) for p in pads) and jnp.dtype(dtype) in DTYPES
           and len(x_shape) == 4)
 
 
 # ---- The op ------------------------------------------------------------------------------
 
-def _transform(kernel):
-  """U = G g G^T of an HWIO 3x3 kernel, bf16, as its two halves (taps 0-7, 8-15), each
-  (8, C, O): two buffers under glibc's 32 MiB mmap threshold (csrc/winograd_conv.cc)."""
-  half = jax.ShapeDtypeStruct((8, *kernel.shape[2:]), jnp.bfloat16)
+def _transform(kernel, dtype):
+  """U = G g G^T of an HWIO 3x3 kernel, in the activations' `dtype`, as its two halves (taps
+  0-7, 8-15), each (8, C, O): bf16 halves stay under glibc's 32 MiB mmap threshold
+  (csrc/winograd_conv.cc). A float32 U takes a float32 kernel."""
+  if dtype == jnp.float32:
+    kernel = kernel.astype(jnp.float32)
+  half = jax.ShapeDtypeStruct((8, *kernel.shape[2:]), dtype)
   call = kernels._call  # pylint: disable=protected-access
   return call("unet_winograd_kernel", (half, half), kernel)
 
@@ -104,12 +116,13 @@ DIRECT, WINOGRAD = ("direct", "direct"), ("winograd", "winograd")
 
 
 def conv2d(x, kernel, padding, plan=WINOGRAD):
-  """3x3 stride-1 NHWC x HWIO convolution of bfloat16 `x`; `kernel` float32 or bfloat16 (its
-  gradient comes back in its dtype). padding ((top, bottom), (left, right)), each 0 or 1.
+  """3x3 stride-1 NHWC x HWIO convolution of bfloat16 or float32 `x`; `kernel` float32 or
+  bfloat16 (its gradient comes back in its dtype). padding ((top, bottom), (left, right)), each 0 or 1.
   `plan` (forward and input gradient, weight gradient): 'winograd' or 'direct' each. Winograd
   transforms the kernel once and reuses the transform for the input gradient; its weight
-  gradient rounds the transformed input and output gradient to bf16 (error at the forward's
-  bf16 level, where the direct kernel's is float32 accumulation of exact products)."""
+  gradient, for bf16 x, rounds the transformed input and output gradient to bf16 (error at
+  the forward's bf16 level, where the direct kernel's is float32 accumulation of exact
+  products)."""
   return _conv2d(x, kernel, padding, tuple(plan))
 
 
@@ -122,7 +135,7 @@ def _conv2d(x, kernel, padding, plan):
 def _conv2d_fwd(x, kernel, padding, plan):
   (pt, _), (pl, _) = padding
   if plan[0] == "winograd":
-    u = _transform(kernel)
+    u = _transform(kernel, x.dtype)
     return _forward_sharded((pt, pl), _output_hw(x, padding), x, u), (x, kernel, u)
   weights = kernels._native_weights(kernel, x.dtype)  # pylint: disable=protected-access
   return kernels._forward_sharded((1, 1), padding, x, weights), (x, kernel, None)  # pylint: disable=protected-access
@@ -158,16 +171,18 @@ def check(algo: str) -> str:
 
 def choose(algo: str, x_shape, kernel_shape, strides, padding, dtype) -> tuple[str, str]:
   """The plan (forward and input gradient, weight gradient), 'winograd' or 'direct' each, for
-  one convolution under `algo` (auto | direct | winograd)."""
-  if check(algo) == "direct" or not applicable(x_shape, kernel_shape, strides, padding, dtype):
+  one convolution under `algo` (auto | direct | winograd | auto_float32)."""
+  if check(algo) == "auto_float32":
+    algo = "auto" if jnp.dtype(dtype) == jnp.float32 else "direct"
+  if algo == "direct" or not applicable(x_shape, kernel_shape, strides, padding, dtype):
     return DIRECT
   if algo == "winograd":
     return WINOGRAD
   c, o = kernel_shape[2:]
-  if min(c, o) < AUTO_MIN_CHANNELS:
+  if min(c, o) < AUTO_MIN_CHANNELS[jnp.dtype(dtype).name]:
     return DIRECT
   return _measured_choice(tuple(int(d) for d in x_shape), int(o),
-                          tuple((int(a), int(b)) for a, b in padding))
+                          tuple((int(a), int(b)) for a, b in padding), jnp.dtype(dtype).name)
 
 
 def cache_path() -> pathlib.Path:
@@ -192,24 +207,24 @@ def _cpu_model() -> str:
 KEY_ISA_FLAGS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
 
 
-def _key(x_shape, out_channels, padding) -> str:
+def _key(x_shape, out_channels, padding, dtype) -> str:
   n, h, w, c = x_shape
   threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   pads = ",".join(str(p) for pair in padding for p in pair)
   isa = "+".join(f for f in KEY_ISA_FLAGS if f in precision.cpu_flags()) or "baseline"
   return (f"{_cpu_model()}|{isa}|{threads} threads|{n}x{h}x{w}x{c}->{out_channels}"
-          f"|pad {pads}")
+          f"|pad {pads}|{dtype}")
 
 
 @functools.lru_cache(maxsize=None)
-def _measured_choice(x_shape, out_channels, padding) -> tuple[str, str]:
-  key, path = _key(x_shape, out_channels, padding), cache_path()
+def _measured_choice(x_shape, out_channels, padding, dtype) -> tuple[str, str]:
+  key, path = _key(x_shape, out_channels, padding, dtype), cache_path()
   try:
     table = json.loads(path.read_text())
   except (OSError, ValueError):
     table = {}
   if "filter_choice" not in table.get(key, {}):  # New, or timed before the weight gradient was.
-    table[key] = time_layer(x_shape, out_channels, padding)
+    table[key] = time_layer(x_shape, out_channels, padding, dtype)
     try:
       path.parent.mkdir(parents=True, exist_ok=True)
       tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -225,26 +240,28 @@ def _measured_choice(x_shape, out_channels, padding) -> tuple[str, str]:
   return entry["choice"], entry["filter_choice"]
 
 
-def _bf16_buffer(shape, rng):
-  """Random bfloat16 values as their uint16 bits (a numpy buffer the kernels can read)."""
+def _buffer(shape, rng, dtype):
+  """Random values a native kernel can read: float32, or bfloat16 as its uint16 bits."""
   values = rng.standard_normal(shape, dtype=np.float32)
-  return (values.view(np.uint32) >> 16).astype(np.uint16)
+  return values if dtype == "float32" else (values.view(np.uint32) >> 16).astype(np.uint16)
 
 
-def time_layer(x_shape, out_channels, padding, repeats: int = 5) -> dict:
+def time_layer(x_shape, out_channels, padding, dtype="bfloat16", repeats: int = 5) -> dict:
   """Best-of-`repeats` milliseconds of one training step's direct and Winograd work for a
-  layer, and the faster of each: the forward and input gradient (with the direct kernel's
-  weight reorders and Winograd's kernel transform), and the weight gradient."""
+  layer with `dtype` (bfloat16 or float32) activations, and the faster of each: the forward
+  and input gradient (with the direct kernel's weight reorders and Winograd's kernel
+  transform), and the weight gradient."""
   lib = library.load()
   n, h, w, c = x_shape
   (pt, pb), (pl, pr) = padding
   oh, ow = h + pt + pb - 2, w + pl + pr - 2
   rng = np.random.default_rng(0)
-  x, y, dx = _bf16_buffer(x_shape, rng), _bf16_buffer((n, oh, ow, out_channels), rng), \
-      np.empty(x_shape, np.uint16)
+  f32 = int(dtype == "float32")
+  x, y = _buffer(x_shape, rng, dtype), _buffer((n, oh, ow, out_channels), rng, dtype)
+  dx = np.empty_like(x)
   kernel = rng.standard_normal((3, 3, c, out_channels), dtype=np.float32)
-  kernel_bf16 = (kernel.view(np.uint32) >> 16).astype(np.uint16)
-  u = np.empty((16, c, out_channels), np.uint16)  # Both halves, one after the other.
+  kernel_native = _buffer((3, 3, c, out_channels), np.random.default_rng(1), dtype)
+  u = np.empty((16, c, out_channels), x.dtype)  # Both halves, one after the other.
   dw = np.empty((3, 3, c, out_channels), np.float32)
   ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # pylint: disable=unnecessary-lambda-assignment
   direct, winograd = lib.unet_onednn_conv_best_seconds, lib.unet_winograd_best_seconds
@@ -256,13 +273,13 @@ def time_layer(x_shape, out_channels, padding, repeats: int = 5) -> dict:
   start = time.perf_counter()
   best = dict.fromkeys(("direct", "winograd", "filter_direct", "filter_winograd"), float("inf"))
   for _ in range(repeats):  # Taking turns, so a busy moment hurts both alike.
-    forward = direct(ptr(conv_dims), 1, 0, 1, ptr(x), ptr(kernel_bf16), ptr(y))
-    backward = direct(ptr(conv_dims), 1, 1, 1, ptr(y), ptr(kernel_bf16), ptr(dx))
+    forward = direct(ptr(conv_dims), 1 - f32, 0, 1, ptr(x), ptr(kernel_native), ptr(y))
+    backward = direct(ptr(conv_dims), 1 - f32, 1, 1, ptr(y), ptr(kernel_native), ptr(dx))
     times = {"direct": forward + backward,
-             "winograd": winograd(ptr(wino_dims), 1, ptr(x), ptr(kernel), ptr(u), ptr(y),
+             "winograd": winograd(ptr(wino_dims), f32, 1, ptr(x), ptr(kernel), ptr(u), ptr(y),
                                   ptr(dx)),
-             "filter_direct": direct(ptr(conv_dims), 1, 2, 1, ptr(x), ptr(y), ptr(dw)),
-             "filter_winograd": filter_grad(ptr(wino_dims), 1, ptr(x), ptr(y), ptr(dw))}
+             "filter_direct": direct(ptr(conv_dims), 1 - f32, 2, 1, ptr(x), ptr(y), ptr(dw)),
+             "filter_winograd": filter_grad(ptr(wino_dims), f32, 1, ptr(x), ptr(y), ptr(dw))}
     if min(times.values()) < 0:
       raise library.KernelsUnavailable("a native convolution kernel failed while timing")
     best = {k: min(best[k], t) for k, t in times.items()}

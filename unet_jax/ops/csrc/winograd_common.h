@@ -1,6 +1,7 @@
 // What the Winograd F(2x2,3x3) kernels share: winograd_conv.cc (the kernel transform, the
-// convolution and its transpose) and winograd_filter_grad.cc (the weight gradient). bf16
-// conversions, the tiling, the input transform and a cache of oneDNN matmuls.
+// convolution and its transpose) and winograd_filter_grad.cc (the weight gradient). The
+// element types (bf16 as its uint16_t bits, or float32), the tiling, the input transform and
+// a cache of oneDNN matmuls.
 #ifndef UNET_JAX_OPS_CSRC_WINOGRAD_COMMON_H_
 #define UNET_JAX_OPS_CSRC_WINOGRAD_COMMON_H_
 
@@ -28,6 +29,24 @@ inline uint16_t F32ToBf16(float f) {  // Round to nearest even; NaN stays NaN.
   if ((bits & 0x7fffffff) > 0x7f800000) return uint16_t((bits >> 16) | 0x40);
   bits += 0x7fff + ((bits >> 16) & 1);
   return uint16_t(bits >> 16);
+}
+
+// Activations and transformed tiles are bf16 (E = uint16_t, its bits) or float32 (E = float);
+// the transforms compute in float32 either way.
+inline float ToF32(uint16_t v) { return Bf16ToF32(v); }
+inline float ToF32(float v) { return v; }
+template <typename E>
+inline E FromF32(float f) {
+  if constexpr (sizeof(E) == 2) return F32ToBf16(f);
+  else return f;
+}
+template <typename E>
+constexpr dnnl::memory::data_type DnnlType() {
+  return sizeof(E) == 2 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
+}
+template <typename E>
+const char* TypeName() {
+  return sizeof(E) == 2 ? "bf16" : "f32";
 }
 
 // The transposed convolution reads U[k]^T at the rotated index: 4x4 rows and columns 0 <-> 3.
@@ -77,9 +96,43 @@ std::shared_ptr<CachedMatmul> CachedMatmulFor(
 #define UNET_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
 // V = B^T d B for tile t of the input, every channel, into row r of the chunk's [16][rows][ci]
-// (at the rotated index when p.transpose).
+// (at the rotated index when p.transpose). Its loop body; InputTile is it compiled per ISA.
+template <typename E>
+inline void InputTileBody(const Problem& p, const E* x, const E* zeros, E* v, int64_t rows,
+                          int64_t t, int64_t r) {
+  const int64_t C = p.ci, th = p.TilesH(), tw = p.TilesW();
+  int64_t b = t / (th * tw), ti = t / tw % th, tj = t % tw;
+  const E* src[16];
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j) {
+      int64_t yy = 2 * ti - p.pt + i, xx = 2 * tj - p.pl + j;
+      src[i * 4 + j] = (yy < 0 || yy >= p.h || xx < 0 || xx >= p.w)
+                           ? zeros : x + ((b * p.h + yy) * p.w + xx) * C;
+    }
+  E* dst[16];
+  for (int k = 0; k < 16; ++k) dst[k] = v + (Slot(k, p.transpose) * rows + r) * C;
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) {
+    float d[4][4], e[4][4];
+    for (int k = 0; k < 16; ++k) d[k / 4][k % 4] = ToF32(src[k][c]);
+    for (int j = 0; j < 4; ++j) {  // B^T d.
+      e[0][j] = d[0][j] - d[2][j];
+      e[1][j] = d[1][j] + d[2][j];
+      e[2][j] = d[2][j] - d[1][j];
+      e[3][j] = d[1][j] - d[3][j];
+    }
+    for (int i = 0; i < 4; ++i) {  // (B^T d) B.
+      dst[i * 4 + 0][c] = FromF32<E>(e[i][0] - e[i][2]);
+      dst[i * 4 + 1][c] = FromF32<E>(e[i][1] + e[i][2]);
+      dst[i * 4 + 2][c] = FromF32<E>(e[i][2] - e[i][1]);
+      dst[i * 4 + 3][c] = FromF32<E>(e[i][1] - e[i][3]);
+    }
+  }
+}
 void InputTile(const Problem& p, const uint16_t* x, const uint16_t* zeros, uint16_t* v,
                int64_t rows, int64_t t, int64_t r);
+void InputTile(const Problem& p, const float* x, const float* zeros, float* v, int64_t rows,
+               int64_t t, int64_t r);
 
 }  // namespace unet_winograd
 
