@@ -85,13 +85,17 @@ def get_config() -> ml_collections.ConfigDict:
   # native kernels were built, XLA on GPU/TPU) | xla | onednn. Same parameters either way.
   # bfloat16 on a CPU without AVX-512: auto takes XLA's (oneDNN has no bf16 convolutions there).
   config.model.conv_impl = "auto"
-  # oneDNN with bf16 compute: how 3x3 stride-1 convolutions run: direct (oneDNN's kernel) |
-  # winograd (F(2x2,3x3): 2.25x fewer multiplications, bf16 error ~2x direct's) | auto (per
-  # layer, whichever is faster on this CPU, timed once and cached: unet_jax/ops/winograd.py).
-  # Direct by default: on the AMX Xeon Winograd wins only at the deepest levels (classic step:
-  # ~4% fewer conv seconds, below the step's noise); on the AVX512-BF16 Zen 5 auto takes the
-  # classic step 1.08-1.12x faster, quality at full schedules not yet shown (benchmarks/README.md).
-  config.model.conv_algo = "direct"
+  # oneDNN: how 3x3 stride-1 convolutions run: direct (oneDNN's kernel) | winograd
+  # (F(2x2,3x3): 2.25x fewer multiplications) | auto (per layer and pass, whichever is faster
+  # on this CPU, timed once at the first step and cached: unet_jax/ops/winograd.py) |
+  # auto_float32 (auto under float32 compute, direct under bf16). auto_float32 by default: in
+  # float32 Winograd's error is float32 rounding, as direct's, and on the 2-core AVX2 EPYC
+  # (float32 by dtype=auto) auto ran the classic step 1.73x faster than direct, 1.59x the best
+  # PyTorch (benchmarks/results/cpu-amd-epyc-avx2-2c/classic.md; 6-30 s of timing at the
+  # first run). In bf16 its error is ~2x direct's and training quality at full schedules is
+  # not yet shown, so bf16 stays direct (auto there: classic 1.08-1.14x on the AVX512-BF16 Zen 5;
+  # on the AMX Xeon Winograd wins only at the deepest levels).
+  config.model.conv_algo = "auto_float32"
 
   # Loss and optimisation.
   config.loss = "bce"  # losses.LOSSES: bce softmax_ce dice bce_dice focal lovasz_hinge/_softmax.
