@@ -30,12 +30,16 @@ if __package__ in (None, ""):  # `python benchmarks/quality/time_to_quality.py` 
 # pylint: disable=wrong-import-position
 from benchmarks import machine
 from benchmarks.quality import quality_report, quality_summary, quality_workers
+from unet_jax import precision
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
 SCHEMA_VERSION = 1
-# PyTorch's fastest variant of the step benchmark (benchmarks/results/*/tgs.md).
-TORCH_DEFAULTS = {"autocast": True, "channels_last": True, "malloc": "reuse"}
+# PyTorch's fastest variant of the step benchmark (benchmarks/results/*/tgs.md): autocast bf16
+# where the CPU computes bf16 natively, as the JAX side's model.dtype=auto does; float32 on the
+# others (AVX2), where torch would emulate it.
+TORCH_DEFAULTS = {"autocast": bool(set(precision.BF16_CPU_FLAGS) & precision.cpu_flags()),
+                  "channels_last": True, "malloc": "reuse"}
 
 
 def eval_points(budget_s: float, evals: int) -> list[float]:

@@ -4,10 +4,10 @@
 // multiplications per tile and channel pair instead of 36 (2.25x fewer). bf16 or float32
 // activations, NHWC; the kernel (HWIO) is transformed once into U = G g G^T, [16][C][O] in
 // the activations' type (UnetWinogradKernel), and that one U serves the forward pass and the
-// input gradient. U is
-// held as two buffers of 8 transformed taps each: XLA allocates its buffers with malloc, and
-// glibc serves a block over 32 MiB (U of a 1024 -> 1024 layer is exactly that) by a fresh
-// mmap that page-faults through all of it on every step.
+// input gradient. U is held as two buffers of 8 transformed taps each: XLA allocates its
+// buffers with malloc, and glibc serves a block over 32 MiB (a bf16 U of a 1024 -> 1024 layer
+// is exactly that) by a fresh mmap that page-faults through all of it on every step. (A
+// float32 U's halves are 32 MiB there; host_malloc=reuse keeps them on the heap.)
 // Per chunk of tiles: the input transform V = B^T d B (float32, rounded to bf16 for bf16),
 // the 16 transformed-domain products M[k] = V[k] U[k] as one batched oneDNN matmul (float32
 // accumulation; AMX where the CPU has it) and the output transform Y = A^T M A. bf16 is for
@@ -22,8 +22,8 @@
 // gradient of a forward with padding p is the transposed convolution with padding 2 - p.
 //
 // The weight gradient: with V the input's transform and dM = A dy A^T the output gradient's
-// (the transpose of the output transform), dU[k] = sum over tiles V[k]^T dM[k] (16 bf16
-// matmuls, float32 accumulation over chunks of tiles) and dg = G^T dU G per channel pair
+// (the transpose of the output transform), dU[k] = sum over tiles V[k]^T dM[k] (16 matmuls,
+// float32 accumulation over chunks of tiles) and dg = G^T dU G per channel pair
 // (winograd_filter_grad.cc).
 
 #include <algorithm>
