@@ -41,8 +41,6 @@ ALGOS = ("auto", "direct", "winograd", "auto_float32")
 # 0.4-0.9x below 64.
 AUTO_MIN_CHANNELS = {"bfloat16": 256, "float32": 64}
 CACHE_VARIABLE = "UNET_JAX_CACHE_DIR"  # Where conv_algo.json lives (~/.cache/unet_jax).
-
-
 DTYPES = (jnp.bfloat16, jnp.float32)  # Activations the kernels take (U and V alike).
 
 
@@ -119,7 +117,8 @@ DIRECT, WINOGRAD = ("direct", "direct"), ("winograd", "winograd")
 
 def conv2d(x, kernel, padding, plan=WINOGRAD):
   """3x3 stride-1 NHWC x HWIO convolution of bfloat16 or float32 `x`; `kernel` float32 or
-  bfloat16 (its gradient comes back in its dtype). padding ((top, bottom), (left, right)), each 0 or 1.
+  bfloat16 (its gradient comes back in its dtype). padding ((top, bottom), (left, right)),
+  each 0 or 1.
   `plan` (forward and input gradient, weight gradient): 'winograd' or 'direct' each. Winograd
   transforms the kernel once and reuses the transform for the input gradient; its weight
   gradient, for bf16 x, rounds the transformed input and output gradient to bf16 (error at
