@@ -44,22 +44,29 @@ def _value_and_gradients(conv, x, kernel, dy):
   return (y, *vjp(dy.astype(y.dtype)))
 
 
+def _operands(case, dtype, seed):
+  """x and dy in `dtype`, a float32 kernel scaled to unit output variance, and the padding."""
+  n, h, w, c, o, pads = case
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.standard_normal((n, h, w, c)), dtype)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, c, o)) / np.sqrt(9 * c), jnp.float32)
+  oh, ow = h + sum(pads[0]) - 2, w + sum(pads[1]) - 2
+  dy = jnp.asarray(rng.standard_normal((n, oh, ow, o)), dtype)
+  return x, kernel, dy, pads
+
+
+def _reference(pads):
+  """XLA's convolution at highest precision: the float32 reference."""
+  return lambda x, kernel: jax.lax.conv_general_dilated(
+      x, kernel, (1, 1), pads, precision="highest", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 @needs_onednn_bf16
 @pytest.mark.parametrize("case", CASES)
 def test_value_and_gradients_within_twice_the_direct_kernels_error(case):
-  n, h, w, c, o, pads = case
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((n, h, w, c)), jnp.bfloat16)
-  kernel = jnp.asarray(rng.standard_normal((3, 3, c, o)) / np.sqrt(9 * c), jnp.float32)
-  oh, ow = h + sum(pads[0]) - 2, w + sum(pads[1]) - 2
-  dy = jnp.asarray(rng.standard_normal((n, oh, ow, o)), jnp.bfloat16)
-
-  def reference(x, kernel):
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), pads, precision="highest",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
+  x, kernel, dy, pads = _operands(case, jnp.bfloat16, seed=0)
   run = jax.jit(_value_and_gradients, static_argnums=0)
-  want = run(reference, x.astype(jnp.float32), kernel, dy)
+  want = run(_reference(pads), x.astype(jnp.float32), kernel, dy)
   direct = run(lambda a, b: kernels.conv2d(a, b, (1, 1), pads), x, kernel, dy)
   got = run(lambda a, b: winograd.conv2d(a, b, pads), x, kernel, dy)
   assert got[0].shape == want[0].shape and got[0].dtype == jnp.bfloat16
@@ -86,19 +93,9 @@ FLOAT32_TOLERANCE = 2e-6
 
 @pytest.mark.parametrize("case", CASES)
 def test_float32_value_and_gradients_at_float32_rounding(case):
-  n, h, w, c, o, pads = case
-  rng = np.random.default_rng(1)
-  x = jnp.asarray(rng.standard_normal((n, h, w, c)), jnp.float32)
-  kernel = jnp.asarray(rng.standard_normal((3, 3, c, o)) / np.sqrt(9 * c), jnp.float32)
-  oh, ow = h + sum(pads[0]) - 2, w + sum(pads[1]) - 2
-  dy = jnp.asarray(rng.standard_normal((n, oh, ow, o)), jnp.float32)
-
-  def reference(x, kernel):
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), pads, precision="highest",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
+  x, kernel, dy, pads = _operands(case, jnp.float32, seed=1)
   run = jax.jit(_value_and_gradients, static_argnums=0)
-  want = run(reference, x, kernel, dy)
+  want = run(_reference(pads), x, kernel, dy)
   got = run(lambda a, b: winograd.conv2d(a, b, pads), x, kernel, dy)
   assert [g.dtype for g in got] == [jnp.float32] * 3 and got[0].shape == want[0].shape
   for name, g, r in zip(("value", "input gradient", "weight gradient"), got, want):
