@@ -6,6 +6,7 @@
 #define UNET_JAX_OPS_CSRC_WINOGRAD_COMMON_H_
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -90,6 +91,24 @@ struct CachedMatmul {
 // The matmul cached under `key`, built from `make()` the first time (thread-safe).
 std::shared_ptr<CachedMatmul> CachedMatmulFor(
     const std::string& key, const std::function<dnnl::matmul::primitive_desc()>& make);
+
+// The best seconds of `repeats` calls of `work` (the autotune's measurements), or -1 if
+// oneDNN fails.
+template <typename Work>
+double BestSeconds(int repeats, const Work& work) {
+  double best = 1e30;
+  try {
+    for (int i = 0; i < repeats; ++i) {
+      auto start = std::chrono::steady_clock::now();
+      work();
+      best = std::min(best, std::chrono::duration<double>(
+          std::chrono::steady_clock::now() - start).count());
+    }
+  } catch (const dnnl::error&) {
+    return -1.0;
+  }
+  return best;
+}
 
 // The per-tile and per-row loops are compiled for AVX-512, AVX2 and the baseline, picked at
 // load time (the rest of the build targets the baseline x86-64).

@@ -27,7 +27,6 @@
 // (winograd_filter_grad.cc).
 
 #include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -289,7 +288,8 @@ ffi::Error ConvImpl(ffi::AnyBuffer x, ffi::AnyBuffer lo, ffi::AnyBuffer hi,
 }
 
 template <typename E>
-double BestSeconds(const int64_t* dims, int repeats, const float* g, E* x, E* u, E* y, E* dx) {
+double ConvBestSeconds(const int64_t* dims, int repeats, const float* g, E* x, E* u, E* y,
+                       E* dx) {
   int64_t n = dims[0], h = dims[1], w = dims[2], c = dims[3], o = dims[4];
   int64_t pt = dims[5], pb = dims[6], pl = dims[7], pr = dims[8];
   int64_t oh = h + pt + pb - 2, ow = w + pl + pr - 2;
@@ -297,20 +297,11 @@ double BestSeconds(const int64_t* dims, int repeats, const float* g, E* x, E* u,
   Problem backward{n, oh, ow, o, h, w, c, 2 - pt, 2 - pl, true};
   E* const halves[2] = {u, u + 8 * c * o};
   const E* const readonly[2] = {halves[0], halves[1]};
-  double best = 1e30;
-  try {
-    for (int i = 0; i < repeats; ++i) {
-      auto start = std::chrono::steady_clock::now();
-      RunKernelTransform(g, c, o, halves);
-      RunConv(forward, x, readonly, y);
-      RunConv(backward, y, readonly, dx);
-      best = std::min(best, std::chrono::duration<double>(
-          std::chrono::steady_clock::now() - start).count());
-    }
-  } catch (const dnnl::error&) {
-    return -1.0;
-  }
-  return best;
+  return BestSeconds(repeats, [&] {
+    RunKernelTransform(g, c, o, halves);
+    RunConv(forward, x, readonly, y);
+    RunConv(backward, y, readonly, dx);
+  });
 }
 
 }  // namespace
@@ -338,9 +329,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetWinogradConv, ConvImpl,
 extern "C" __attribute__((visibility("default"))) double unet_winograd_best_seconds(
     const int64_t* dims, int f32, int repeats, void* x, void* g, void* u, void* y, void* dx) {
   if (f32)
-    return BestSeconds(dims, repeats, static_cast<const float*>(g), static_cast<float*>(x),
-                       static_cast<float*>(u), static_cast<float*>(y), static_cast<float*>(dx));
-  return BestSeconds(dims, repeats, static_cast<const float*>(g), static_cast<uint16_t*>(x),
-                     static_cast<uint16_t*>(u), static_cast<uint16_t*>(y),
-                     static_cast<uint16_t*>(dx));
+    return ConvBestSeconds(dims, repeats, static_cast<const float*>(g), static_cast<float*>(x),
+                           static_cast<float*>(u), static_cast<float*>(y),
+                           static_cast<float*>(dx));
+  return ConvBestSeconds(dims, repeats, static_cast<const float*>(g), static_cast<uint16_t*>(x),
+                         static_cast<uint16_t*>(u), static_cast<uint16_t*>(y),
+                         static_cast<uint16_t*>(dx));
 }

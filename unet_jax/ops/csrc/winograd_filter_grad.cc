@@ -7,7 +7,6 @@
 // float32 sums of exact products.
 
 #include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -187,18 +186,7 @@ double FilterGradBestSeconds(const int64_t* dims, int repeats, const E* x, const
   int64_t n = dims[0], h = dims[1], w = dims[2], c = dims[3], o = dims[4];
   int64_t pt = dims[5], pb = dims[6], pl = dims[7], pr = dims[8];
   Problem p{n, h, w, c, h + pt + pb - 2, w + pl + pr - 2, o, pt, pl, false};
-  double best = 1e30;
-  try {
-    for (int i = 0; i < repeats; ++i) {
-      auto start = std::chrono::steady_clock::now();
-      RunFilterGrad(p, x, dy, dg);
-      best = std::min(best, std::chrono::duration<double>(
-          std::chrono::steady_clock::now() - start).count());
-    }
-  } catch (const dnnl::error&) {
-    return -1.0;
-  }
-  return best;
+  return BestSeconds(repeats, [&] { RunFilterGrad(p, x, dy, dg); });
 }
 
 }  // namespace
