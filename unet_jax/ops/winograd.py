@@ -10,7 +10,8 @@ and keeps the faster, for the forward and input gradient and apart for the weigh
 benchmark mode does; the choice is cached on disk by CPU model, instruction sets, thread count,
 shape and dtype, and logged. bfloat16 or float32 activations: in float32 (CPUs without native
 bf16) the direct kernel is 3x slower and the transforms relatively cheaper, so Winograd wins
-from 64-128 channels up (1.2-3.4x per pass on a 2-core AVX2 EPYC), at float32 rounding error.
+from 16-32 channels up (the weight gradient 1.2-2.6x, the rest 1.2-1.7x from 32 channels, on a
+2-core AVX2 EPYC), at float32 rounding error.
 """
 
 import ctypes
@@ -36,10 +37,10 @@ ALGOS = ("auto", "direct", "winograd", "auto_float32")
 # 'auto' only times layers with at least this many input and output channels: below it the
 # transforms cost about what the saved multiplications do, so those stay direct without
 # spending a measurement on them. bf16 (the gate report): 0.7-0.8x at 128 and 256 channels.
-# float32 (2-core AVX2 EPYC, where direct float32 runs at a third of bf16's rate): the forward
-# and input gradient 1.2-2.1x from 128 channels up, the weight gradient 1.3-3.4x from 64 up;
-# 0.4-0.9x below 64.
-AUTO_MIN_CHANNELS = {"bfloat16": 256, "float32": 64}
+# float32 (2-core AVX2 EPYC, where direct float32 runs at a third of bf16's rate; the tgs
+# config's layers, batch 32): the weight gradient 1.0-2.6x from 16 channels, the forward and
+# input gradient 1.0-1.7x from 32 (0.7-0.8x at 16 and 1 -> 16 channels left to the timing).
+AUTO_MIN_CHANNELS = {"bfloat16": 256, "float32": 16}
 CACHE_VARIABLE = "UNET_JAX_CACHE_DIR"  # Where conv_algo.json lives (~/.cache/unet_jax).
 DTYPES = (jnp.bfloat16, jnp.float32)  # Activations the kernels take (U and V alike).
 
@@ -213,8 +214,8 @@ def _key(x_shape, out_channels, padding, dtype) -> str:
   threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   pads = ",".join(str(p) for pair in padding for p in pair)
   isa = "+".join(f for f in KEY_ISA_FLAGS if f in precision.cpu_flags()) or "baseline"
-  return (f"{_cpu_model()}|{isa}|{threads} threads|{n}x{h}x{w}x{c}->{out_channels}"
-          f"|pad {pads}|{dtype}")
+  return (f"{_cpu_model()}|{isa}|{threads} threads|kernels {library.ABI_VERSION}"
+          f"|{n}x{h}x{w}x{c}->{out_channels}|pad {pads}|{dtype}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -236,7 +237,7 @@ def _measured_choice(x_shape, out_channels, padding, dtype) -> tuple[str, str]:
   entry = table[key]
   logging.info("conv_algo=auto: %s: forward + input gradient direct %.2f ms, winograd %.2f ms "
                "-> %s; weight gradient direct %.2f ms, winograd %.2f ms -> %s",
-               key.split("|", 3)[3], entry["direct_ms"], entry["winograd_ms"], entry["choice"],
+               key.split("|", 4)[4], entry["direct_ms"], entry["winograd_ms"], entry["choice"],
                entry["filter_direct_ms"], entry["filter_winograd_ms"], entry["filter_choice"])
   return entry["choice"], entry["filter_choice"]
 

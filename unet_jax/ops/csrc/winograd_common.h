@@ -64,10 +64,15 @@ struct Problem {
   int64_t TilesH() const { return (oh + 1) / 2; }
   int64_t TilesW() const { return (ow + 1) / 2; }
   int64_t Tiles() const { return n * TilesH() * TilesW(); }
-  // Tiles per chunk whose transformed buffers (`per_tile` bytes a tile) fit ~24 MiB, so big
-  // images run in pieces instead of allocating 16x their activations.
-  int64_t Chunk(int64_t per_tile) const {
-    return std::max<int64_t>(1, std::min(Tiles(), (int64_t(24) << 20) / per_tile));
+  // Tiles per chunk: big images run in pieces instead of allocating 16x their activations.
+  // The chunk's transformed buffers (`per_tile` bytes a tile) take as many bytes as the
+  // transformed kernel (`u_bytes`, which the matmul reads again for every chunk), within 4-24
+  // MiB. Float32, 2-core AVX2 EPYC (32 MiB L3), summed over a U-Net's layers, best per pass:
+  // 16-256 channels 4 MiB 486 ms, 24 MiB 538 (512 KiB 570); 64-1024 channels 4 MiB 1303 ms,
+  // 8 MiB 1229, 24 MiB 1268, where the 512- and 1024-channel layers want the most.
+  int64_t Chunk(int64_t per_tile, int64_t u_bytes) const {
+    const int64_t bytes = std::clamp<int64_t>(u_bytes, int64_t(4) << 20, int64_t(24) << 20);
+    return std::max<int64_t>(1, std::min(Tiles(), bytes / per_tile));
   }
   // Output tile t: where its top-left element sits in (n, oh, ow, co), and whether its second
   // row and column lie inside the output (not past an odd edge).
@@ -81,6 +86,14 @@ struct Problem {
     return {((b * oh + y0) * ow + x0) * co, y0 + 1 < oh, x0 + 1 < ow};
   }
 };
+
+// The distance in elements between the 16 planes of a chunk's transformed tiles ([16][rows][c]):
+// rows * c, padded by one cache line. Unpadded it is a multiple of 4 KiB whenever the tile and
+// channel counts are powers of two (most U-Net layers), and the transforms' 16 streams then
+// fall into the same L1 sets and evict each other.
+inline int64_t PlaneStride(int64_t rows, int64_t c, size_t element_size) {
+  return rows * c + int64_t(64 / element_size);
+}
 
 // A cached matmul and the scratchpad it asks its caller for.
 struct CachedMatmul {
@@ -115,9 +128,10 @@ double BestSeconds(int repeats, const Work& work) {
 #define UNET_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
 // V = B^T d B for tile t of the input, every channel, into row r of the chunk's [16][rows][ci]
-// (at the rotated index when p.transpose). Its loop body; InputTile is it compiled per ISA.
+// (planes `plane` elements apart; at the rotated index when p.transpose). Its loop body;
+// InputTile is it compiled per ISA.
 template <typename E>
-inline void InputTileBody(const Problem& p, const E* x, const E* zeros, E* v, int64_t rows,
+inline void InputTileBody(const Problem& p, const E* x, const E* zeros, E* v, int64_t plane,
                           int64_t t, int64_t r) {
   const int64_t C = p.ci, th = p.TilesH(), tw = p.TilesW();
   int64_t b = t / (th * tw), ti = t / tw % th, tj = t % tw;
@@ -129,7 +143,7 @@ inline void InputTileBody(const Problem& p, const E* x, const E* zeros, E* v, in
                            ? zeros : x + ((b * p.h + yy) * p.w + xx) * C;
     }
   E* dst[16];
-  for (int k = 0; k < 16; ++k) dst[k] = v + (Slot(k, p.transpose) * rows + r) * C;
+  for (int k = 0; k < 16; ++k) dst[k] = v + Slot(k, p.transpose) * plane + r * C;
 #pragma omp simd
   for (int64_t c = 0; c < C; ++c) {
     float d[4][4], e[4][4];
@@ -149,8 +163,8 @@ inline void InputTileBody(const Problem& p, const E* x, const E* zeros, E* v, in
   }
 }
 void InputTile(const Problem& p, const uint16_t* x, const uint16_t* zeros, uint16_t* v,
-               int64_t rows, int64_t t, int64_t r);
-void InputTile(const Problem& p, const float* x, const float* zeros, float* v, int64_t rows,
+               int64_t plane, int64_t t, int64_t r);
+void InputTile(const Problem& p, const float* x, const float* zeros, float* v, int64_t plane,
                int64_t t, int64_t r);
 
 }  // namespace unet_winograd

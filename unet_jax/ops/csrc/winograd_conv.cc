@@ -63,13 +63,13 @@ std::shared_ptr<CachedMatmul> CachedMatmulFor(
 }
 
 UNET_VECTOR_CLONES void InputTile(const Problem& p, const uint16_t* x, const uint16_t* zeros,
-                                  uint16_t* v, int64_t rows, int64_t t, int64_t r) {
-  InputTileBody(p, x, zeros, v, rows, t, r);
+                                  uint16_t* v, int64_t plane, int64_t t, int64_t r) {
+  InputTileBody(p, x, zeros, v, plane, t, r);
 }
 
 UNET_VECTOR_CLONES void InputTile(const Problem& p, const float* x, const float* zeros, float* v,
-                                  int64_t rows, int64_t t, int64_t r) {
-  InputTileBody(p, x, zeros, v, rows, t, r);
+                                  int64_t plane, int64_t t, int64_t r) {
+  InputTileBody(p, x, zeros, v, plane, t, r);
 }
 
 }  // namespace unet_winograd
@@ -90,11 +90,12 @@ memory::desc UDesc(const Problem& p) {
 
 template <typename E>
 memory::desc VDesc(const Problem& p, int64_t rows) {  // Half of the transformed input.
-  return memory::desc({8, rows, p.ci}, DnnlType<E>(), {rows * p.ci, p.ci, 1});
+  return memory::desc({8, rows, p.ci}, DnnlType<E>(),
+                      {PlaneStride(rows, p.ci, sizeof(E)), p.ci, 1});
 }
 
 memory::desc MDesc(const Problem& p, int64_t rows) {  // Half of the products.
-  return memory::desc({8, rows, p.co}, dt::f32, {rows * p.co, p.co, 1});
+  return memory::desc({8, rows, p.co}, dt::f32, {PlaneStride(rows, p.co, 4), p.co, 1});
 }
 
 // The batched matmul over 8 transformed taps (run once per half of U).
@@ -111,7 +112,7 @@ std::shared_ptr<CachedMatmul> Matmul(const Problem& p, int64_t rows) {
 
 // Y = A^T M A for tile t, from row r of the chunk's products [16][rows][co], NHWC.
 template <typename E>
-inline void OutputTileBody(const Problem& p, const float* m, E* y, int64_t rows, int64_t t,
+inline void OutputTileBody(const Problem& p, const float* m, E* y, int64_t plane, int64_t t,
                            int64_t r) {
   const int64_t O = p.co;
   const auto corner = p.OutputCorner(t);
@@ -121,7 +122,7 @@ inline void OutputTileBody(const Problem& p, const float* m, E* y, int64_t rows,
   E* q10 = q00 + p.ow * O;
   E* q11 = q10 + O;
   const float* src[16];
-  for (int k = 0; k < 16; ++k) src[k] = m + (Slot(k, p.transpose) * rows + r) * O;
+  for (int k = 0; k < 16; ++k) src[k] = m + Slot(k, p.transpose) * plane + r * O;
 #pragma omp simd
   for (int64_t o = 0; o < O; ++o) {
     float a[4][4], e[2][4];
@@ -137,38 +138,40 @@ inline void OutputTileBody(const Problem& p, const float* m, E* y, int64_t rows,
   }
 }
 
-UNET_VECTOR_CLONES void OutputTile(const Problem& p, const float* m, uint16_t* y, int64_t rows,
+UNET_VECTOR_CLONES void OutputTile(const Problem& p, const float* m, uint16_t* y, int64_t plane,
                                    int64_t t, int64_t r) {
-  OutputTileBody(p, m, y, rows, t, r);
+  OutputTileBody(p, m, y, plane, t, r);
 }
 
-UNET_VECTOR_CLONES void OutputTile(const Problem& p, const float* m, float* y, int64_t rows,
+UNET_VECTOR_CLONES void OutputTile(const Problem& p, const float* m, float* y, int64_t plane,
                                    int64_t t, int64_t r) {
-  OutputTileBody(p, m, y, rows, t, r);
+  OutputTileBody(p, m, y, plane, t, r);
 }
 
 template <typename E>
 void RunConv(const Problem& p, const E* x, const E* const u[2], E* y) {
   std::lock_guard<std::mutex> lock(unet_kernel_mutex());
   const int64_t tiles = p.Tiles();
-  const int64_t chunk = p.Chunk(16 * (sizeof(E) * p.ci + 4 * p.co));  // V, M float32.
-  auto* v = static_cast<E*>(Scratch(16 * chunk * p.ci * sizeof(E) + 64, 0));
-  auto* m = static_cast<float*>(Scratch(16 * chunk * p.co * 4, 1));
+  const int64_t chunk = p.Chunk(16 * (sizeof(E) * p.ci + 4 * p.co),  // V, M float32.
+                                16 * sizeof(E) * p.ci * p.co);
+  auto* v = static_cast<E*>(Scratch(16 * PlaneStride(chunk, p.ci, sizeof(E)) * sizeof(E), 0));
+  auto* m = static_cast<float*>(Scratch(16 * PlaneStride(chunk, p.co, 4) * 4, 1));
   std::unique_ptr<E[]> zeros(new E[p.ci]());
   for (int64_t t0 = 0; t0 < tiles; t0 += chunk) {
     const int64_t rows = std::min(chunk, tiles - t0);
+    const int64_t v_plane = PlaneStride(rows, p.ci, sizeof(E)), m_plane = PlaneStride(rows, p.co, 4);
 #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) InputTile(p, x, zeros.get(), v, rows, t0 + r, r);
+    for (int64_t r = 0; r < rows; ++r) InputTile(p, x, zeros.get(), v, v_plane, t0 + r, r);
     auto matmul = Matmul<E>(p, rows);
     for (int half = 0; half < 2; ++half)
       matmul->prim.execute(Stream(), {
-          {DNNL_ARG_SRC, memory(VDesc<E>(p, rows), Engine(), v + half * 8 * rows * p.ci)},
+          {DNNL_ARG_SRC, memory(VDesc<E>(p, rows), Engine(), v + half * 8 * v_plane)},
           {DNNL_ARG_WEIGHTS, memory(UDesc<E>(p), Engine(), const_cast<E*>(u[half]))},
-          {DNNL_ARG_DST, memory(MDesc(p, rows), Engine(), m + half * 8 * rows * p.co)},
+          {DNNL_ARG_DST, memory(MDesc(p, rows), Engine(), m + half * 8 * m_plane)},
           {DNNL_ARG_SCRATCHPAD, unet::Scratchpad(matmul->scratchpad_md)}});
     Stream().wait();
 #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) OutputTile(p, m, y, rows, t0 + r, r);
+    for (int64_t r = 0; r < rows; ++r) OutputTile(p, m, y, m_plane, t0 + r, r);
   }
 }
 

@@ -31,9 +31,9 @@ using unet::Scratch;
 using unet::Stream;
 
 // dM = A dy A^T for output tile t (its 2x2 gradient, zero past an odd edge) into row r of the
-// chunk's [16][rows][co], in dy's type: the output transform's transpose.
+// chunk's [16][rows][co] (planes `plane` apart), in dy's type: the output transform's transpose.
 template <typename E>
-inline void GradTileBody(const Problem& p, const E* dy, E* dm, int64_t rows, int64_t t,
+inline void GradTileBody(const Problem& p, const E* dy, E* dm, int64_t plane, int64_t t,
                          int64_t r) {
   const int64_t O = p.co;
   const auto corner = p.OutputCorner(t);
@@ -43,7 +43,7 @@ inline void GradTileBody(const Problem& p, const E* dy, E* dm, int64_t rows, int
   const E* q10 = q00 + p.ow * O;
   const E* q11 = q10 + O;
   E* dst[16];
-  for (int k = 0; k < 16; ++k) dst[k] = dm + (k * rows + r) * O;
+  for (int k = 0; k < 16; ++k) dst[k] = dm + k * plane + r * O;
 #pragma omp simd
   for (int64_t o = 0; o < O; ++o) {
     float g00 = ToF32(q00[o]), g01 = x1 ? ToF32(q01[o]) : 0.f;
@@ -60,23 +60,25 @@ inline void GradTileBody(const Problem& p, const E* dy, E* dm, int64_t rows, int
 }
 
 UNET_VECTOR_CLONES void GradTile(const Problem& p, const uint16_t* dy, uint16_t* dm,
-                                 int64_t rows, int64_t t, int64_t r) {
-  GradTileBody(p, dy, dm, rows, t, r);
+                                 int64_t plane, int64_t t, int64_t r) {
+  GradTileBody(p, dy, dm, plane, t, r);
 }
 
-UNET_VECTOR_CLONES void GradTile(const Problem& p, const float* dy, float* dm, int64_t rows,
+UNET_VECTOR_CLONES void GradTile(const Problem& p, const float* dy, float* dm, int64_t plane,
                                  int64_t t, int64_t r) {
-  GradTileBody(p, dy, dm, rows, t, r);
+  GradTileBody(p, dy, dm, plane, t, r);
 }
 
 template <typename E>
 memory::desc VtDesc(const Problem& p, int64_t rows) {  // V [16][rows][ci] read as V^T.
-  return memory::desc({16, p.ci, rows}, DnnlType<E>(), {rows * p.ci, 1, p.ci});
+  return memory::desc({16, p.ci, rows}, DnnlType<E>(),
+                      {PlaneStride(rows, p.ci, sizeof(E)), 1, p.ci});
 }
 
 template <typename E>
 memory::desc DmDesc(const Problem& p, int64_t rows) {  // dM [16][rows][co].
-  return memory::desc({16, rows, p.co}, DnnlType<E>(), {rows * p.co, p.co, 1});
+  return memory::desc({16, rows, p.co}, DnnlType<E>(),
+                      {PlaneStride(rows, p.co, sizeof(E)), p.co, 1});
 }
 
 memory::desc DuDesc(const Problem& p) {  // dU [16][ci][co], float32.
@@ -128,17 +130,22 @@ template <typename E>
 void RunFilterGrad(const Problem& p, const E* x, const E* dy, float* dg) {
   std::lock_guard<std::mutex> lock(unet_kernel_mutex());
   const int64_t tiles = p.Tiles();
-  const int64_t chunk = p.Chunk(16 * sizeof(E) * (p.ci + p.co));  // V and dM.
-  auto* v = static_cast<E*>(Scratch(16 * chunk * (p.ci + p.co) * sizeof(E) + 64, 0));
-  E* dm = v + 16 * chunk * p.ci;
+  const int64_t chunk = p.Chunk(16 * sizeof(E) * (p.ci + p.co),  // V and dM; dU float32.
+                                16 * 4 * p.ci * p.co);
+  auto* v = static_cast<E*>(Scratch(
+      16 * (PlaneStride(chunk, p.ci, sizeof(E)) + PlaneStride(chunk, p.co, sizeof(E))) *
+          sizeof(E), 0));
   auto* du = static_cast<float*>(Scratch(16 * p.ci * p.co * 4, 1));
   std::unique_ptr<E[]> zeros(new E[p.ci]());
   for (int64_t t0 = 0; t0 < tiles; t0 += chunk) {
     const int64_t rows = std::min(chunk, tiles - t0);
+    const int64_t v_plane = PlaneStride(rows, p.ci, sizeof(E));
+    E* dm = v + 16 * v_plane;
+    const int64_t dm_plane = PlaneStride(rows, p.co, sizeof(E));
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
-      InputTile(p, x, zeros.get(), v, rows, t0 + r, r);
-      GradTile(p, dy, dm, rows, t0 + r, r);
+      InputTile(p, x, zeros.get(), v, v_plane, t0 + r, r);
+      GradTile(p, dy, dm, dm_plane, t0 + r, r);
     }
     auto matmul = FilterMatmul<E>(p, rows, t0 > 0);
     matmul->prim.execute(Stream(), {
