@@ -90,8 +90,8 @@ def get_config() -> ml_collections.ConfigDict:
   # on this CPU, timed once at the first step and cached: unet_jax/ops/winograd.py) |
   # auto_float32 (auto under float32 compute, direct under bf16). auto_float32 by default: in
   # float32 Winograd's error is float32 rounding, as direct's, and on the 2-core AVX2 EPYC
-  # (float32 by dtype=auto) auto ran the classic step 1.73-1.89x faster than direct, 1.59-1.89x
-  # the best PyTorch, and the tgs step 1.40x, 1.33x the best PyTorch
+  # (float32 by dtype=auto) auto ran the classic step 1.93x faster than direct, 1.78x the best
+  # PyTorch, and the tgs step 1.40x, 1.33x the best PyTorch
   # (benchmarks/results/cpu-amd-epyc-avx2-2c/{classic,tgs}.md; 6-30 s of timing at the first
   # run, then cached). In bf16 its error is ~2x direct's and training quality at full schedules is
   # not yet shown, so bf16 stays direct (auto there: classic 1.08-1.14x on the AVX512-BF16 Zen 5;

@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import textwrap
 
 COLORS = {"jax": "tab:blue", "torch": "tab:orange"}
 
@@ -128,8 +129,8 @@ def plot(data, path: pathlib.Path) -> None:
     axis.set_ylabel("validation score")
     axis.grid(alpha=0.3)
   axes[1].legend(fontsize=7, loc="lower right")
-  figure.suptitle(f"Time to quality on {data['device']['name']}: "
-                  f"{headline(data).replace('**', '')}", fontsize=9)
+  title = f"Time to quality on {data['device']['name']}: {headline(data).replace('**', '')}"
+  figure.suptitle(textwrap.fill(title, 170), fontsize=9)  # The headline runs past the figure.
   figure.tight_layout()
   figure.savefig(path, dpi=110)
   plt.close(figure)
