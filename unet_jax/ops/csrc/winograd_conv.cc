@@ -159,7 +159,8 @@ void RunConv(const Problem& p, const E* x, const E* const u[2], E* y) {
   std::unique_ptr<E[]> zeros(new E[p.ci]());
   for (int64_t t0 = 0; t0 < tiles; t0 += chunk) {
     const int64_t rows = std::min(chunk, tiles - t0);
-    const int64_t v_plane = PlaneStride(rows, p.ci, sizeof(E)), m_plane = PlaneStride(rows, p.co, 4);
+    const int64_t v_plane = PlaneStride(rows, p.ci, sizeof(E));
+    const int64_t m_plane = PlaneStride(rows, p.co, 4);
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r) InputTile(p, x, zeros.get(), v, v_plane, t0 + r, r);
     auto matmul = Matmul<E>(p, rows);
