@@ -10,8 +10,8 @@ and keeps the faster, for the forward and input gradient and apart for the weigh
 benchmark mode does; the choice is cached on disk by CPU model, instruction sets, thread count,
 shape and dtype, and logged. bfloat16 or float32 activations: in float32 (CPUs without native
 bf16) the direct kernel is 3x slower and the transforms relatively cheaper, so Winograd wins
-from 16-32 channels up (the weight gradient 1.2-2.6x, the rest 1.2-1.7x from 32 channels, on a
-2-core AVX2 EPYC), at float32 rounding error.
+from 16-32 channels up (the weight gradient 1.0-2.6x from 16 channels, the rest 1.0-1.7x from
+32, on a 2-core AVX2 EPYC), at float32 rounding error.
 """
 
 import ctypes
@@ -39,7 +39,8 @@ ALGOS = ("auto", "direct", "winograd", "auto_float32")
 # spending a measurement on them. bf16 (the gate report): 0.7-0.8x at 128 and 256 channels.
 # float32 (2-core AVX2 EPYC, where direct float32 runs at a third of bf16's rate; the tgs
 # config's layers, batch 32): the weight gradient 1.0-2.6x from 16 channels, the forward and
-# input gradient 1.0-1.7x from 32 (0.7-0.8x at 16 and 1 -> 16 channels left to the timing).
+# input gradient 1.0-1.7x from 32 (0.7-0.8x at 16, where the timing keeps them direct); the
+# 1 -> 16-channel input layer is not timed.
 AUTO_MIN_CHANNELS = {"bfloat16": 256, "float32": 16}
 CACHE_VARIABLE = "UNET_JAX_CACHE_DIR"  # Where conv_algo.json lives (~/.cache/unet_jax).
 DTYPES = (jnp.bfloat16, jnp.float32)  # Activations the kernels take (U and V alike).
