@@ -208,6 +208,26 @@ def test_auto_times_a_layer_once_and_caches_the_choice(tmp_path, monkeypatch, dt
   winograd._measured_choice.cache_clear()  # pylint: disable=protected-access
 
 
+def test_init_times_no_layer_and_the_first_step_times_each_once(tmp_path, monkeypatch):
+  monkeypatch.setenv(winograd.CACHE_VARIABLE, str(tmp_path))
+  winograd._measured_choice.cache_clear()  # pylint: disable=protected-access
+  timed = []
+  monkeypatch.setattr(winograd, "time_layer", lambda x_shape, *a, **k: timed.append(x_shape) or {
+      "choice": "winograd", "direct_ms": 2.0, "winograd_ms": 1.0, "filter_choice": "direct",
+      "filter_direct_ms": 1.0, "filter_winograd_ms": 2.0, "timing_s": 0.0})
+  model = models.UNet(features=16, depth=1, dtype=jnp.float32, conv_impl="onednn",
+                      conv_algo="auto")
+  x = jnp.zeros((2, 8, 8, 3), jnp.float32)
+  variables = model.init(jax.random.key(0), x[:1], train=False)
+  assert not timed  # The dummy batch's shapes are never trained on.
+  model.apply(variables, x, train=True, mutable=["batch_stats"])
+  # Each 3x3 shape with >= 16 channels in and out, once: level 0's second layer (the decoder's
+  # second is the same shape), the bottleneck's two, the decoder's first (the first layer has
+  # 3 input channels, below auto's minimum).
+  assert sorted(timed) == [(2, 4, 4, 16), (2, 4, 4, 32), (2, 8, 8, 16), (2, 8, 8, 32)]
+  winograd._measured_choice.cache_clear()  # pylint: disable=protected-access
+
+
 def test_config_passes_conv_algo_and_refuses_unknown_values():
   config = default.get_config()
   config.model.conv_algo = "winograd"

@@ -57,7 +57,10 @@ class OneDNNConv(nn.Module):
                      preferred_element_type=jnp.float32).astype(self.dtype)
     else:
       pads = _explicit_padding(self.padding, x.shape[1], x.shape[2], kernel_size, strides)
-      plan = winograd.choose(self.algo, x.shape, kernel.shape, strides, pads, x.dtype)
+      # Init computes only shapes and parameters, which no plan changes: timing its dummy
+      # batch's layers for `auto` (shapes training never runs) would only cost time and logs.
+      algo = "direct" if self.is_initializing() else self.algo
+      plan = winograd.choose(algo, x.shape, kernel.shape, strides, pads, x.dtype)
       if plan != winograd.DIRECT:
         y = winograd.conv2d(x, kernel, pads, plan)
       else:
