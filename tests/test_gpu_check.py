@@ -22,7 +22,7 @@ from benchmarks import machine
 
 SCRIPT = REPO / "benchmarks" / "gpu" / "gpu_check.py"
 # e2e:synthetic runs the same code as e2e:tgs (less the prepare step): left out for time.
-DRY_STAGES = ("checks", "throughput:classic", "e2e:tgs")
+DRY_STAGES = ("checks", "throughput:classic", "e2e:tgs", "profile:classic")
 
 
 @pytest.mark.slow
@@ -34,7 +34,8 @@ def test_dry_run_writes_every_report(tgs_dir, tmp_path):
              f"--only={','.join(DRY_STAGES)}"]
   done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-  assert {p.name for p in out.iterdir()} == {"gpu_check.json", "gpu_check.md", "results.tar.gz"}
+  assert {p.name for p in out.iterdir()} == {"gpu_check.json", "gpu_check.md", "results.tar.gz",
+                                             "profile_classic.perfetto_trace.json.gz"}
   data = json.loads((out / "gpu_check.json").read_text())
 
   slug = machine.detect_device()["slug"]
@@ -65,15 +66,21 @@ def test_dry_run_writes_every_report(tgs_dir, tmp_path):
   assert run["pipeline_processes_img_per_s"] > 0 and run["pipeline_processes"] >= 1
   assert run["step_ms_with_pipeline"] > 0 and 0 <= run["data_wait_share"] <= 1
 
+  profile = data["profile"]["classic"]  # The CPU has no device timeline: host threads.
+  assert not profile["device_timelines"] and profile["steps"] == 5 and profile["lines"]
+  assert profile["wall_ms_per_step"] > 0 and profile["lines"][0]["kernels"][0]["ms_per_step"] > 0
+
   with tarfile.open(out / "results.tar.gz") as archive:
     names = set(archive.getnames())
     inner = json.load(archive.extractfile(f"{slug}/gpu_check.json"))
   expected = {f"{slug}/{n}" for n in ("gpu_check.json", "gpu_check.md", "classic.json",
-                                      "classic.md", "classic.png", "e2e_tgs_loss.png")}
+                                      "classic.md", "classic.png", "e2e_tgs_loss.png",
+                                      "profile_classic.json", "profile_classic.md")}
   assert expected <= names and inner["summary"] == data["summary"]
   markdown = (out / "gpu_check.md").read_text()
   for section in ("## Checks", "## Train-step throughput", "## End-to-end training",
-                  "## Stages", "| parity_fp32 | pass |", "All passed."):
+                  "## Where the JAX step's time goes", "## Stages", "| parity_fp32 | pass |",
+                  "All passed."):
     assert section in markdown
 
 
@@ -81,7 +88,8 @@ def _session(tmp_path, **overrides):
   args = argparse.Namespace(**{"dry_run": False, "budget_s": 480.0, "only": list(gpu_check.STAGES),
                                "out": str(tmp_path), "tgs_dir": None, "e2e_steps": 8,
                                "e2e_dtype": None, **overrides})
-  data = {"slug": "cpu-test", "stages": {}, "checks": {}, "throughput": {}, "e2e": {}}
+  data = {"slug": "cpu-test", "stages": {}, "checks": {}, "throughput": {}, "e2e": {},
+          "profile": {}}
   return gpu_check.Session(args=args, device={"platform": "cpu"}, staging=tmp_path,
                            work=tmp_path, start=time.perf_counter(), data=data)
 
@@ -105,6 +113,48 @@ def test_a_failed_stage_is_recorded_and_the_run_goes_on(tmp_path):
   assert record["status"] == "failed" and "no --tgs_dir" in record["error"]
   summary = _summary(session)
   assert summary["failed_stages"] == ["e2e:tgs"] and not summary["all_passed"]
+
+
+@pytest.mark.parametrize("goal, runs", [({"ratio": True, "mfu": True}, False),
+                                         ({"ratio": False, "mfu": True}, True),
+                                         ({"ratio": True, "mfu": False}, True), (None, True)])
+def test_the_profile_runs_only_where_classic_misses_its_goal(goal, runs, tmp_path, monkeypatch):
+  session = _session(tmp_path)
+  if goal is not None:
+    session.data["throughput"]["classic"] = {"goal": goal}
+  ran = []
+  monkeypatch.setattr(gpu_check, "stage_profile", lambda *a: ran.append(a[1]))
+  gpu_check.run_stage(session, "profile:classic")
+  record = session.data["stages"]["profile:classic"]
+  assert (record["status"], ran) == (("ok", ["classic"]) if runs else ("skipped", []))
+  if not runs:
+    assert "met its goal" in record["reason"]
+
+
+def test_the_trace_summary_ranks_device_kernels_per_timeline():
+  from benchmarks.gpu import step_profile  # pylint: disable=import-outside-toplevel
+  def meta(kind, pid, name, tid=None):
+    return {"ph": "M", "name": kind, "pid": pid, "tid": tid, "args": {"name": name}}
+  def kernel(name, dur, tid=7, pid=2, **args):
+    return {"ph": "X", "name": name, "pid": pid, "tid": tid, "ts": 0, "dur": dur, "args": args}
+  events = [meta("process_name", 1, "/host:CPU"), meta("process_name", 2, "/device:GPU:0"),
+            meta("thread_name", 2, "Stream #7(Compute)", 7), meta("thread_name", 2, "Memcpy", 8),
+            kernel("python_step", 9000, tid=1, pid=1),  # Host: left out when devices exist.
+            kernel("conv_wgrad", 3000, hlo_op="convolution.3"), kernel("conv_wgrad", 3000),
+            kernel("bn_fusion", 2000, hlo_op="fusion.1"), kernel("copy", 500, tid=8)]
+  found = step_profile.summarize_trace(events, steps=2)
+  assert found["device_timelines"]
+  stream, memcpy = found["lines"]
+  assert stream["line"] == "/device:GPU:0 / Stream #7(Compute)"
+  assert memcpy["line"] == "/device:GPU:0 / Memcpy"
+  assert stream["busy_ms_per_step"] == pytest.approx(4.0)  # (3 + 3 + 2) ms over 2 steps.
+  assert [(k["name"], k["ms_per_step"], k["calls_per_step"], k["hlo_op"])
+          for k in stream["kernels"]] == [("conv_wgrad", 3.0, 1.0, "convolution.3"),
+                                          ("bn_fusion", 1.0, 0.5, "fusion.1")]
+  assert stream["kernels"][0]["share"] == pytest.approx(0.75)
+  assert "| `conv_wgrad` | 3.000 | 75.0% | 1.0 | convolution.3 |" in step_profile.markdown(
+      {"preset": "classic", "dtype": "bfloat16", "steps": 2, "device": "gpu:H200",
+       "wall_ms_per_step": 5.0, **found})
 
 
 @pytest.mark.parametrize("argv,message", [

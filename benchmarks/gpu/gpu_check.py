@@ -14,6 +14,9 @@ Stages, in this order, each in processes of its own so that none holds the GPU f
   e2e:synthetic, e2e:tgs   gpu_e2e.py: configs/synthetic.py and configs/tgs.py (the TGS sample,
                        prepared on the machine from --tgs_dir) trained by the project's
                        trainer, step time with and without the input pipeline, scores;
+  profile:classic      step_profile.py, only where classic missed its goal (and in the dry
+                       run): a few JAX bf16 steps traced by jax.profiler, the kernels ranked
+                       by device time, so the one GPU run already names what costs JAX;
   throughput:tgs, throughput:carvana.
 A stage that fails is recorded and the next one runs. Every stage has a time cap, and one
 that could no longer finish within --budget_s is skipped (the report says so; rerun it with
@@ -45,11 +48,12 @@ from benchmarks.gpu import gpu_check_report  # pylint: disable=wrong-import-posi
 from benchmarks import machine
 
 SCHEMA_VERSION = 1
-STAGES = ("checks", "throughput:classic", "e2e:synthetic", "e2e:tgs", "throughput:tgs",
-          "throughput:carvana")
+STAGES = ("checks", "throughput:classic", "e2e:synthetic", "e2e:tgs", "profile:classic",
+          "throughput:tgs", "throughput:carvana")
 # stage: (cap_s, min_s): the most it may take, and the least budget left to start it.
 BUDGET = {"checks": (90, 20), "throughput:classic": (210, 90), "e2e:synthetic": (75, 40),
-          "e2e:tgs": (90, 45), "throughput:tgs": (100, 60), "throughput:carvana": (120, 70)}
+          "e2e:tgs": (90, 45), "profile:classic": (75, 45), "throughput:tgs": (100, 60),
+          "throughput:carvana": (120, 70)}
 # Seconds of a throughput stage kept for timing, peak and report once its variants are built.
 TIMING_RESERVE = {"classic": 45, "tgs": 20, "carvana": 30}
 # Cheapest builds first; torch.compile last, as its compile alone can take a minute.
@@ -176,12 +180,31 @@ def stage_e2e(session: Session, dataset: str, allowed_s: float) -> None:
       plots_dir=str(session.results))
 
 
+def stage_profile(session: Session, preset: str, allowed_s: float) -> None:
+  session.data["profile"][preset] = in_child(
+      "gpu.step_profile", "run", allowed_s, preset=preset, tiny=session.args.dry_run,
+      out_dir=str(session.results), trace_dir=session.args.out)
+
+
+def profile_not_needed(session: Session, preset: str) -> str | None:
+  """Why the profile of `preset` can be skipped (it met its goal), or None."""
+  goal = session.data["throughput"].get(preset, {}).get("goal")
+  if session.args.dry_run or not goal or not (goal["ratio"] and goal["mfu"]):
+    return None
+  return f"{preset} met its goal: no profile needed"
+
+
 def run_stage(session: Session, stage: str) -> None:
   """Runs one stage within its share of the budget and records how it went."""
   cap, minimum = BUDGET[stage]
   record = session.data["stages"][stage] = {"status": "skipped", "seconds": 0.0}
   if stage not in session.args.only:
     record["reason"] = "not asked for (--only)"
+    return
+  kind, _, name = stage.partition(":")
+  if kind == "profile" and profile_not_needed(session, name):
+    record["reason"] = profile_not_needed(session, name)
+    log(f"== {stage}: skipped ({record['reason']})")
     return
   left = session.left()
   if left < minimum and not session.args.dry_run:
@@ -191,12 +214,13 @@ def run_stage(session: Session, stage: str) -> None:
   allowed = cap if session.args.dry_run else min(cap, left)
   log(f"== {stage} (up to {allowed:.0f} s)")
   start = time.perf_counter()
-  kind, _, name = stage.partition(":")
   try:
     if kind == "checks":
       stage_checks(session, allowed)
     elif kind == "throughput":
       stage_throughput(session, name, allowed)
+    elif kind == "profile":
+      stage_profile(session, name, allowed)
     else:
       stage_e2e(session, name, allowed)
     record.update(status="ok")
@@ -248,7 +272,7 @@ def start_session(args) -> Session:
       "budget": {"budget_s": args.budget_s, "caps": BUDGET, "timing_reserve": TIMING_RESERVE},
       "protocol": {"throughput": DRY_PROTOCOL if args.dry_run else GPU_PROTOCOL,
                    "torch_compile_mode": args.torch_compile_mode, "e2e_steps": args.e2e_steps},
-      "stages": {}, "checks": {}, "throughput": {}, "e2e": {},
+      "stages": {}, "checks": {}, "throughput": {}, "e2e": {}, "profile": {},
   }
   session = Session(args=args, device=device, staging=root / "results", work=root / "work",
                     start=time.perf_counter(), data=data)

@@ -144,6 +144,24 @@ def _e2e_lines(data) -> list[str]:
   return lines
 
 
+def _profile_lines(data) -> list[str]:
+  profiles = data.get("profile") or {}
+  if not profiles:
+    return ["Not run (run only where classic misses its goal)."]
+  lines = []
+  for preset, result in profiles.items():
+    if not result["lines"]:
+      lines.append(f"{preset}: the trace held no events.")
+      continue
+    busiest = result["lines"][0]
+    lines += [f"{preset}, {result['dtype']}: {result['wall_ms_per_step']:.2f} ms a step (wall); "
+              f"busiest timeline `{busiest['line']}` {busiest['busy_ms_per_step']:.2f} ms a "
+              f"step; its top kernels ([profile_{preset}.md](profile_{preset}.md)):", ""]
+    lines += [f"- `{k['name'][:100]}`: {k['ms_per_step']:.3f} ms ({k['share']:.1%})"
+              + (f", HLO {k['hlo_op']}" if k["hlo_op"] else "") for k in busiest["kernels"][:5]]
+  return lines
+
+
 def markdown(data) -> str:
   """The whole report as one markdown page."""
   summary = data.get("summary") or summarize(data)
@@ -157,7 +175,9 @@ def markdown(data) -> str:
   else:
     lines.append("No check ran.")
   lines += ["", "## Train-step throughput", "", *_throughput_lines(data), "",
-            "## End-to-end training", "", *_e2e_lines(data), "", "## Stages", "",
+            "## End-to-end training", "", *_e2e_lines(data), "",
+            "## Where the JAX step's time goes", "", *_profile_lines(data), "",
+            "## Stages", "",
             "| stage | status | seconds | note |", "|---|---|---:|---|"]
   for name, record in data["stages"].items():
     note = record.get("error") or record.get("reason") or ""

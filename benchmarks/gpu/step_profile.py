@@ -1,0 +1,124 @@
+"""Where the JAX train step's device time goes: a few steps traced by jax.profiler, their
+kernels ranked by total time per step, from the Perfetto trace (no TensorBoard needed).
+
+gpu_check.py runs it on the classic preset when JAX misses its goal there (issue 22: "where
+JAX is behind, profile and name the kernel that costs it"), so the one GPU run that a session
+gets already holds the answer. Device timelines (processes named /device:...) are summed per
+timeline (e.g. a CUDA stream) and per kernel name; on a CPU, which has no device timeline,
+the host's threads stand in (the dry run).
+"""
+
+import collections
+import gzip
+import json
+import pathlib
+import tempfile
+
+TOP_KERNELS = 12  # Kernel names listed per timeline.
+TOP_LINES = 4  # Busiest timelines listed.
+
+
+def _names(events, kind: str) -> dict:
+  """pid -> process name ('process_name') or (pid, tid) -> thread name ('thread_name')."""
+  found = {}
+  for e in events:
+    if e.get("ph") == "M" and e.get("name") == kind:
+      key = e["pid"] if kind == "process_name" else (e["pid"], e.get("tid"))
+      found[key] = e.get("args", {}).get("name", "")
+  return found
+
+
+def _hlo_op(event) -> str | None:
+  args = event.get("args") or {}
+  return args.get("hlo_op") or args.get("long_name") or None
+
+
+def summarize_trace(events: list, steps: int) -> dict:
+  """Busy time per timeline and its top kernels, in ms per traced step, from Chrome-trace
+  events (complete events 'X', durations in microseconds)."""
+  processes, threads = _names(events, "process_name"), _names(events, "thread_name")
+  device = {pid for pid, name in processes.items() if name.startswith("/device:")}
+  by_line = collections.defaultdict(list)
+  for e in events:
+    if e.get("ph") == "X" and "dur" in e and (not device or e["pid"] in device):
+      thread = threads.get((e["pid"], e.get("tid")), e.get("tid"))
+      line = f"{processes.get(e['pid'], e['pid'])} / {thread}"
+      by_line[line].append(e)
+  lines = []
+  for line, line_events in by_line.items():
+    totals = collections.defaultdict(float)
+    counts = collections.Counter()
+    ops = collections.defaultdict(collections.Counter)
+    for e in line_events:
+      totals[e["name"]] += e["dur"] / 1e3
+      counts[e["name"]] += 1
+      if _hlo_op(e):
+        ops[e["name"]][_hlo_op(e)] += 1
+    busy = sum(totals.values())
+    top = sorted(totals, key=totals.get, reverse=True)[:TOP_KERNELS]
+    lines.append({"line": line, "busy_ms_per_step": busy / steps, "events": len(line_events),
+                  "kernels": [{"name": name, "ms_per_step": totals[name] / steps,
+                               "share": totals[name] / busy if busy else 0.0,
+                               "calls_per_step": counts[name] / steps,
+                               "hlo_op": ops[name].most_common(1)[0][0] if ops[name] else None}
+                              for name in top]})
+  lines.sort(key=lambda entry: entry["busy_ms_per_step"], reverse=True)
+  return {"device_timelines": bool(device), "lines": lines[:TOP_LINES]}
+
+
+def _load_trace(log_dir: pathlib.Path) -> list:
+  traces = sorted(log_dir.rglob("perfetto_trace.json.gz"))
+  if not traces:
+    raise RuntimeError(f"jax.profiler wrote no perfetto_trace.json.gz under {log_dir}")
+  data = json.loads(gzip.decompress(traces[-1].read_bytes()))
+  return data["traceEvents"] if isinstance(data, dict) else data
+
+
+def markdown(result: dict) -> str:
+  head = (f"# Where the JAX step's time goes: {result['preset']}, {result['dtype']}, "
+          f"{result['steps']} traced steps")
+  lines = [head, "", f"Device: {result['device']}. Wall time of the traced steps "
+           f"{result['wall_ms_per_step']:.2f} ms a step. "
+           + ("Device timelines (ms per step; a kernel's share of its timeline's busy time):"
+              if result["device_timelines"] else
+              "No device timeline in the trace (a CPU, or a GPU without CUPTI): host threads.")]
+  for line in result["lines"]:
+    lines += ["", f"## {line['line']}: busy {line['busy_ms_per_step']:.2f} ms a step", "",
+              "| kernel | ms / step | share | calls / step | HLO op |", "|---|---:|---:|---:|---|"]
+    lines += [f"| `{k['name'][:110]}` | {k['ms_per_step']:.3f} | {k['share']:.1%} | "
+              f"{k['calls_per_step']:.1f} | {k['hlo_op'] or '-'} |" for k in line["kernels"]]
+  return "\n".join(lines) + "\n"
+
+
+def run(preset: str = "classic", bf16: bool = True, steps: int = 5, tiny: bool = False,
+        out_dir: str | None = None, trace_dir: str | None = None) -> dict:
+  """Builds the preset's JAX train step (benchmarks/step/variants.build_jax), warms it up,
+  traces `steps` steps; writes profile_<preset>.{json,md} to out_dir and the trace's
+  perfetto_trace.json.gz to trace_dir when given."""
+  import time  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from benchmarks.step import throughput, variants  # pylint: disable=import-outside-toplevel
+  platform = jax.devices()[0].platform
+  spec = throughput.preset_spec("tiny" if tiny else preset, "gpu" if platform == "gpu" else "cpu")
+  step, _, info = variants.build_jax(spec, bf16=bf16)
+  step(2)
+  with tempfile.TemporaryDirectory() as log_dir:
+    start = time.perf_counter()
+    with jax.profiler.trace(log_dir, create_perfetto_trace=True):
+      step(steps)
+    wall = time.perf_counter() - start
+    if trace_dir:
+      trace = sorted(pathlib.Path(log_dir).rglob("perfetto_trace.json.gz"))
+      if trace:
+        pathlib.Path(trace_dir).mkdir(parents=True, exist_ok=True)
+        (pathlib.Path(trace_dir) / f"profile_{preset}.perfetto_trace.json.gz").write_bytes(
+            trace[-1].read_bytes())
+    result = {"preset": preset, "dtype": "bfloat16" if bf16 else "float32", "steps": steps,
+              "device": info["device_name"], "wall_ms_per_step": wall * 1e3 / steps,
+              **summarize_trace(_load_trace(pathlib.Path(log_dir)), steps)}
+  if out_dir:
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"profile_{preset}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"profile_{preset}.md").write_text(markdown(result))
+  return result
