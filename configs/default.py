@@ -79,7 +79,9 @@ def get_config() -> ml_collections.ConfigDict:
   # on a CPU with AVX512-BF16 or AMX), float32 elsewhere; the log says which and why
   # (unet_jax/precision.py). On the 2-core Zen 5 the tgs preset's step: 48.9 img/s fp32,
   # 79.1 bf16 (benchmarks/results/cpu-amd-epyc-2c/tgs.md). Same quality: on 3 TGS folds fp32
-  # scored -0.007 +- 0.011 against bf16 at 2.7x the step time (AMX Xeon; tgs_cv.md there).
+  # scored -0.007 +- 0.011 against bf16 at 2.7x the step time (AMX Xeon; tgs_cv.md there), and
+  # configs/tgs.py's recipe at 2000 steps -0.001 +- 0.008 (float32 with Winograd on the AVX2
+  # EPYC against bf16 on the Zen 5: cpu-amd-epyc-avx2-2c/tgs_cv_float32.md).
   config.model.dtype = "auto"
   # Kernels for convolutions, BatchNorm + ReLU and max-pools: auto (oneDNN on the CPU when the
   # native kernels were built, XLA on GPU/TPU) | xla | onednn. Same parameters either way.

@@ -21,6 +21,10 @@ cores), 18% more: dropout's random bits, not the warp (110-step runs, medians of
 +~70 ms, the warp ~0: a host-side OpenCV warp beside the step). The stronger augmentation
 without dropout lost at 240 and 600 steps (below): it pays once a schedule is long enough to
 overfit.
+The same recipe in float32 (dtype=auto on a 2-core AVX2 EPYC, Winograd per layer, 2026-12-04;
+benchmarks/results/cpu-amd-epyc-avx2-2c/tgs_cv_float32.md): TGS 0.721 +- 0.013, paired with
+the bf16 folds -0.001 +- 0.008 (+0.002 +- 0.005 at 0.50 / 80 px): float32 and bf16 train to
+the same quality; 1.1-1.2 s a float32 step there, 36-40 minutes a fold on quiet cores.
 Result of this config as shipped, 2-core AMD EPYC Zen 5 (bf16 by default), 2026-12-03: the time
 budget fitted 5513 of the 6500 steps and re-fitted to 5009 at step 500 (0.69 s a step); 50 min
 59 s of wall time; best checkpoint step 4500. Scored by the evaluate command below: TGS metric
