@@ -202,8 +202,9 @@ def run_stage(session: Session, stage: str) -> None:
     record["reason"] = "not asked for (--only)"
     return
   kind, _, name = stage.partition(":")
-  if kind == "profile" and profile_not_needed(session, name):
-    record["reason"] = profile_not_needed(session, name)
+  reason = profile_not_needed(session, name) if kind == "profile" else None
+  if reason:
+    record["reason"] = reason
     log(f"== {stage}: skipped ({record['reason']})")
     return
   left = session.left()
