@@ -52,8 +52,8 @@ def summarize_trace(events: list, steps: int) -> dict:
     for e in line_events:
       totals[e["name"]] += e["dur"] / 1e3
       counts[e["name"]] += 1
-      if _hlo_op(e):
-        ops[e["name"]][_hlo_op(e)] += 1
+      if op := _hlo_op(e):
+        ops[e["name"]][op] += 1
     busy = sum(totals.values())
     top = sorted(totals, key=totals.get, reverse=True)[:TOP_KERNELS]
     lines.append({"line": line, "busy_ms_per_step": busy / steps, "events": len(line_events),
@@ -66,11 +66,15 @@ def summarize_trace(events: list, steps: int) -> dict:
   return {"device_timelines": bool(device), "lines": lines[:TOP_LINES]}
 
 
-def _load_trace(log_dir: pathlib.Path) -> list:
+def _trace_path(log_dir: pathlib.Path) -> pathlib.Path:
   traces = sorted(log_dir.rglob("perfetto_trace.json.gz"))
   if not traces:
     raise RuntimeError(f"jax.profiler wrote no perfetto_trace.json.gz under {log_dir}")
-  data = json.loads(gzip.decompress(traces[-1].read_bytes()))
+  return traces[-1]
+
+
+def _events(trace: bytes) -> list:
+  data = json.loads(gzip.decompress(trace))
   return data["traceEvents"] if isinstance(data, dict) else data
 
 
@@ -107,15 +111,13 @@ def run(preset: str = "classic", bf16: bool = True, steps: int = 5, tiny: bool =
     with jax.profiler.trace(log_dir, create_perfetto_trace=True):
       step(steps)
     wall = time.perf_counter() - start
-    if trace_dir:
-      trace = sorted(pathlib.Path(log_dir).rglob("perfetto_trace.json.gz"))
-      if trace:
-        pathlib.Path(trace_dir).mkdir(parents=True, exist_ok=True)
-        (pathlib.Path(trace_dir) / f"profile_{preset}.perfetto_trace.json.gz").write_bytes(
-            trace[-1].read_bytes())
-    result = {"preset": preset, "dtype": "bfloat16" if bf16 else "float32", "steps": steps,
-              "device": info["device_name"], "wall_ms_per_step": wall * 1e3 / steps,
-              **summarize_trace(_load_trace(pathlib.Path(log_dir)), steps)}
+    trace = _trace_path(pathlib.Path(log_dir)).read_bytes()
+  if trace_dir:
+    pathlib.Path(trace_dir).mkdir(parents=True, exist_ok=True)
+    (pathlib.Path(trace_dir) / f"profile_{preset}.perfetto_trace.json.gz").write_bytes(trace)
+  result = {"preset": preset, "dtype": "bfloat16" if bf16 else "float32", "steps": steps,
+            "device": info["device_name"], "wall_ms_per_step": wall * 1e3 / steps,
+            **summarize_trace(_events(trace), steps)}
   if out_dir:
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
