@@ -1,0 +1,50 @@
+"""configs/tgs.py and configs/tgs.py:small, loaded as `--config` loads them."""
+
+import pathlib
+
+from absl import flags
+from ml_collections import config_flags
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TGS = REPO / "configs" / "tgs.py"
+
+
+def _load(suffix: str = ""):
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True)
+  flag_values(["test", f"--config={TGS}{suffix}"])
+  return flag_values.config
+
+
+def _flat(config) -> dict:
+  return {f"{section}.{key}" if section else key: value
+          for section, values in [("", config)] + [(k, v) for k, v in config.items()
+                                                  if hasattr(v, "items")]
+          for key, value in values.items() if not hasattr(value, "items")}
+
+
+def test_the_full_download_default_trains_without_rotations_or_dropout():
+  config = _load()
+  assert config.model.dropout == 0.0
+  assert config.augment.rotation_degrees == 0.0
+  assert (config.augment.scale, config.augment.brightness) == (0.1, 0.05)
+
+
+def test_small_differs_from_the_default_only_in_its_regularisation():
+  full, small = _flat(_load()), _flat(_load(":small"))
+  differing = {key for key in full if full[key] != small[key]}
+  assert differing == {"augment.rotation_degrees", "augment.scale", "augment.brightness",
+                       "model.dropout"}
+  assert (small["augment.rotation_degrees"], small["model.dropout"]) == (10.0, 0.1)
+
+
+def test_an_unknown_variant_names_the_two_that_exist():
+  with pytest.raises(flags.IllegalFlagValueError, match="configs/tgs.py:small"):
+    _load(":tiny")
+
+
+def test_the_docstring_gives_both_commands():
+  doc = " ".join(TGS.read_text().split('"""')[1].replace("\\\n", "").split())
+  assert "--config configs/tgs.py --workdir" in doc
+  assert "--config configs/tgs.py:small --workdir" in doc
