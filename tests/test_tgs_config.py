@@ -17,13 +17,6 @@ def _load(suffix: str = ""):
   return flag_values.config
 
 
-def _flat(config) -> dict:
-  return {f"{section}.{key}" if section else key: value
-          for section, values in [("", config)] + [(k, v) for k, v in config.items()
-                                                  if hasattr(v, "items")]
-          for key, value in values.items() if not hasattr(value, "items")}
-
-
 def test_the_full_download_default_trains_without_rotations_or_dropout():
   config = _load()
   assert config.model.dropout == 0.0
@@ -32,11 +25,13 @@ def test_the_full_download_default_trains_without_rotations_or_dropout():
 
 
 def test_small_differs_from_the_default_only_in_its_regularisation():
-  full, small = _flat(_load()), _flat(_load(":small"))
-  differing = {key for key in full if full[key] != small[key]}
-  assert differing == {"augment.rotation_degrees", "augment.scale", "augment.brightness",
-                       "model.dropout"}
-  assert (small["augment.rotation_degrees"], small["model.dropout"]) == (10.0, 0.1)
+  full, small = _load(), _load(":small")
+  assert (small.augment.rotation_degrees, small.augment.scale, small.augment.brightness,
+          small.model.dropout) == (10.0, 0.2, 0.1, 0.1)
+  small.augment.update({key: full.augment[key] for key in ("rotation_degrees", "scale",
+                                                           "brightness")})
+  small.model.dropout = full.model.dropout
+  assert small.to_dict() == full.to_dict()
 
 
 def test_an_unknown_variant_names_the_two_that_exist():
