@@ -16,13 +16,14 @@ to 10 deg, zoom 1.2x and dropout 0.1 after every level; the checkpoint with the 
 TGS metric. 6500 steps, or what fits time_budget_minutes = 60 (fitted at the first steps).
 Results on the 1000-pair sample (800 train / 200 validation ids), single runs: this config
 (then the only one) 0.740 with flip TTA in 2201 fitted steps (61 min, float32, 2-core AVX2
-EPYC), 0.711 in 6500 steps (19 min, bf16, AMX Xeon); :small 0.700 in 5009 fitted steps (51 min,
-bf16, Zen 5). Cross-validated on 3 folds of the sample (paired TGS metric): the regularisation
-of :small +0.019 +- 0.005 at 2000 steps (96 epochs of 667 images; 0.722 +- 0.017), but
--0.009 +- 0.005 (every fold) at 1000 steps (48 epochs), the regime a full download's 3200 images get in an hour
-(20-65 epochs), hence this default; float32 and bf16 train to the same quality (-0.001 +-
-0.008). Every lever, kept or not: benchmarks/quality/tgs_recipe.md. Kaggle's 0.85 needs the
-full download; on 800 training images the best is ~0.74.
+EPYC, 2026-12-02), 0.711 in 6500 steps (19 min, bf16, AMX Xeon, 2026-12-01); :small 0.700 in
+5009 fitted steps (51 min, bf16, Zen 5, 2026-12-03). Cross-validated on 3 folds of the sample
+(paired TGS metric): the regularisation of :small +0.019 +- 0.005 at 2000 steps (96 epochs of
+667 images; 0.722 +- 0.017), but -0.009 +- 0.005 (every fold) at 1000 steps (48 epochs), the
+regime a full download's 3200 images get in an hour (20-65 epochs), hence this default;
+float32 and bf16 train to the same quality (-0.001 +- 0.008). Every lever, kept or not:
+benchmarks/quality/tgs_recipe.md. Kaggle's 0.85 needs the full download; on 800 training
+images the best is ~0.74.
 """
 
 from configs import default
