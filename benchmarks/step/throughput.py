@@ -182,7 +182,8 @@ def _variant_result(worker, img_per_s, train_flops, peak, spec) -> dict:
   return result
 
 
-def _summary(results) -> dict:
+def summarize(results) -> dict:
+  """Best JAX and PyTorch variants and their ratio (fp32 JAX too, where it ran)."""
   def best(framework):
     done = [r for r in results if r["framework"] == framework and r["status"] == "ok"]
     return max(done, key=lambda r: r["img_per_s"]["median"]) if done else None
@@ -312,7 +313,7 @@ def run(preset: str = "tgs", out_dir=None, warmup_steps=None, timed_steps=None, 
       "peak": peak,
       "results": results,
   }
-  data["summary"] = _summary(results)
+  data["summary"] = summarize(results)
   paths = report.write(data, pathlib.Path(out_dir or RESULTS) / (slug or device["slug"]))
   log(report.markdown(data))
   log(f"wrote {', '.join(str(p) for p in paths)}")
