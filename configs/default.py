@@ -18,7 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_classes = 1  # Output channels: 1 = binary with sigmoid, >1 = softmax classes.
   config.ignore_index = -1  # Label value left out of loss and metrics (CamVid void = 11); -1 none.
   config.num_workers = 0  # grain worker processes for decoding/augmenting (0 = threads only).
-  config.prefetch = 4  # Host batches prefetched ahead of the train step.
+  config.prefetch = 4  # Host batches read ahead of the step (at least one per reading thread).
   # Cross-validation: 0 = the prepared train/val split; K >= 2 pools train + val and holds out
   # fold `fold` (TGS stratified by salt coverage, Carvana by car, CamVid by sequence).
   config.num_folds = 0

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from unet_jax import optim, parallel
+from unet_jax.data import pipeline
 from unet_jax.errors import ConfigError
 
 RECORD_NAME = "time_budget.json"
@@ -130,7 +131,7 @@ def recorded_warp(config, workdir):
 def decision_step(config, start_step: int = 0) -> int:
   """The step after which the fitter decides: it skips the compiling step and the batches
   prefetched meanwhile (those steps wait for no input), then times TIMED_STEPS."""
-  return start_step + 1 + config.prefetch + TIMED_STEPS
+  return start_step + 1 + pipeline.read_ahead(config.prefetch) + TIMED_STEPS
 
 
 def _timed(step_fn, state, batch) -> float:

@@ -21,6 +21,12 @@ def default_threads() -> int:
   return max(1, min(16, cores or 1))
 
 
+def read_ahead(prefetch: int, num_threads: int | None = None) -> int:
+  """Batches the training pipeline reads ahead: `prefetch`, but at least one per thread, as
+  grain runs no more threads than its buffer holds (4 of a 16-core GPU host's 16 otherwise)."""
+  return max(prefetch, num_threads or default_threads())
+
+
 _STREAM_LENGTH = 2**62  # Positions of the endless training stream (epochs of the source).
 
 
@@ -81,8 +87,9 @@ def train_dataset(source, *, global_batch_size: int, seed: int, augment=None,
   if augment is not None:
     ds = ds.random_map(augment)
   ds = _per_process_batches(ds, global_batch_size, shard)
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads or default_threads(),
-                                            prefetch_buffer_size=prefetch))
+  threads = num_threads or default_threads()
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                            prefetch_buffer_size=read_ahead(prefetch, threads)))
   if num_workers > 0:
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; a plain script has none.
       flags.FLAGS.mark_as_parsed()
