@@ -149,7 +149,7 @@ class UNet(nn.Module):
       x = getattr(self, f"up_{level}")(x)
       skip = center_crop(skips[level], x.shape[2], x.shape[3])
       x = getattr(self, f"decoder_{level}")(torch.cat([skip, x], dim=1))
-    return self.head(x.float())
+    return self.head(x.to(self.head.weight.dtype))  # fp32 under autocast, as the Flax head.
 
 
 def from_flax_module(module, in_channels: int) -> UNet:
@@ -189,14 +189,14 @@ def flax_to_state_dict(variables) -> dict[str, torch.Tensor]:
   return state
 
 
-def state_dict_to_flax(state_dict) -> dict:
-  """A torch state_dict -> Flax {'params', 'batch_stats'} (numpy float32 leaves)."""
+def state_dict_to_flax(state_dict, dtype=np.float32) -> dict:
+  """A torch state_dict -> Flax {'params', 'batch_stats'} (numpy leaves of `dtype`)."""
   params, stats = {}, {}
   for key, tensor in state_dict.items():
     *path, leaf = key.split(".")
     if leaf == "num_batches_tracked":
       continue
-    value = tensor.detach().float().cpu().numpy()
+    value = tensor.detach().double().cpu().numpy().astype(dtype)
     if leaf in ("running_mean", "running_var"):
       stats[tuple(path) + ({"running_mean": "mean", "running_var": "var"}[leaf],)] = value
     elif leaf == "weight" and value.ndim == 4:

@@ -227,3 +227,16 @@ def test_nvidia_smi_fields_are_read_one_by_one(tmp_path, monkeypatch):
   assert found == {"name": "NVIDIA H200", "driver_version": "580.159.03",
                    "text": "full table\n"}
   assert machine.detect_device()["slug"] == "gpu-h200"
+
+
+def test_the_train_steps_parity_measures_both_frameworks_against_float64(monkeypatch):
+  shape = device_checks._shape(tiny=True)
+  result = device_checks.check_parity_train_steps(shape)
+  assert result["passed"] and len(result["jax_fp32_vs_float64"]) == 3
+  assert all(0 < e < 1e-2 for e in result["torch_fp32_vs_float64"])
+  # A port mismatch (JAX reading its images mirrored) is far outside the bound.
+  from unet_jax import steps  # pylint: disable=import-outside-toplevel
+  normalize = steps.normalize_images
+  monkeypatch.setattr(steps, "normalize_images", lambda images: normalize(images)[:, :, ::-1])
+  broken = device_checks.check_parity_train_steps(shape)
+  assert not broken["passed"] and broken["jax_fp32_vs_float64"][0] > 1e-2

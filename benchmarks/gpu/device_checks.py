@@ -8,8 +8,9 @@ with its error, and the others still run (benchmarks/gpu/gpu_check.py collects t
   gradient norm, applies its update and skips nothing;
 - parity_*: the Flax U-Net and its PyTorch twin (benchmarks/torch_reference) from the same
   weights, both on this machine's device. In fp32 with TF32 off on both sides the outputs
-  agree to 1e-4 (max error over max value, tests/test_parity.py's measure) and three Adam
-  steps keep the parameters together; with each framework's default precision (TF32 convs
+  agree to 1e-4 (max error over max value, tests/test_parity.py's measure), and after each
+  of three Adam steps JAX's parameters are as close to the twin's float64 ones as the twin's
+  fp32 parameters are; with each framework's default precision (TF32 convs
   on Ampere and newer) and in bf16 (JAX bf16 compute, torch autocast), the relative L2 error
   ||jax - torch|| / ||torch|| is recorded against looser bounds.
 """
@@ -23,7 +24,8 @@ import numpy as np
 # Relative error bounds: fp32 as tests/test_parity.py; TF32 and bf16 round operands to 10 and
 # 7 mantissa bits in every layer, so only gross errors (layout, a wrong port) exceed these.
 FP32_MAX_ERROR = 1e-4
-TRAIN_STEPS_MAX_ERROR = 1e-3
+# Three fp32 Adam steps, each framework against float64: JAX within 2x of torch's own error.
+TRAIN_STEPS_SLACK, TRAIN_STEPS_FLOOR = 2.0, 1e-5
 TF32_L2_ERROR = 1e-2
 BF16_L2_ERROR = 5e-2
 ADAM = {"learning_rate": 1e-2, "eps": 1e-3}  # tests/test_parity.py's settings.
@@ -202,38 +204,69 @@ def check_parity_fp32(shape) -> dict:
   return {"passed": worst < FP32_MAX_ERROR, "bound": FP32_MAX_ERROR, **errors}
 
 
-def check_parity_train_steps(shape) -> dict:
-  """Three identical Adam steps in fp32 (TF32 off) keep the parameters together."""
-  import jax  # pylint: disable=import-outside-toplevel
+def _torch_train(twin, batches, dtype) -> list:
+  """Adam steps of the twin in `dtype`; its parameters (Flax layout, float64) after each."""
   import torch  # pylint: disable=import-outside-toplevel
   from flax import traverse_util  # pylint: disable=import-outside-toplevel
   from benchmarks import torch_reference  # pylint: disable=import-outside-toplevel
+  optimizer = torch.optim.Adam(twin.parameters(), lr=ADAM["learning_rate"], eps=ADAM["eps"])
+  twin.train()
+  after = []
+  for batch in batches:
+    optimizer.zero_grad()
+    targets = torch.from_numpy(batch["mask"] > 0)[:, None].to(_torch_device(), dtype)
+    torch.nn.functional.binary_cross_entropy_with_logits(
+        twin(_to_torch(batch["image"]).to(dtype)), targets).backward()
+    optimizer.step()
+    after.append(traverse_util.flatten_dict(torch_reference.state_dict_to_flax(
+        twin.state_dict(), dtype=np.float64)["params"]))
+  return after
+
+
+def check_parity_train_steps(shape) -> dict:
+  """Three Adam steps in fp32 (TF32 off) on both sides, each against the twin in float64.
+
+  The frameworks sum in different orders, and a BatchNorm bias's gradient is a sum that
+  nearly cancels, so fp32 parameters drift apart after a few steps even where both are right
+  (1e-3 relative after one step, 3e-2 after three at this shape, on the CPU as on the GPU).
+  So each is measured against float64 (||p - p64|| / ||p64 - p0|| over every parameter):
+  JAX's fp32 step must stay as close to it as PyTorch's own fp32 step, within 2x.
+  """
+  import copy  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  from flax import traverse_util  # pylint: disable=import-outside-toplevel
   from unet_jax import losses, steps  # pylint: disable=import-outside-toplevel
   batches = _batches(shape, 3, seed=2)
   _set_torch_tf32(False)
   try:
     with jax.default_matmul_precision("highest"):
       _, state, twin = _twins(shape)
+      initial = traverse_util.flatten_dict(jax.device_get(state.params))
       step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.sigmoid_bce,
                                        ignore_index=None))
+      jax_after = []
       for batch in batches:
         state, _ = step(state, batch)
-      optimizer = torch.optim.Adam(twin.parameters(), lr=ADAM["learning_rate"], eps=ADAM["eps"])
-      twin.train()
-      for batch in batches:
-        optimizer.zero_grad()
-        targets = torch.from_numpy(batch["mask"] > 0).float()[:, None].to(_torch_device())
-        torch.nn.functional.binary_cross_entropy_with_logits(
-            twin(_to_torch(batch["image"])), targets).backward()
-        optimizer.step()
+        jax_after.append(traverse_util.flatten_dict(jax.device_get(state.params)))
+    reference = _torch_train(copy.deepcopy(twin).double(), batches, torch.float64)
+    torch_after = _torch_train(twin, batches, torch.float32)
   finally:
     _set_torch_tf32(True)
-  ported = traverse_util.flatten_dict(torch_reference.state_dict_to_flax(twin.state_dict())["params"])
-  params = traverse_util.flatten_dict(jax.device_get(state.params))
-  worst = max(float(np.max(np.abs(value - params[path])) / max(np.max(np.abs(value)), 1e-12))
-              for path, value in ported.items())
-  return {"passed": worst < TRAIN_STEPS_MAX_ERROR, "bound": TRAIN_STEPS_MAX_ERROR,
-          "max_param_error": worst, "steps": len(batches)}
+
+  def error(params, exact):
+    moved = sum(np.sum((exact[k] - initial[k]) ** 2) for k in exact)
+    return float(np.sqrt(sum(np.sum((np.asarray(params[k], np.float64) - exact[k]) ** 2)
+                             for k in exact) / moved))
+
+  jax_errors = [error(p, exact) for p, exact in zip(jax_after, reference)]
+  torch_errors = [error(p, exact) for p, exact in zip(torch_after, reference)]
+  passed = all(j <= TRAIN_STEPS_SLACK * t + TRAIN_STEPS_FLOOR
+               for j, t in zip(jax_errors, torch_errors))
+  return {"passed": passed, "bound": f"jax <= {TRAIN_STEPS_SLACK} x torch + "
+                                     f"{TRAIN_STEPS_FLOOR:g}, each step",
+          "jax_fp32_vs_float64": jax_errors, "torch_fp32_vs_float64": torch_errors,
+          "jax_vs_torch_fp32": error(jax_after[-1], torch_after[-1]), "steps": len(batches)}
 
 
 def check_parity_default_precision(shape) -> dict:
