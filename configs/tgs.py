@@ -15,9 +15,10 @@ last third (the Kaggle TGS habit); flips, zoom up to 1.1x, brightness; :small ad
 to 10 deg, zoom 1.2x and dropout 0.1 after every level; the checkpoint with the best validation
 TGS metric. 6500 steps, or what fits time_budget_minutes = 60 (fitted at the first steps).
 Results on the 1000-pair sample (800 train / 200 validation ids), single runs: this config
-(then the only one) 0.740 with flip TTA in 2201 fitted steps (61 min, float32, 2-core AVX2
-EPYC, 2026-12-02), 0.711 in 6500 steps (19 min, bf16, AMX Xeon, 2026-12-01); :small 0.700 in
-5009 fitted steps (51 min, bf16, Zen 5, 2026-12-03). Cross-validated on 3 folds of the sample
+0.724 with flip TTA in 1922 fitted steps (47 min, float32, 2-core AVX2 EPYC, 2026-12-04, the
+current code), 0.740 in 2201 (61 min, same machine kind, 2026-12-02), 0.711 in 6500 steps (19
+min, bf16, AMX Xeon, 2026-12-01); :small 0.700 in 5009 fitted steps (51 min, bf16, Zen 5,
+2026-12-03). Cross-validated on 3 folds of the sample
 (paired TGS metric): the regularisation of :small +0.019 +- 0.005 at 2000 steps (96 epochs of
 667 images; 0.722 +- 0.017), but -0.009 +- 0.005 (every fold) at 1000 steps (48 epochs), the
 regime a full download's 3200 images get in an hour (20-65 epochs), hence this default;
