@@ -35,7 +35,8 @@ def test_dry_run_writes_every_report(tgs_dir, tmp_path):
   done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
   assert {p.name for p in out.iterdir()} == {"gpu_check.json", "gpu_check.md", "results.tar.gz",
-                                             "profile_classic.perfetto_trace.json.gz"}
+                                             "profile_classic.perfetto_trace.json.gz",
+                                             "profile_classic.hlo.txt.gz"}
   data = json.loads((out / "gpu_check.json").read_text())
 
   slug = machine.detect_device()["slug"]
@@ -69,6 +70,7 @@ def test_dry_run_writes_every_report(tgs_dir, tmp_path):
   profile = data["profile"]["classic"]  # The CPU has no device timeline: host threads.
   assert not profile["device_timelines"] and profile["steps"] == 5 and profile["lines"]
   assert profile["wall_ms_per_step"] > 0 and profile["lines"][0]["kernels"][0]["ms_per_step"] > 0
+  assert profile["hlo_layout_changes"]["count"] >= len(profile["hlo_layout_changes"]["largest"])
 
   with tarfile.open(out / "results.tar.gz") as archive:
     names = set(archive.getnames())
@@ -155,6 +157,29 @@ def test_the_trace_summary_ranks_device_kernels_per_timeline():
   assert "| `conv_wgrad` | 3.000 | 75.0% | 1.0 | convolution.3 |" in step_profile.markdown(
       {"preset": "classic", "dtype": "bfloat16", "steps": 2, "device": "gpu:H200",
        "wall_ms_per_step": 5.0, **found})
+
+
+def test_layout_changes_are_found_in_the_optimized_hlo_with_their_shapes():
+  from benchmarks.gpu import step_profile  # pylint: disable=import-outside-toplevel
+  hlo = """
+  %p1 = f32[4,4]{1,0} parameter(1)
+  %t.1 = bf16[32,64,8,8]{3,2,1,0} transpose(bf16[32,8,8,64]{3,2,1,0} %p0), dimensions={0,3,1,2}, metadata={op_name="jit(step)/up_0/transpose"}
+  ROOT %c.2 = f32[4,4]{0,1} copy(%p1)
+  %c.3 = f32[4,4]{1,0} copy(f32[4,4]{1,0} %p2)
+  %fused = bf16[2,3]{1,0} fusion(bf16[3,2]{1,0} %p3), kind=kInput, calls=%fused_transpose
+  %t.4 = bf16[2,3]{1,0} transpose(%param_0), dimensions={1,0}
+  """
+  found = step_profile.hlo_layout_changes(hlo)
+  assert found["count"] == 3 and found["elements"] == 32 * 64 * 8 * 8 + 16 + 6
+  largest = found["largest"][0]
+  assert (largest["op"], largest["dtype"], largest["shape"], largest["dimensions"],
+          largest["op_name"]) == ("transpose", "bf16", [32, 64, 8, 8], "0,3,1,2",
+                                  "jit(step)/up_0/transpose")
+  assert found["largest"][1]["dimensions"] == "layout {1,0} -> {0,1}"  # The same-layout copy
+  markdown = step_profile.markdown({"preset": "classic", "dtype": "bfloat16", "steps": 2,  # isn't.
+                                    "device": "gpu", "wall_ms_per_step": 1.0, "lines": [],
+                                    "device_timelines": [], "hlo_layout_changes": found})
+  assert "## Layout changes in the optimized HLO: 3" in markdown
 
 
 @pytest.mark.parametrize("argv,message", [

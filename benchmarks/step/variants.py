@@ -95,8 +95,9 @@ def _model_kwargs(spec):
 
 
 def build_jax(spec, bf16: bool, upsample_impl: str = "matmul", conv_impl: str = "xla",
-              conv_algo: str = "direct"):
-  """The project's own train step (unet_jax.steps.train_step), jitted with donation."""
+              conv_algo: str = "direct", keep_hlo: bool = False):
+  """The project's own train step (unet_jax.steps.train_step), jitted with donation;
+  keep_hlo: info['optimized_hlo'] holds the compiled step's HLO text."""
   import functools  # pylint: disable=import-outside-toplevel
   import jax
   import jax.numpy as jnp
@@ -119,6 +120,8 @@ def build_jax(spec, bf16: bool, upsample_impl: str = "matmul", conv_impl: str = 
   start = time.perf_counter()
   compiled = train.lower(state, batch).compile()
   info = {"compile_s": time.perf_counter() - start}
+  if keep_hlo:
+    info["optimized_hlo"] = compiled.as_text()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   info["xla_flops_per_step"] = float(cost.get("flops", float("nan"))) if cost else None
