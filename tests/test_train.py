@@ -122,3 +122,16 @@ def test_tgs_config_moves_its_lovasz_stage_with_the_schedule():
   config.loss_stage2_step = 500  # An explicit override still wins.
   config.num_train_steps = 900
   assert config.loss_stage2_step == 500
+
+
+def test_grain_worker_processes_train_as_the_threads_do_and_resume(tiny_run, tmp_path):
+  # README tells GPU hosts to decode in worker processes (--config.num_workers=16): the same
+  # batches as the threads give, so the same scores, and a rerun resumes their stream.
+  _, thread_scores = tiny_run
+  scores = train.train_and_evaluate(tiny_config(num_workers=2), tmp_path)
+  assert scores["dice"] == pytest.approx(thread_scores["dice"], rel=1e-6)
+  assert scores["loss"] == pytest.approx(thread_scores["loss"], rel=1e-6)
+  train.train_and_evaluate(tiny_config(num_workers=2, num_train_steps=6, eval_every_steps=2),
+                           tmp_path)
+  assert [r["step"] for r in plots.read_metrics(tmp_path / "metrics.jsonl")
+          if r["split"] == "val"] == [4, 6]
