@@ -17,7 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.image_size = (64, 64)  # (height, width) the model sees.
   config.num_classes = 1  # Output channels: 1 = binary with sigmoid, >1 = softmax classes.
   config.ignore_index = -1  # Label value left out of loss and metrics (CamVid void = 11); -1 none.
-  config.num_workers = 0  # grain worker processes for decoding/augmenting (0 = threads only).
+  # grain worker processes decoding/augmenting: -1 = one per core on a GPU/TPU host, threads
+  # only (0) on a CPU, whose cores run the step; or a count.
+  config.num_workers = -1
   config.prefetch = 4  # Host batches read ahead of the step (at least one per reading thread).
   # Cross-validation: 0 = the prepared train/val split; K >= 2 pools train + val and holds out
   # fold `fold` (TGS stratified by salt coverage, Carvana by car, CamVid by sequence).

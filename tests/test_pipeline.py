@@ -106,3 +106,11 @@ def test_the_read_buffer_holds_a_batch_per_thread(caplog):
   batches = _first_batches(2, global_batch_size=4, seed=0, num_threads=8, prefetch=2)
   assert len(batches) == 2
   assert not [r for r in caplog.records if "smaller than num_threads" in r.getMessage()]
+
+
+def test_auto_workers_are_processes_beside_an_accelerator_and_threads_on_a_cpu():
+  assert pipeline.resolve_workers(-1, "cpu") == 0
+  assert pipeline.resolve_workers(-1, "gpu") == pipeline.default_threads()
+  assert pipeline.resolve_workers(3, "cpu") == 3 and pipeline.resolve_workers(0, "tpu") == 0
+  with pytest.raises(pipeline.ConfigError, match="set --config.num_workers to -1"):
+    pipeline.resolve_workers(-2, "gpu")

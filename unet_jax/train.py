@@ -112,7 +112,8 @@ def _make_train_iterator(config, train_source):
   return iter(pipeline.train_dataset(
       train_source, global_batch_size=config.batch_size, seed=config.seed,
       augment=_train_transform(config), shard=parallel.process_shard(),
-      num_workers=config.num_workers, prefetch=config.prefetch))
+      num_workers=pipeline.resolve_workers(config.num_workers, jax.default_backend()),
+      prefetch=config.prefetch))
 
 
 def _validation_source(config):

@@ -83,6 +83,7 @@ def pipeline_only_ms(config, batches: int) -> float:
 def run(dataset: str, steps: int, dtype: str, tiny: bool, workdir, tgs_dir=None,
         plots_dir=None) -> dict:
   """Trains, then times the step without the pipeline and the pipeline alone; the results."""
+  import jax  # pylint: disable=import-outside-toplevel
   from unet_jax import train  # pylint: disable=import-outside-toplevel
   from unet_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   workdir = pathlib.Path(workdir)
@@ -102,8 +103,10 @@ def run(dataset: str, steps: int, dtype: str, tiny: bool, workdir, tgs_dir=None,
   windows = [r["step_time_ms"] for r in train_records if "step_time_ms" in r]
   with_pipeline_ms = statistics.median(windows) if windows else None
   without_ms = device_only_step_ms(config, 5 if tiny else max(50, min(steps, 200)))
-  pipeline_ms = pipeline_only_ms(config, 20 if tiny else 200)
-  # The same pipeline in worker processes, one per core (at most 16), instead of threads.
+  # The trainer's pipeline in threads, and in worker processes, one per core (at most 16).
+  in_threads = config.copy_and_resolve_references()
+  in_threads.num_workers = 0
+  pipeline_ms = pipeline_only_ms(in_threads, 20 if tiny else 200)
   in_processes = config.copy_and_resolve_references()
   in_processes.num_workers = pipeline.default_threads()
   pipeline_processes_ms = pipeline_only_ms(in_processes, 20 if tiny else 200)
@@ -128,7 +131,9 @@ def run(dataset: str, steps: int, dtype: str, tiny: bool, workdir, tgs_dir=None,
       "pipeline_to_step_ratio": without_ms / pipeline_ms,
       "pipeline_processes_img_per_s": 1e3 * config.batch_size / pipeline_processes_ms,
       "pipeline_processes": in_processes.num_workers,
-      "grain": {"num_workers": config.num_workers, "prefetch": config.prefetch,
+      "grain": {"num_workers": pipeline.resolve_workers(config.num_workers,
+                                                        jax.default_backend()),
+                "prefetch": config.prefetch,
                 "threads": pipeline.default_threads()},
       "compilation_cache_files": len(list(cache.iterdir())) if cache.is_dir() else 0,
       "autotune_cache_written": (cache / "xla_gpu_per_fusion_autotune_cache_dir").is_dir(),
