@@ -63,9 +63,10 @@ def test_a_stage_skipped_in_a_rerun_keeps_the_full_run_s_record():
 
 
 def test_the_committed_h200_reports_are_the_merge_of_the_committed_runs(tmp_path):
-  runs = sorted((H200 / "runs").glob("run*.tar.gz"))
-  if not runs:
-    pytest.skip("no committed GPU runs")
+  if not (H200 / "gpu_check.json").exists():
+    pytest.skip("no committed GPU report")
+  runs = sorted((H200 / "raw").glob("run*.tar.gz"))
+  assert runs, "the committed GPU report has no raw runs beside it (raw/run*.tar.gz)"
   merge_runs.merge(runs, tmp_path)
   for name in ("classic.json", "tgs.json", "carvana.json"):
     fresh, committed = (json.loads((d / name).read_text()) for d in (tmp_path, H200))
