@@ -55,7 +55,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dropout = 0.0  # One rate, or depth + 1 per-level rates (bottleneck last).
   config.model.norm = "batch"  # batch | none.
   config.model.upsample = "transpose"  # transpose (2x2 up-conv) | bilinear (+ 1x1 conv).
-  config.model.upsample_impl = "matmul"  # transpose via matmul (fast) | conv_transpose; same math.
+  # How transpose is computed, same math: auto (matmul on a CPU, adjoint_conv: three
+  # convolution kernels, on GPUs/TPUs) | matmul | adjoint_conv | conv_transpose.
+  config.model.upsample_impl = "auto"
   # Level unit: double_conv (the paper's) | residual (ResNet BasicBlock, 1x1 projection
   # shortcut; SAME + batch norm only), as the Kaggle TGS Res-U-Nets.
   config.model.block = "double_conv"

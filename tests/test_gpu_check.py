@@ -89,7 +89,7 @@ def test_dry_run_writes_every_report(tgs_dir, tmp_path):
 def _session(tmp_path, **overrides):
   args = argparse.Namespace(**{"dry_run": False, "budget_s": 480.0, "only": list(gpu_check.STAGES),
                                "out": str(tmp_path), "tgs_dir": None, "e2e_steps": 8,
-                               "e2e_dtype": None, **overrides})
+                               "e2e_dtype": None, "profile": "missed_goal", **overrides})
   data = {"slug": "cpu-test", "stages": {}, "checks": {}, "throughput": {}, "e2e": {},
           "profile": {}}
   return gpu_check.Session(args=args, device={"platform": "cpu"}, staging=tmp_path,
@@ -131,6 +131,15 @@ def test_the_profile_runs_only_where_classic_misses_its_goal(goal, runs, tmp_pat
   assert (record["status"], ran) == (("ok", ["classic"]) if runs else ("skipped", []))
   if not runs:
     assert "met its goal" in record["reason"]
+
+
+def test_profile_always_runs_the_profile_even_where_classic_met_its_goal(tmp_path, monkeypatch):
+  session = _session(tmp_path, profile="always")
+  session.data["throughput"]["classic"] = {"goal": {"ratio": True, "mfu": True}}
+  ran = []
+  monkeypatch.setattr(gpu_check, "stage_profile", lambda *a: ran.append(a[1]))
+  gpu_check.run_stage(session, "profile:classic")
+  assert ran == ["classic"]
 
 
 def test_the_trace_summary_ranks_device_kernels_per_timeline():

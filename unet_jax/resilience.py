@@ -19,6 +19,7 @@ RESUMABLE_FIELDS = frozenset({
     "prefetch", "compilation_cache_dir", "data_dir", "restart", "early_stopping_patience",
     "nan_policy", "host_malloc", "cpu_async_dispatch", "tensorboard",
     "model.conv_impl",  # Which kernels run the same math (XLA or oneDNN on the CPU).
+    "model.upsample_impl",  # How the same up-convolution is computed ('matmul' was default).
     "time_budget_minutes",  # A run keeps the step count it fitted (workdir/time_budget.json).
 })
 

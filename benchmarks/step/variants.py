@@ -21,6 +21,11 @@ VARIANTS = {
     # name: (framework, label, options)
     "jax_fp32": ("jax", "JAX fp32 (XLA kernels)", {"bf16": False, "conv_impl": "xla"}),
     "jax_bf16": ("jax", "JAX bf16 compute (XLA kernels)", {"bf16": True, "conv_impl": "xla"}),
+    # The bf16 step as the first GPU run (2026-12-04) timed it: up-convolution as a matmul +
+    # depth-to-space, max-pool by reduce_window, a float32 conv head (UNet's pool/head_impl).
+    "jax_bf16_first_gpu_run": ("jax", "JAX bf16, first GPU run's step (XLA kernels)",
+                               {"bf16": True, "conv_impl": "xla", "upsample_impl": "matmul",
+                                "pool_impl": "reduce_window", "head_impl": "conv"}),
     # unet_jax.ops: convolutions on oneDNN, BatchNorm + ReLU and max-pool on native kernels.
     "jax_onednn_fp32": ("jax", "JAX fp32, oneDNN kernels", {"bf16": False,
                                                              "conv_impl": "onednn"}),
@@ -94,8 +99,9 @@ def _model_kwargs(spec):
   return {key: spec[key] for key in keys}
 
 
-def build_jax(spec, bf16: bool, upsample_impl: str = "matmul", conv_impl: str = "xla",
-              conv_algo: str = "direct", keep_hlo: bool = False):
+def build_jax(spec, bf16: bool, upsample_impl: str = "auto", conv_impl: str = "xla",
+              conv_algo: str = "direct", keep_hlo: bool = False, pool_impl: str = "reshape",
+              head_impl: str = "channel_sum"):
   """The project's own train step (unet_jax.steps.train_step), jitted with donation;
   keep_hlo: info['optimized_hlo'] holds the compiled step's HLO text."""
   import functools  # pylint: disable=import-outside-toplevel
@@ -110,7 +116,7 @@ def build_jax(spec, bf16: bool, upsample_impl: str = "matmul", conv_impl: str = 
 
   model = UNet(num_classes=1, dtype=jnp.bfloat16 if bf16 else jnp.float32,
                upsample_impl=upsample_impl, conv_impl=conv_impl, conv_algo=conv_algo,
-               **_model_kwargs(spec))
+               pool_impl=pool_impl, head_impl=head_impl, **_model_kwargs(spec))
   images, masks = _batch(spec)
   batch = jax.device_put({"image": images, "mask": masks})
   state = steps.create_train_state(model, optax.adam(LEARNING_RATE, eps=1e-8), images,

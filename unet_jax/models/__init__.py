@@ -13,7 +13,7 @@ _CHOICES = {
     "norm": ("batch", "none"),
     "upsample": ("transpose", "bilinear"),
     "padding": ("SAME", "VALID"),
-    "upsample_impl": ("matmul", "conv_transpose"),
+    "upsample_impl": ("auto", "matmul", "adjoint_conv", "conv_transpose"),
     "valid_output": ("overlap_tile", "resize_nearest", "resize_bilinear"),
     "conv_impl": library.IMPLS,
     "block": ("double_conv", "residual"),
@@ -80,7 +80,7 @@ def from_config(config):
               depth=model_config.depth, dropout=dropout if isinstance(dropout, (int, float))
               else tuple(dropout), norm=model_config.norm, upsample=model_config.upsample,
               padding=model_config.padding, dtype=dtype,
-              upsample_impl=model_config.get("upsample_impl", "matmul"),
+              upsample_impl=model_config.get("upsample_impl", "auto"),
               remat=model_config.get("remat", False), conv_impl=conv_impl, block=block,
               conv_algo=model_config.get("conv_algo", "direct"),
               squeeze_excitation=model_config.get("squeeze_excitation", False),

@@ -140,23 +140,61 @@ class BasicBlock(nn.Module):
     return nn.relu(x + y)
 
 
-class UpConv2x2(nn.Module):
-  """2x2 stride-2 transposed conv computed as one matmul to 4 * features + depth-to-space.
+def _strided_conv_2x2(z, kernel):
+  """The 2x2 stride-2 VALID convolution (N, 2H, 2W, F) -> (N, H, W, C), kernel (2, 2, F, C),
+  whose adjoint (transpose) is the up-convolution."""
+  return jax.lax.conv_general_dilated(z, kernel, (2, 2), "VALID",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-  The same math and parameters (kernel HWIO (2, 2, C, F), bias (F,)) as
-  nn.ConvTranspose(F, (2, 2), strides=(2, 2), padding='VALID'): the 2x2 windows do not
-  overlap, so each output pixel is one input pixel times one kernel tap. XLA:CPU runs this
-  matmul (and its gradients) far faster than a transposed convolution's weight gradient. It
-  is the default on GPUs too: there the gradient of XLA's transposed convolution (an
-  input-dilated convolution) is a known slow path, up to 30x behind PyTorch's
-  (jax-ml/jax#23783, #31662, openxla/xla#34273), while this is one GEMM forward and two in
-  the backward pass, on the tensor cores in bf16, with no layout change (NHWC throughout).
+
+@jax.custom_vjp
+def up_conv_2x2_adjoint(x, kernel):
+  """y[n, 2h + a, 2w + b, f] = sum_c x[n, h, w, c] kernel[a, b, f, c]: the adjoint of
+  _strided_conv_2x2, so its three passes are that convolution's own: backward-data forward,
+  the convolution itself for dx, backward-filter (of dy against x) for dkernel. Each is one
+  NHWC cuDNN kernel on a GPU (PyTorch's ConvTranspose2d runs the same three). The custom VJP
+  keeps autodiff of the lhs-dilated forward from making XLA's slow input-dilated weight
+  gradient (jax-ml/jax#23783)."""
+  n, h, w, _ = x.shape
+  z = jax.ShapeDtypeStruct((n, 2 * h, 2 * w, kernel.shape[2]), x.dtype)
+  return jax.linear_transpose(lambda z: _strided_conv_2x2(z, kernel), z)(x)[0]
+
+
+def _up_conv_2x2_adjoint_fwd(x, kernel):
+  return up_conv_2x2_adjoint(x, kernel), (x, kernel)
+
+
+def _up_conv_2x2_adjoint_bwd(residuals, dy):
+  x, kernel = residuals
+  dx = _strided_conv_2x2(dy, kernel)
+  dkernel = jax.linear_transpose(lambda k: _strided_conv_2x2(dy, k), kernel)(x)[0]
+  return dx, dkernel
+
+
+up_conv_2x2_adjoint.defvjp(_up_conv_2x2_adjoint_fwd, _up_conv_2x2_adjoint_bwd)
+
+
+class UpConv2x2(nn.Module):
+  """2x2 stride-2 transposed conv: the same math and parameters (kernel HWIO (2, 2, C, F),
+  bias (F,)) as nn.ConvTranspose(F, (2, 2), strides=(2, 2), padding='VALID'), computed by
+  `method`:
+
+  'matmul': one matmul to 4 * features + depth-to-space. The 2x2 windows do not overlap, so
+    each output pixel is one input pixel times one kernel tap; XLA:CPU runs this matmul (and
+    its gradients) far faster than a transposed convolution's weight gradient.
+  'adjoint_conv' (GPUs, TPUs): up_conv_2x2_adjoint, three NHWC convolution kernels. The
+    matmul's depth-to-space is an activation-sized transpose each way (with the float32
+    accumulator, 1.6 ms of the H200's 27.7 ms classic bf16 step, 2026-12-04 profile); XLA's
+    own transposed convolution has a slow weight gradient on GPUs, up to 30x behind PyTorch
+    (jax-ml/jax#23783, #31662, openxla/xla#34273).
+  conv_impl 'onednn': oneDNN's strided-conv kernels (the CPU).
   """
 
   features: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  conv_impl: str = "xla"  # xla: one XLA matmul | onednn: oneDNN's strided-conv kernels.
+  conv_impl: str = "xla"
+  method: Literal["matmul", "adjoint_conv"] = "matmul"
 
   @nn.compact
   def __call__(self, x):
@@ -169,6 +207,11 @@ class UpConv2x2(nn.Module):
       y = kernels.up_conv_2x2(x.astype(self.dtype), jnp.swapaxes(kernel, 2, 3))
       return kernels.add_bias(y, bias)
     kernel = kernel.astype(self.dtype)
+    if self.method == "adjoint_conv":
+      y = up_conv_2x2_adjoint(x.astype(self.dtype), jnp.swapaxes(kernel, 2, 3))
+      return (y + bias.astype(self.dtype)).astype(self.dtype)
+    if self.method != "matmul":
+      raise ValueError(f"method must be 'matmul' or 'adjoint_conv', got {self.method!r}")
     # A float32 accumulator: XLA:CPU's bf16 dot is fast only when asked for a float32 result.
     y = jnp.einsum("nhwc,abcf->nhawbf", x.astype(self.dtype), kernel,
                    preferred_element_type=jnp.float32)
@@ -180,8 +223,9 @@ class UpSample(nn.Module):
   """Doubles H and W and sets the channel count to `features`.
 
   'transpose': 2x2 stride-2 transposed conv (the paper's "up-convolution"), computed by
-    UpConv2x2 (impl 'matmul', default) or nn.ConvTranspose (impl 'conv_transpose'): same
-    parameters, same outputs; the choice is speed only.
+    UpConv2x2 (impl 'matmul' or 'adjoint_conv'; 'auto', the default: 'matmul' on a CPU,
+    'adjoint_conv' elsewhere) or nn.ConvTranspose (impl 'conv_transpose'): same parameters,
+    same outputs; the choice is speed only.
   'bilinear': bilinear resize (half-pixel centres, torch align_corners=False) + 1x1 conv.
   """
 
@@ -189,14 +233,17 @@ class UpSample(nn.Module):
   mode: Literal["transpose", "bilinear"] = "transpose"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  impl: Literal["matmul", "conv_transpose"] = "matmul"
+  impl: Literal["auto", "matmul", "adjoint_conv", "conv_transpose"] = "auto"
   conv_impl: str = "xla"  # The bilinear mode's 1x1 convolution: 'xla' or 'onednn'.
 
   @nn.compact
   def __call__(self, x):
     if self.mode == "transpose":
-      if self.impl == "matmul":
-        return UpConv2x2(self.features, self.dtype, self.param_dtype, self.conv_impl,
+      impl = self.impl
+      if impl == "auto":
+        impl = "matmul" if jax.default_backend() == "cpu" else "adjoint_conv"
+      if impl in ("matmul", "adjoint_conv"):
+        return UpConv2x2(self.features, self.dtype, self.param_dtype, self.conv_impl, impl,
                          name="ConvTranspose_0")(x)
       return nn.ConvTranspose(self.features, (2, 2), strides=(2, 2), padding="VALID",
                               kernel_init=he_normal, dtype=self.dtype,

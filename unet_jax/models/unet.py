@@ -98,8 +98,12 @@ class UNet(nn.Module):
     resize_output: VALID with overlap_tile=False only; '' keeps the raw output, 'nearest' or
       'bilinear' resizes the raw logits to the input size (pyimagesearch's F.interpolate).
     dtype: compute dtype (e.g. bfloat16); param_dtype: parameter dtype (float32).
-    upsample_impl: how 'transpose' is computed: 'matmul' (fast on CPU) or 'conv_transpose';
+    upsample_impl: how 'transpose' is computed: 'auto' ('matmul' on a CPU, 'adjoint_conv' on
+      GPUs and TPUs), 'matmul', 'adjoint_conv' or 'conv_transpose' (blocks.UpSample);
       identical parameters and outputs.
+    pool_impl, head_impl: XLA only, how the max-pools and a one-class head are computed:
+      'reshape' or 'reduce_window' (layers.max_pool_2x2), 'channel_sum' or 'conv'
+      (layers.logit_head); same results. The second of each is the first GPU run's step.
     remat: recompute each level's convolutions in the backward pass (jax.checkpoint) to
       save activation memory; same results.
     conv_impl: 'auto' (oneDNN kernels on the CPU when built, else XLA), 'xla' or 'onednn':
@@ -135,7 +139,9 @@ class UNet(nn.Module):
   resize_output: Literal["", "nearest", "bilinear"] = ""
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  upsample_impl: Literal["matmul", "conv_transpose"] = "matmul"
+  upsample_impl: Literal["auto", "matmul", "adjoint_conv", "conv_transpose"] = "auto"
+  pool_impl: Literal["reshape", "reduce_window"] = "reshape"
+  head_impl: Literal["channel_sum", "conv"] = "channel_sum"
   remat: bool = False
   conv_impl: Literal["auto", "xla", "onednn"] = "auto"
   conv_algo: Literal["auto", "direct", "winograd", "auto_float32"] = "direct"
@@ -194,7 +200,7 @@ class UNet(nn.Module):
       x = conv(self.features * 2**level, name=f"encoder_{level}")(x, train)
       x = Dropout(dropout[level], deterministic=not train)(x)
       skips.append(x)
-      x = layers.max_pool_2x2(impl, x)
+      x = layers.max_pool_2x2(impl, x, self.pool_impl)
     x = conv(self.features * 2**self.depth, name="bottleneck")(x, train)
     x = Dropout(dropout[self.depth], deterministic=not train)(x)
     image_logit = self._empty_logit(x) if self.empty_head else None
@@ -224,8 +230,8 @@ class UNet(nn.Module):
   def _head(self, impl: str, x, name: str):
     """A 1x1 convolution to class logits."""
     # The 1x1 head runs in float32 so logits and the loss never see bfloat16 rounding.
-    return layers.conv(impl, self.num_classes, (1, 1), kernel_init=he_normal, dtype=jnp.float32,
-                       param_dtype=self.param_dtype, name=name)(x.astype(jnp.float32))
+    return layers.logit_head(impl, self.num_classes, self.head_impl, kernel_init=he_normal,
+                             param_dtype=self.param_dtype, name=name)(x.astype(jnp.float32))
 
   def _empty_logit(self, bottleneck):
     """(N, 1) float32 logit that the image has any foreground, from the pooled bottleneck."""
