@@ -9,7 +9,7 @@ import pytest
 
 from unet_jax.models import UNet
 from unet_jax.models import blocks
-from unet_jax.ops import layers
+from unet_jax.ops import layers, xla_vjp
 
 
 def _close(a, b, tol=1e-5):
@@ -47,22 +47,74 @@ def test_adjoint_conv_matches_flax_conv_transpose():
 
 
 @pytest.mark.parametrize("shape", [(2, 6, 8, 3), (1, 5, 7, 2)])
-def test_reshaped_max_pool_matches_reduce_window_and_its_gradient(shape):
+def test_max_pool_matches_reduce_window_and_its_gradient(shape):
   # Distinct values: with ties the two split the gradient differently (both are gradients).
   x = jax.random.permutation(jax.random.key(5), np.prod(shape)).reshape(shape) / 7.0
   upstream = jax.random.normal(jax.random.key(6), (shape[0], shape[1] // 2, shape[2] // 2,
                                                   shape[3]))
 
-  def pooled(method):
+  def pooled(impl):
     return jax.value_and_grad(
-        lambda x: jnp.sum(layers.max_pool_2x2("xla", x, method) * upstream))(x)
+        lambda x: jnp.sum(layers.max_pool_2x2(impl, x) * upstream))(x)
 
-  value, grad = pooled("reshape")
-  value_rw, grad_rw = pooled("reduce_window")
+  value, grad = pooled("xla")
+  value_rw, grad_rw = pooled("xla_autodiff")
   _close(value, value_rw)
   np.testing.assert_array_equal(grad, grad_rw)
-  with pytest.raises(ValueError, match="xla_method"):
-    layers.max_pool_2x2("xla", x, "average")
+
+
+def test_max_pool_gives_a_tied_windows_gradient_to_its_first_maximum():
+  x = jnp.round(jax.random.normal(jax.random.key(11), (2, 4, 6, 3)))  # Many ties.
+  windows = np.asarray(x).reshape(2, 2, 2, 3, 2, 3)
+  assert np.sum(windows.max(axis=(2, 4), keepdims=True) == windows) > 2 * 2 * 3 * 3
+  upstream = jax.random.normal(jax.random.key(12), (2, 2, 3, 3))
+  value, grad = jax.value_and_grad(lambda x: jnp.sum(xla_vjp.max_pool_2x2(x) * upstream))(x)
+  _close(value, np.sum(windows.max(axis=(2, 4)) * upstream))
+  # Row-major first maximum of each window gets all of it, as reduce_window's gradient does.
+  reference = jax.grad(lambda x: jnp.sum(nn.max_pool(x, (2, 2), (2, 2)) * upstream))(x)
+  np.testing.assert_array_equal(grad, reference)
+
+
+def test_max_pool_routes_each_windows_gradient_to_one_pixel():
+  x = jax.random.normal(jax.random.key(17), (1, 4, 4, 2))
+  upstream = jnp.ones((1, 2, 2, 2))
+  y, vjp = jax.vjp(xla_vjp.max_pool_2x2, x)
+  (dx,) = vjp(upstream)
+  assert np.isfinite(dx).all() and np.sum(dx != 0) == 8 and float(jnp.sum(dx)) == 8.0
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_batch_norm_matches_flax_batch_norm_and_its_gradients(relu, dtype):
+  x = (3.0 * jax.random.normal(jax.random.key(13), (4, 5, 6, 8)) + 1.0).astype(dtype)
+  upstream = jax.random.normal(jax.random.key(14), x.shape)
+  scale = 1.0 + 0.1 * jax.random.normal(jax.random.key(15), (8,))
+  bias = 0.1 * jax.random.normal(jax.random.key(16), (8,))
+
+  def flax_bn(x, scale, bias):
+    y, stats = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5,
+                            dtype=dtype).apply(
+        {"params": {"scale": scale, "bias": bias},
+         "batch_stats": {"mean": jnp.zeros(8), "var": jnp.ones(8)}},
+        x, mutable=["batch_stats"])
+    y = nn.relu(y) if relu else y
+    return jnp.sum(y.astype(jnp.float32) * upstream), stats["batch_stats"]
+
+  def ours(x, scale, bias):
+    y, mean, var = xla_vjp.batch_norm(x, scale, bias, 1e-5, relu)
+    assert y.dtype == dtype
+    return jnp.sum(y.astype(jnp.float32) * upstream), {"mean": 0.1 * mean,
+                                                       "var": 0.9 + 0.1 * var}
+
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  (value, stats), grads = jax.value_and_grad(flax_bn, argnums=(0, 1, 2), has_aux=True)(
+      x, scale, bias)
+  (value_o, stats_o), grads_o = jax.jit(jax.value_and_grad(ours, argnums=(0, 1, 2),
+                                                           has_aux=True))(x, scale, bias)
+  _close(value_o, value, tol)
+  jax.tree.map(lambda a, b: _close(a, b, 1e-5), stats_o, stats)
+  for ours_grad, flax_grad in zip(grads_o, grads):
+    _close(ours_grad, flax_grad, tol)
 
 
 def test_channel_sum_head_has_the_conv_heads_variables_and_outputs():
@@ -74,36 +126,44 @@ def test_channel_sum_head_has_the_conv_heads_variables_and_outputs():
 
     @nn.compact
     def __call__(self, x):
-      return layers.logit_head("xla", 1, self.method, **kwargs)(x.astype(jnp.float32))
+      return layers.logit_head(self.method, 1, **kwargs)(x.astype(jnp.float32))
 
-  conv_vars = Wrap("conv").init(jax.random.key(8), x)
-  sum_vars = Wrap("channel_sum").init(jax.random.key(8), x)
+  conv_vars = Wrap("xla_autodiff").init(jax.random.key(8), x)
+  sum_vars = Wrap("xla").init(jax.random.key(8), x)
   jax.tree.map(np.testing.assert_array_equal, conv_vars, sum_vars)
+  assert "ChannelSumHead" in str(Wrap("xla").tabulate(jax.random.key(8), x))
   conv_vars = jax.tree.map(lambda v: v + 0.25, conv_vars)
-  out = Wrap("channel_sum").apply(conv_vars, x)
+  out = Wrap("xla").apply(conv_vars, x)
   assert out.dtype == jnp.float32 and out.shape == (2, 3, 4, 1)
-  _close(out, Wrap("conv").apply(conv_vars, x))
+  _close(out, Wrap("xla_autodiff").apply(conv_vars, x))
 
 
-def test_unet_xla_levers_change_speed_only():
+@pytest.mark.parametrize("block", ["double_conv", "residual"])
+def test_unet_xla_levers_change_speed_only(block):
   """The UNet with every lever against the first GPU run's formulation: one train-mode
-  forward and backward, the same loss and gradients."""
+  forward and backward, the same loss, gradients and BatchNorm statistics."""
   images = jax.random.uniform(jax.random.key(9), (2, 16, 16, 3))
-  first_run = UNet(num_classes=1, features=4, depth=2, conv_impl="xla",
-                   upsample_impl="matmul", pool_impl="reduce_window", head_impl="conv")
-  levers = first_run.clone(upsample_impl="adjoint_conv", pool_impl="reshape",
-                           head_impl="channel_sum")
+  first_run = UNet(num_classes=1, features=4, depth=2, conv_impl="xla_autodiff",
+                   upsample_impl="matmul", block=block)
+  levers = first_run.clone(upsample_impl="adjoint_conv", conv_impl="xla")
   variables = first_run.init(jax.random.key(10), images)
   jax.tree.map(np.testing.assert_array_equal, variables, levers.init(jax.random.key(10), images))
 
   def loss_and_grads(model):
     def loss(params):
-      logits, _ = model.apply({**variables, "params": params}, images, train=True,
-                              mutable=["batch_stats"])
-      return jnp.mean(jax.nn.softplus(logits))
-    return jax.jit(jax.value_and_grad(loss))(variables["params"])
+      logits, updates = model.apply({**variables, "params": params}, images, train=True,
+                                    mutable=["batch_stats"])
+      return jnp.mean(jax.nn.softplus(logits)), updates
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
 
-  value, grads = loss_and_grads(first_run)
-  value_l, grads_l = loss_and_grads(levers)
+  (value, stats), grads = loss_and_grads(first_run)
+  (value_l, stats_l), grads_l = loss_and_grads(levers)
   _close(value_l, value)
-  jax.tree.map(lambda a, b: _close(a, b, 1e-4), grads_l, grads)
+  # Against the whole gradient's norm: some leaves are ~0 (a BatchNorm's input bias).
+  flat, flat_l = (np.concatenate([np.ravel(g) for g in jax.tree.leaves(t)])
+                  for t in (grads, grads_l))
+  _close(flat_l, flat, 1e-4)
+  scale = np.linalg.norm(flat)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4 * scale, rtol=1e-3),
+               grads_l, grads)
+  jax.tree.map(lambda a, b: _close(a, b, 1e-5), stats_l, stats)

@@ -23,6 +23,7 @@ from absl import flags, logging
 
 from unet_jax import cli, inference, onnx_export, steps
 from unet_jax.errors import UserError
+from unet_jax.ops import layers
 
 FORMATS = ("stablehlo", "onnx")
 TOLERANCE = {"stablehlo": 1e-5, "onnx": onnx_export.TOLERANCE}  # Max |file - checkpoint|.
@@ -42,9 +43,10 @@ def in_float32(trained: inference.TrainedModel) -> inference.TrainedModel:
 
 
 def xla_state(trained: inference.TrainedModel) -> inference.InferenceState:
-  """The weights with XLA's kernels: an artifact must run where this package's native
-  kernels (custom calls) are not loaded."""
-  model = trained.state.apply_fn.__self__.clone(conv_impl="xla")
+  """The weights with XLA's kernels and flax's own layers (conv_impl 'xla_autodiff', same
+  math): an artifact must run where this package's native kernels (custom calls) are not
+  loaded, and converters know flax's layers, not ops.xla_vjp's custom VJPs."""
+  model = trained.state.apply_fn.__self__.clone(conv_impl=layers.XLA_AUTODIFF)
   return trained.state.replace(apply_fn=model.apply)
 
 

@@ -22,10 +22,10 @@ VARIANTS = {
     "jax_fp32": ("jax", "JAX fp32 (XLA kernels)", {"bf16": False, "conv_impl": "xla"}),
     "jax_bf16": ("jax", "JAX bf16 compute (XLA kernels)", {"bf16": True, "conv_impl": "xla"}),
     # The bf16 step as the first GPU run (2026-12-04) timed it: up-convolution as a matmul +
-    # depth-to-space, max-pool by reduce_window, a float32 conv head (UNet's pool/head_impl).
+    # depth-to-space, flax's BatchNorm and max-pool differentiated by JAX, a float32 conv head.
     "jax_bf16_first_gpu_run": ("jax", "JAX bf16, first GPU run's step (XLA kernels)",
-                               {"bf16": True, "conv_impl": "xla", "upsample_impl": "matmul",
-                                "pool_impl": "reduce_window", "head_impl": "conv"}),
+                               {"bf16": True, "conv_impl": "xla_autodiff",
+                                "upsample_impl": "matmul"}),
     # unet_jax.ops: convolutions on oneDNN, BatchNorm + ReLU and max-pool on native kernels.
     "jax_onednn_fp32": ("jax", "JAX fp32, oneDNN kernels", {"bf16": False,
                                                              "conv_impl": "onednn"}),
@@ -100,8 +100,7 @@ def _model_kwargs(spec):
 
 
 def build_jax(spec, bf16: bool, upsample_impl: str = "auto", conv_impl: str = "xla",
-              conv_algo: str = "direct", keep_hlo: bool = False, pool_impl: str = "reshape",
-              head_impl: str = "channel_sum"):
+              conv_algo: str = "direct", keep_hlo: bool = False):
   """The project's own train step (unet_jax.steps.train_step), jitted with donation;
   keep_hlo: info['optimized_hlo'] holds the compiled step's HLO text."""
   import functools  # pylint: disable=import-outside-toplevel
@@ -116,7 +115,7 @@ def build_jax(spec, bf16: bool, upsample_impl: str = "auto", conv_impl: str = "x
 
   model = UNet(num_classes=1, dtype=jnp.bfloat16 if bf16 else jnp.float32,
                upsample_impl=upsample_impl, conv_impl=conv_impl, conv_algo=conv_algo,
-               pool_impl=pool_impl, head_impl=head_impl, **_model_kwargs(spec))
+               **_model_kwargs(spec))
   images, masks = _batch(spec)
   batch = jax.device_put({"image": images, "mask": masks})
   state = steps.create_train_state(model, optax.adam(LEARNING_RATE, eps=1e-8), images,

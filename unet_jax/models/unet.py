@@ -101,13 +101,12 @@ class UNet(nn.Module):
     upsample_impl: how 'transpose' is computed: 'auto' ('matmul' on a CPU, 'adjoint_conv' on
       GPUs and TPUs), 'matmul', 'adjoint_conv' or 'conv_transpose' (blocks.UpSample);
       identical parameters and outputs.
-    pool_impl, head_impl: XLA only, how the max-pools and a one-class head are computed:
-      'reshape' or 'reduce_window' (layers.max_pool_2x2), 'channel_sum' or 'conv'
-      (layers.logit_head); same results. The second of each is the first GPU run's step.
     remat: recompute each level's convolutions in the backward pass (jax.checkpoint) to
       save activation memory; same results.
     conv_impl: 'auto' (oneDNN kernels on the CPU when built, else XLA), 'xla' or 'onednn':
       which kernels run the convolutions, BatchNorm + ReLU and max-pools; same variables.
+      'xla_autodiff' (not a config choice): XLA with flax's BatchNorm and max-pool
+      differentiated by JAX, a float32 conv head: the first GPU run's step (ops/layers.py).
     conv_algo: oneDNN, bfloat16 or float32 compute: 'direct', 'winograd' (F(2x2,3x3) for
       every 3x3 stride-1 convolution) or 'auto' (per layer and pass, the faster of the two as
       measured on this CPU: unet_jax.ops.winograd), or 'auto_float32' ('auto' under float32
@@ -140,10 +139,8 @@ class UNet(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   upsample_impl: Literal["auto", "matmul", "adjoint_conv", "conv_transpose"] = "auto"
-  pool_impl: Literal["reshape", "reduce_window"] = "reshape"
-  head_impl: Literal["channel_sum", "conv"] = "channel_sum"
   remat: bool = False
-  conv_impl: Literal["auto", "xla", "onednn"] = "auto"
+  conv_impl: Literal["auto", "xla", "onednn", "xla_autodiff"] = "auto"
   conv_algo: Literal["auto", "direct", "winograd", "auto_float32"] = "direct"
   block: Literal["double_conv", "residual"] = "double_conv"
   squeeze_excitation: bool = False
@@ -200,7 +197,7 @@ class UNet(nn.Module):
       x = conv(self.features * 2**level, name=f"encoder_{level}")(x, train)
       x = Dropout(dropout[level], deterministic=not train)(x)
       skips.append(x)
-      x = layers.max_pool_2x2(impl, x, self.pool_impl)
+      x = layers.max_pool_2x2(impl, x)
     x = conv(self.features * 2**self.depth, name="bottleneck")(x, train)
     x = Dropout(dropout[self.depth], deterministic=not train)(x)
     image_logit = self._empty_logit(x) if self.empty_head else None
@@ -230,7 +227,7 @@ class UNet(nn.Module):
   def _head(self, impl: str, x, name: str):
     """A 1x1 convolution to class logits."""
     # The 1x1 head runs in float32 so logits and the loss never see bfloat16 rounding.
-    return layers.logit_head(impl, self.num_classes, self.head_impl, kernel_init=he_normal,
+    return layers.logit_head(impl, self.num_classes, kernel_init=he_normal,
                              param_dtype=self.param_dtype, name=name)(x.astype(jnp.float32))
 
   def _empty_logit(self, bottleneck):

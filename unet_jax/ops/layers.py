@@ -1,6 +1,9 @@
-"""Flax layers that choose their kernels by `impl`: 'xla' (flax.linen's own) or 'onednn'
-(unet_jax.ops.kernels). Both hold the same variables under the same names, so a checkpoint,
-a ported PyTorch state_dict or an exported model does not depend on the choice."""
+"""Flax layers that choose their kernels by `impl`: 'xla' (XLA's kernels, BatchNorm + ReLU and
+max-pool with the backward passes of ops.xla_vjp), 'onednn' (unet_jax.ops.kernels) or
+'xla_autodiff' (XLA, flax's nn.BatchNorm and nn.max_pool differentiated by JAX and a float32
+conv head: the first GPU run's step, kept to compare against). All hold the same variables
+under the same names, so a checkpoint, a ported PyTorch state_dict or an exported model does
+not depend on the choice."""
 
 from typing import Any, Callable, Sequence
 
@@ -8,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from unet_jax.ops import kernels, library, winograd
+from unet_jax.ops import kernels, library, winograd, xla_vjp
 
 Dtype = Any
 # 1x1 stride-1 convolutions with at most this many outputs (the logit heads) run as XLA dots:
@@ -17,10 +20,13 @@ Dtype = Any
 _DOT_MAX_FEATURES = 8
 
 
+XLA_AUTODIFF = "xla_autodiff"
+
+
 def resolve(conv_impl: str, dtype=None) -> str:
   """'auto' | 'xla' | 'onednn' -> the implementation used here ('xla' or 'onednn') for a model
-  computing in `dtype`."""
-  return library.resolve(conv_impl, dtype)
+  computing in `dtype`; 'xla_autodiff' stays itself."""
+  return conv_impl if conv_impl == XLA_AUTODIFF else library.resolve(conv_impl, dtype)
 
 
 def _explicit_padding(padding, height, width, kernel_size, strides):
@@ -71,9 +77,10 @@ class OneDNNConv(nn.Module):
     return y
 
 
-class OneDNNBatchNorm(nn.Module):
+class FusedBatchNorm(nn.Module):
   """nn.BatchNorm over N, H, W (momentum, epsilon, variables as flax's: params scale/bias,
-  batch_stats mean/var, statistics in float32), optionally fused with the ReLU after it."""
+  batch_stats mean/var, statistics in float32), optionally fused with the ReLU after it;
+  in training, on `impl`'s kernels: 'onednn' (ops.kernels) or 'xla' (ops.xla_vjp)."""
 
   use_running_average: bool = False
   momentum: float = 0.9
@@ -83,6 +90,7 @@ class OneDNNBatchNorm(nn.Module):
   param_dtype: Dtype = jnp.float32
   scale_init: Callable = nn.initializers.ones
   bias_init: Callable = nn.initializers.zeros
+  impl: str = "onednn"
 
   @nn.compact
   def __call__(self, x):
@@ -97,8 +105,9 @@ class OneDNNBatchNorm(nn.Module):
       multiplier = scale.astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
       y = (x.astype(jnp.float32) - mean) * multiplier + bias
       return (nn.relu(y) if self.relu else y).astype(self.dtype)
-    y, mean, var = kernels.batch_norm(x, scale.astype(jnp.float32), bias.astype(jnp.float32),
-                                      self.epsilon, self.relu)
+    train_batch_norm = kernels.batch_norm if self.impl == "onednn" else xla_vjp.batch_norm
+    y, mean, var = train_batch_norm(x, scale.astype(jnp.float32), bias.astype(jnp.float32),
+                                    self.epsilon, self.relu)
     ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
     ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     return y
@@ -117,32 +126,25 @@ def batch_norm_relu(impl: str, x, train: bool, relu: bool = True, **kwargs):
 
   Pass `name=` to keep the parameter path of an nn.BatchNorm (e.g. 'BatchNorm_0').
   """
-  if impl == "onednn" and train:
-    return OneDNNBatchNorm(use_running_average=False, relu=relu, **kwargs)(x)
-  if impl == "onednn":
-    return OneDNNBatchNorm(use_running_average=True, relu=relu, **kwargs)(x)
+  if impl != XLA_AUTODIFF:
+    return FusedBatchNorm(use_running_average=not train, relu=relu, impl=impl, **kwargs)(x)
   y = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, **kwargs)(x)
   return nn.relu(y) if relu else y
 
 
-def max_pool_2x2(impl: str, x, xla_method: str = "reshape"):
+def max_pool_2x2(impl: str, x):
   """2x2 stride-2 max-pool (VALID: an odd last row or column is dropped).
 
-  On XLA (`xla_method`): 'reshape', the max over each window's four pixels laid out as two
-  axes of their own, whose gradient is an elementwise mask (ties share it); 'reduce_window',
-  nn.max_pool, whose gradient is XLA's select-and-scatter: a scatter kernel on a GPU, 0.9 ms
-  of the H200's 27.7 ms classic bf16 step (2026-12-04 profile) for a pass the mask does
-  inside the fusion beside it.
+  'xla': ops.xla_vjp's, the max over each window's four pixels laid out as axes of their own,
+  whose gradient is one elementwise pass (nn.max_pool's, XLA's select-and-scatter, is a
+  scatter kernel on a GPU: 0.9 ms of the H200's 27.7 ms classic bf16 step, 2026-12-04).
   """
   if impl == "onednn":
     return kernels.max_pool_2x2(x)
-  if xla_method == "reduce_window":
+  if impl == XLA_AUTODIFF:
     return nn.max_pool(x, (2, 2), strides=(2, 2))
-  if xla_method != "reshape":
-    raise ValueError(f"xla_method must be 'reshape' or 'reduce_window', got {xla_method!r}")
   n, h, w, c = x.shape
-  x = x[:, :h - h % 2, :w - w % 2]
-  return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+  return xla_vjp.max_pool_2x2(x[:, :h - h % 2, :w - w % 2])
 
 
 class ChannelSumHead(nn.Module):
@@ -165,13 +167,11 @@ class ChannelSumHead(nn.Module):
     return jnp.sum(products, axis=-2) + bias.astype(jnp.float32)
 
 
-def logit_head(impl: str, features: int, xla_method: str = "channel_sum", **kwargs):
-  """The float32 1x1 convolution to class logits (pass `name=`). XLA, one logit and
-  xla_method 'channel_sum': ChannelSumHead; else `conv` in float32."""
-  if impl != "onednn" and features == 1 and xla_method == "channel_sum":
+def logit_head(impl: str, features: int, **kwargs):
+  """The float32 1x1 convolution to class logits (pass `name=`): ChannelSumHead for one
+  logit on 'xla', else `conv` in float32."""
+  if impl == "xla" and features == 1:
     return ChannelSumHead(features, **kwargs)
-  if xla_method not in ("channel_sum", "conv"):
-    raise ValueError(f"xla_method must be 'channel_sum' or 'conv', got {xla_method!r}")
   return conv(impl, features, (1, 1), dtype=jnp.float32, **kwargs)
 
 

@@ -1,0 +1,117 @@
+"""BatchNorm + ReLU and the 2x2 max-pool in plain XLA, with their backward passes written out.
+
+Autodiff of flax's BatchNorm and of a max over each window gives the right gradients but
+leaves XLA to schedule them, and on a GPU it stores what it could recompute: the H200's
+classic bf16 step (2026-12-04 profile) spent 4.1 ms of 23.3 in BatchNorm's backward, whose
+reduction wrote the ReLU-masked gradient out in full for the next pass to read back, and
+0.3 ms writing the max-pool's window mask (one byte per input) in the forward pass. Here,
+as the native CPU kernels do (ops/kernels.py), BatchNorm's backward recomputes the ReLU's
+mask from what the forward kept anyway: one reduction pass and one elementwise pass over
+(dy, x); the max-pool keeps each window's argmax (one byte per output) and its backward is
+one elementwise pass. Same values and gradients as flax's forms (tests/test_xla_levers.py),
+and plain jnp, so any sharding XLA supports applies.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+_AXES = (0, 1, 2)  # N, H, W of NHWC.
+
+
+def _moments(x):
+  """Per-channel mean and variance over N, H, W as nn.BatchNorm computes them (float32,
+  E[x^2] - E[x]^2 clipped at 0)."""
+  x = x.astype(jnp.float32)
+  mean = jnp.mean(x, _AXES)
+  return mean, jnp.maximum(jnp.mean(x * x, _AXES) - mean * mean, 0.0)
+
+
+def _normalized(x, multiplier, shift, relu: bool):
+  z = x.astype(jnp.float32) * multiplier + shift
+  return jnp.maximum(z, 0.0) if relu else z
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm(x, scale, bias, epsilon: float, relu: bool):
+  """Training-mode BatchNorm over N, H, W of an NHWC x (+ ReLU if `relu`), output in x's
+  dtype. Returns (y, batch mean, batch variance), as ops.kernels.batch_norm."""
+  (y, mean, var), _ = _batch_norm_fwd(x, scale, bias, epsilon, relu)
+  return y, mean, var
+
+
+def _batch_norm_fwd(x, scale, bias, epsilon, relu):
+  mean, var = _moments(x)
+  inv_std = jax.lax.rsqrt(var + epsilon)
+  multiplier = scale * inv_std
+  shift = bias - mean * multiplier
+  y = _normalized(x, multiplier, shift, relu).astype(x.dtype)
+  return (y, mean, var), (x, mean, inv_std, multiplier, shift)
+
+
+def _batch_norm_bwd(epsilon, relu, residuals, cotangents):
+  del epsilon
+  x, mean, inv_std, multiplier, shift = residuals
+  dy, dmean, dvar = cotangents
+  count = x.size // x.shape[-1]
+  xf, dyf = x.astype(jnp.float32), dy.astype(jnp.float32)
+  # The ReLU's mask, recomputed from x with the forward's own multiplier and shift.
+  passed = (xf * multiplier + shift > 0) if relu else jnp.ones_like(xf, bool)
+  dz = jnp.where(passed, dyf, 0.0)
+  dbias = jnp.sum(dz, _AXES)
+  dscale = inv_std * (jnp.sum(dz * xf, _AXES) - mean * dbias)
+  # dx = multiplier * dz + b * x + c: the normalisation's gradient plus the batch mean's and
+  # variance's own cotangents (zero in training, where they only feed running averages).
+  # Written with its own select so that XLA recomputes dz here rather than storing it.
+  b = -multiplier * inv_std * dscale / count + 2.0 * dvar / count
+  c = -multiplier * dbias / count - b * mean + dmean / count
+  dx = jnp.where(passed, multiplier * dyf, 0.0) + b * xf + c
+  return dx.astype(x.dtype), dscale, dbias
+
+
+batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+
+
+def _windows(x):
+  n, h, w, c = x.shape
+  return x.reshape(n, h // 2, 2, w // 2, 2, c)
+
+
+def _max_and_position(x):
+  """Each 2x2 window's maximum and the position (0-3, row-major) of its first maximum."""
+  windows = _windows(x)
+  best = windows[:, :, 0, :, 0]
+  position = jnp.zeros(best.shape, jnp.uint8)
+  for index, (a, b) in enumerate(((0, 1), (1, 0), (1, 1)), start=1):
+    value = windows[:, :, a, :, b]
+    larger = value > best
+    best = jnp.where(larger, value, best)
+    position = jnp.where(larger, jnp.uint8(index), position)
+  return best, position
+
+
+@jax.custom_vjp
+def max_pool_2x2(x):
+  """2x2 stride-2 max-pool of an NHWC x with even H and W; the gradient goes to each window's
+  first maximum, as nn.max_pool's and PyTorch's do. The backward routes it by the position
+  the forward kept (one byte per output), not by comparing x with the maximum again: XLA may
+  recompute x in another fusion, rounded differently, and then no element would match."""
+  return _max_and_position(x)[0]
+
+
+def _max_pool_fwd(x):
+  y, position = _max_and_position(x)
+  return y, position
+
+
+def _max_pool_bwd(position, dy):
+  n, h, w, c = dy.shape
+  positions = (2 * jnp.arange(2, dtype=jnp.uint8)[:, None, None, None]
+               + jnp.arange(2, dtype=jnp.uint8)[:, None])  # (2, 1, 2, 1): row-major index.
+  routed = position[:, :, None, :, None, :] == positions
+  dx = jnp.where(routed, dy[:, :, None, :, None, :], jnp.zeros((), dy.dtype))
+  return (dx.reshape(n, 2 * h, 2 * w, c),)
+
+
+max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
