@@ -5,6 +5,7 @@ camvid.py, which override what their task needs.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -52,7 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.pretrained = ""  # resnet*_unet: a torchvision ResNet state_dict file you have.
   config.model.features = 64  # Channels of the first level (doubles per level).
   config.model.depth = 4  # Poolings; 4 gives the classic 64 -> 1024 U-Net.
-  config.model.dropout = 0.0  # One rate, or depth + 1 per-level rates (bottleneck last).
+  # One rate, or depth + 1 per-level rates (bottleneck last), e.g.
+  # --config.model.dropout='(0,0,0.1,0.1,0.1)': typed `object` so that either parses.
+  config.model.dropout = config_dict.FieldReference(0.0, field_type=object)
   config.model.norm = "batch"  # batch | none.
   config.model.upsample = "transpose"  # transpose (2x2 up-conv) | bilinear (+ 1x1 conv).
   # How transpose is computed, same math: auto (matmul on a CPU, adjoint_conv: three

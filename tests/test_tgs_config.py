@@ -10,11 +10,19 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 TGS = REPO / "configs" / "tgs.py"
 
 
-def _load(suffix: str = ""):
+def _load(suffix: str = "", *overrides: str):
   flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True)
-  flag_values(["test", f"--config={TGS}{suffix}"])
+  argv = ["test", f"--config={TGS}{suffix}", *overrides]
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True,
+                                  sys_argv=argv)
+  flag_values(argv)
   return flag_values.config
+
+
+def test_dropout_takes_one_rate_or_one_per_level_on_the_command_line():
+  assert _load("", "--config.model.dropout=0.2").model.dropout == 0.2
+  per_level = _load("", "--config.model.dropout=(0,0,0.1,0.1,0.1)").model.dropout
+  assert per_level == (0, 0, 0.1, 0.1, 0.1)
 
 
 def test_the_full_download_default_trains_without_rotations_or_dropout():
