@@ -88,7 +88,7 @@ def _environment_lines(data) -> list[str]:
            f"- Started {env['started_utc']}, {env.get('wall_s', 0):.0f} s in all, budget "
            f"{data['budget']['budget_s']:.0f} s; command `{env['command']}`."]
   if len(env.get("runs", [])) > 1:  # merge_runs.py: a full run and its reruns.
-    lines.append("- Merged from the runs of one lease, each stage's last run: " + "; ".join(
+    lines.append("- Merged from these runs, each stage's last run: " + "; ".join(
         f"{run['started_utc'][11:16]} UTC, {run['wall_s']:.0f} s, `{run['command']}`"
         for run in env["runs"]) + ".")
   return lines

@@ -70,9 +70,10 @@ def merge_preset(reports: list[dict]) -> dict:
     listing = "; ".join(f"{r['started_utc'][11:16]} UTC: {', '.join(r['variants']) or 'none'}"
                         for r in runs)
     noise = ", ".join(f"{name} {value:.1%}" for name, value in spread.items()) or "none timed twice"
-    merged["note"] = (f"{merged.get('note', '')}; merged from {len(reports)} runs on one "
-                      f"machine, each variant's last successful one ({listing}); between runs "
-                      f"a variant timed in several moved by: {noise}").lstrip("; ")
+    merged["note"] = (f"{merged.get('note', '')}; merged from {len(reports)} runs on this kind "
+                      f"of machine, each variant's last successful one ({listing}); between "
+                      f"runs (noise, or the project's code changed between leases) a variant "
+                      f"timed in several moved by: {noise}").lstrip("; ")
   return merged
 
 

@@ -118,8 +118,8 @@ def bar_chart(data, path: pathlib.Path) -> None:
   axis.set_title(f"{data['preset']} train step on {data['device']['name']}\n"
                  f"JAX / best PyTorch = {_fmt(ratio, '.2f')}x", fontsize=10)
   for index, (median, result) in enumerate(zip(medians, done)):
-    axis.text(result["img_per_s"]["max"], index, f"  {median:.3g}", va="center", ha="left",
-              fontsize=8)
+    label = f"  {median:.0f}" if median >= 100 else f"  {median:.3g}"  # 1439, not 1.44e+03.
+    axis.text(result["img_per_s"]["max"], index, label, va="center", ha="left", fontsize=8)
   # No bars when nothing was timed (every variant failed or was not built).
   axis.set_xlim(0, 1.15 * max((r["img_per_s"]["max"] for r in done), default=1.0))
   figure.tight_layout()
