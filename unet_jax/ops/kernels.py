@@ -15,7 +15,7 @@ import numpy as np
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
-from unet_jax.ops import library
+from unet_jax.ops import library, xla_vjp
 
 
 def _batch_axes(sharding):
@@ -212,9 +212,7 @@ def _batch_norm(x, scale, bias, epsilon, relu):
   ReLU's mask from x, multiplier and shift, bit for bit the forward's, one activation read
   fewer per backward pass)."""
   mean, var = _moments(x)
-  inv_std = jax.lax.rsqrt(var + epsilon)
-  multiplier = scale * inv_std
-  shift = bias - mean * multiplier
+  inv_std, multiplier, shift = xla_vjp.affine(mean, var, scale, bias, epsilon)
   y = _apply_sharded(relu, x, multiplier, shift)
   return (y, mean, var), (x, mean, inv_std, multiplier, shift)
 
@@ -226,16 +224,11 @@ def _batch_norm_bwd(epsilon, relu, residuals, cotangents):
   count = x.size // x.shape[-1]
   dy = dy.astype(x.dtype)
   sum_dz, sum_dz_x = _backward_sums_sharded(relu, dy, x, multiplier, shift)
-  dbias = sum_dz
-  dscale = inv_std * (sum_dz_x - mean * sum_dz)
-  # dx = multiplier * dz + b * x + c: the normalisation's gradient (multiplier = scale / std,
-  # the forward's), plus the batch mean's and variance's own cotangents (zero in training,
-  # where they only feed running averages). The kernel also recomputes dz's mask from
-  # multiplier and shift.
-  b = -multiplier * inv_std * dscale / count + 2.0 * dvar / count
-  c = -multiplier * dbias / count - b * mean + dmean / count
+  dscale, b, c = xla_vjp.backward_coefficients(mean, inv_std, multiplier, sum_dz, sum_dz_x,
+                                               dmean, dvar, count)
+  # The kernel recomputes dz's ReLU mask from multiplier and shift.
   dx = _backward_apply_sharded(relu, dy, x, multiplier, shift, b, c)
-  return dx, dscale, dbias
+  return dx, dscale, sum_dz
 
 
 batch_norm.defvjp(_batch_norm, _batch_norm_bwd)  # _batch_norm is the forward rule.

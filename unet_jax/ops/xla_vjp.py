@@ -28,6 +28,24 @@ def _moments(x):
   return mean, jnp.maximum(jnp.mean(x * x, _AXES) - mean * mean, 0.0)
 
 
+def affine(mean, var, scale, bias, epsilon: float):
+  """BatchNorm as y = x * multiplier + shift per channel: (1/std, multiplier, shift)."""
+  inv_std = jax.lax.rsqrt(var + epsilon)
+  multiplier = scale * inv_std
+  return inv_std, multiplier, bias - mean * multiplier
+
+
+def backward_coefficients(mean, inv_std, multiplier, sum_dz, sum_dz_x, dmean, dvar, count):
+  """(dscale, b, c) of BatchNorm's backward from the per-channel sums of dz (the gradient
+  past the ReLU) and dz * x: dx = multiplier * dz + b * x + c, the normalisation's gradient
+  plus the batch mean's and variance's own cotangents (zero in training, where they only feed
+  running averages). dbias is sum_dz."""
+  dscale = inv_std * (sum_dz_x - mean * sum_dz)
+  b = -multiplier * inv_std * dscale / count + 2.0 * dvar / count
+  c = -multiplier * sum_dz / count - b * mean + dmean / count
+  return dscale, b, c
+
+
 def _normalized(x, multiplier, shift, relu: bool):
   z = x.astype(jnp.float32) * multiplier + shift
   return jnp.maximum(z, 0.0) if relu else z
@@ -43,9 +61,7 @@ def batch_norm(x, scale, bias, epsilon: float, relu: bool):
 
 def _batch_norm_fwd(x, scale, bias, epsilon, relu):
   mean, var = _moments(x)
-  inv_std = jax.lax.rsqrt(var + epsilon)
-  multiplier = scale * inv_std
-  shift = bias - mean * multiplier
+  inv_std, multiplier, shift = affine(mean, var, scale, bias, epsilon)
   y = _normalized(x, multiplier, shift, relu).astype(x.dtype)
   return (y, mean, var), (x, mean, inv_std, multiplier, shift)
 
@@ -60,12 +76,9 @@ def _batch_norm_bwd(epsilon, relu, residuals, cotangents):
   passed = (xf * multiplier + shift > 0) if relu else jnp.ones_like(xf, bool)
   dz = jnp.where(passed, dyf, 0.0)
   dbias = jnp.sum(dz, _AXES)
-  dscale = inv_std * (jnp.sum(dz * xf, _AXES) - mean * dbias)
-  # dx = multiplier * dz + b * x + c: the normalisation's gradient plus the batch mean's and
-  # variance's own cotangents (zero in training, where they only feed running averages).
+  dscale, b, c = backward_coefficients(mean, inv_std, multiplier, dbias,
+                                       jnp.sum(dz * xf, _AXES), dmean, dvar, count)
   # Written with its own select so that XLA recomputes dz here rather than storing it.
-  b = -multiplier * inv_std * dscale / count + 2.0 * dvar / count
-  c = -multiplier * dbias / count - b * mean + dmean / count
   dx = jnp.where(passed, multiplier * dyf, 0.0) + b * xf + c
   return dx.astype(x.dtype), dscale, dbias
 
