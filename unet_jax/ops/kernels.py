@@ -198,40 +198,12 @@ def _moments(x):
   return mean, jnp.maximum(total_sq / count - mean * mean, 0.0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def batch_norm(x, scale, bias, epsilon, relu):
-  """Training-mode BatchNorm over N, H, W of an NHWC x (+ ReLU if `relu`), one pass for the
-  statistics and one for the output. Returns (y, batch mean, batch variance)."""
-  (y, mean, var), _ = _batch_norm(x, scale, bias, epsilon, relu)
-  return y, mean, var
-
-
-def _batch_norm(x, scale, bias, epsilon, relu):
-  """(y, mean, var) and what the backward needs: x, the mean, 1/std and the per-channel
-  multiplier and shift the output was computed with (no y: the backward recomputes the
-  ReLU's mask from x, multiplier and shift, bit for bit the forward's, one activation read
-  fewer per backward pass)."""
-  mean, var = _moments(x)
-  inv_std, multiplier, shift = xla_vjp.affine(mean, var, scale, bias, epsilon)
-  y = _apply_sharded(relu, x, multiplier, shift)
-  return (y, mean, var), (x, mean, inv_std, multiplier, shift)
-
-
-def _batch_norm_bwd(epsilon, relu, residuals, cotangents):
-  del epsilon
-  x, mean, inv_std, multiplier, shift = residuals
-  dy, dmean, dvar = cotangents
-  count = x.size // x.shape[-1]
-  dy = dy.astype(x.dtype)
-  sum_dz, sum_dz_x = _backward_sums_sharded(relu, dy, x, multiplier, shift)
-  dscale, b, c = xla_vjp.backward_coefficients(mean, inv_std, multiplier, sum_dz, sum_dz_x,
-                                               dmean, dvar, count)
-  # The kernel recomputes dz's ReLU mask from multiplier and shift.
-  dx = _backward_apply_sharded(relu, dy, x, multiplier, shift, b, c)
-  return dx, dscale, sum_dz
-
-
-batch_norm.defvjp(_batch_norm, _batch_norm_bwd)  # _batch_norm is the forward rule.
+batch_norm = xla_vjp.fused_batch_norm(
+    _moments, _apply_sharded, _backward_sums_sharded, _backward_apply_sharded,
+    doc="""Training-mode BatchNorm over N, H, W of an NHWC x (+ ReLU if `relu`) on the native
+    kernels: one pass for the statistics and one for the output; the backward recomputes the
+    ReLU's mask from x (no y kept: one activation read fewer). Returns (y, batch mean, batch
+    variance).""")
 
 
 # ---- 2x2 max-pool -------------------------------------------------------------------------

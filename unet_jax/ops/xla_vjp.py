@@ -46,44 +46,68 @@ def backward_coefficients(mean, inv_std, multiplier, sum_dz, sum_dz_x, dmean, dv
   return dscale, b, c
 
 
-def _normalized(x, multiplier, shift, relu: bool):
+def fused_batch_norm(moments, apply, backward_sums, backward_apply, doc: str):
+  """Training-mode BatchNorm over N, H, W of an NHWC x (+ ReLU), with its VJP, from four
+  passes over the activations:
+    moments(x) -> per-channel (mean, var), float32;
+    apply(relu, x, multiplier, shift) -> y = [relu](x * multiplier + shift), in x's dtype;
+    backward_sums(relu, dy, x, multiplier, shift) -> (sum dz, sum dz * x), dz being dy past
+      the ReLU, whose mask they recompute from x, multiplier and shift (no y is kept);
+    backward_apply(relu, dy, x, multiplier, shift, b, c) -> dx = multiplier * dz + b * x + c.
+  Returns f(x, scale, bias, epsilon, relu) -> (y, batch mean, batch variance)."""
+
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+  def batch_norm(x, scale, bias, epsilon: float, relu: bool):
+    (y, mean, var), _ = forward(x, scale, bias, epsilon, relu)
+    return y, mean, var
+
+  def forward(x, scale, bias, epsilon, relu):
+    mean, var = moments(x)
+    inv_std, multiplier, shift = affine(mean, var, scale, bias, epsilon)
+    return (apply(relu, x, multiplier, shift), mean, var), (x, mean, inv_std, multiplier, shift)
+
+  def backward(epsilon, relu, residuals, cotangents):
+    del epsilon
+    x, mean, inv_std, multiplier, shift = residuals
+    dy, dmean, dvar = cotangents
+    dy = dy.astype(x.dtype)
+    sum_dz, sum_dz_x = backward_sums(relu, dy, x, multiplier, shift)
+    dscale, b, c = backward_coefficients(mean, inv_std, multiplier, sum_dz, sum_dz_x, dmean,
+                                         dvar, x.size // x.shape[-1])
+    return backward_apply(relu, dy, x, multiplier, shift, b, c), dscale, sum_dz
+
+  batch_norm.defvjp(forward, backward)
+  batch_norm.__doc__ = doc
+  return batch_norm
+
+
+def _passed(relu: bool, x, multiplier, shift):
+  """The ReLU's mask, recomputed from x with the forward's own multiplier and shift."""
   z = x.astype(jnp.float32) * multiplier + shift
-  return jnp.maximum(z, 0.0) if relu else z
+  return z > 0 if relu else jnp.ones(z.shape, bool)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def batch_norm(x, scale, bias, epsilon: float, relu: bool):
-  """Training-mode BatchNorm over N, H, W of an NHWC x (+ ReLU if `relu`), output in x's
-  dtype. Returns (y, batch mean, batch variance), as ops.kernels.batch_norm."""
-  (y, mean, var), _ = _batch_norm_fwd(x, scale, bias, epsilon, relu)
-  return y, mean, var
+def _apply(relu: bool, x, multiplier, shift):
+  z = x.astype(jnp.float32) * multiplier + shift
+  return (jnp.maximum(z, 0.0) if relu else z).astype(x.dtype)
 
 
-def _batch_norm_fwd(x, scale, bias, epsilon, relu):
-  mean, var = _moments(x)
-  inv_std, multiplier, shift = affine(mean, var, scale, bias, epsilon)
-  y = _normalized(x, multiplier, shift, relu).astype(x.dtype)
-  return (y, mean, var), (x, mean, inv_std, multiplier, shift)
+def _backward_sums(relu: bool, dy, x, multiplier, shift):
+  dz = jnp.where(_passed(relu, x, multiplier, shift), dy.astype(jnp.float32), 0.0)
+  return jnp.sum(dz, _AXES), jnp.sum(dz * x.astype(jnp.float32), _AXES)
 
 
-def _batch_norm_bwd(epsilon, relu, residuals, cotangents):
-  del epsilon
-  x, mean, inv_std, multiplier, shift = residuals
-  dy, dmean, dvar = cotangents
-  count = x.size // x.shape[-1]
-  xf, dyf = x.astype(jnp.float32), dy.astype(jnp.float32)
-  # The ReLU's mask, recomputed from x with the forward's own multiplier and shift.
-  passed = (xf * multiplier + shift > 0) if relu else jnp.ones_like(xf, bool)
-  dz = jnp.where(passed, dyf, 0.0)
-  dbias = jnp.sum(dz, _AXES)
-  dscale, b, c = backward_coefficients(mean, inv_std, multiplier, dbias,
-                                       jnp.sum(dz * xf, _AXES), dmean, dvar, count)
-  # Written with its own select so that XLA recomputes dz here rather than storing it.
-  dx = jnp.where(passed, multiplier * dyf, 0.0) + b * xf + c
-  return dx.astype(x.dtype), dscale, dbias
+def _backward_apply(relu: bool, dy, x, multiplier, shift, b, c):
+  # Its own select, so that XLA recomputes dz here rather than storing it for this pass.
+  dz_scaled = jnp.where(_passed(relu, x, multiplier, shift),
+                        multiplier * dy.astype(jnp.float32), 0.0)
+  return (dz_scaled + b * x.astype(jnp.float32) + c).astype(x.dtype)
 
 
-batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+batch_norm = fused_batch_norm(
+    _moments, _apply, _backward_sums, _backward_apply,
+    doc="""Training-mode BatchNorm over N, H, W of an NHWC x (+ ReLU if `relu`) on XLA, output
+    in x's dtype. Returns (y, batch mean, batch variance), as ops.kernels.batch_norm.""")
 
 
 def _windows(x):
