@@ -143,8 +143,8 @@ def max_pool_2x2(impl: str, x):
     return kernels.max_pool_2x2(x)
   if impl == XLA_AUTODIFF:
     return nn.max_pool(x, (2, 2), strides=(2, 2))
-  n, h, w, c = x.shape
-  return xla_vjp.max_pool_2x2(x[:, :h - h % 2, :w - w % 2])
+  height, width = x.shape[1:3]
+  return xla_vjp.max_pool_2x2(x[:, :height - height % 2, :width - width % 2])
 
 
 class ChannelSumHead(nn.Module):
