@@ -4,14 +4,18 @@ A deliberately slow step (the project's train step plus a chain of matmuls it de
 makes the device the bottleneck. Right after each dispatch, the steps dispatched but not
 finished are those whose outputs are not ready yet (jax.Array.is_ready, no sync). (A host
 callback that sleeps would not do: XLA:CPU runs such a step synchronously.)
+Each loop runs in a process of its own with XLA:CPU's asynchronous dispatch (as GPUs dispatch):
+the setting is fixed when JAX starts its CPU client, which another test may have done already.
 """
 
 import functools
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 
-from tests.conftest import tiny_config
+from tests.conftest import REPO, tiny_config
 from unet_jax import losses, steps, train
 
 MATMULS = 24  # Of 512x512: ~6 GFLOP, tens of ms per step on a CPU, far above dispatch time.
@@ -44,24 +48,34 @@ class SlowStep:
     return state, metrics
 
 
-def _run_slow_loop(tmp_path) -> SlowStep:
-  config = tiny_config(num_train_steps=12, log_every_steps=12, eval_every_steps=12)
-  run, state, iterator, start = train._setup(config, tmp_path)  # pylint: disable=protected-access
+def _run_slow_loop(workdir, bound: int) -> int:
+  """The most steps in flight of a 12-step loop with the host bounded to `bound` of them."""
+  config = tiny_config(num_train_steps=12, log_every_steps=12, eval_every_steps=12,
+                       cpu_async_dispatch=True)
+  train.MAX_STEPS_IN_FLIGHT = bound
+  run, state, iterator, start = train._setup(config, workdir)  # pylint: disable=protected-access
   slow = SlowStep()
   run.train_step = slow
   train._train_loop(run, state, iterator, start, _NoStop())  # pylint: disable=protected-access
   run.finish()
   assert len(slow.outputs) == 12 and all(loss.is_ready() for loss in slow.outputs)
-  return slow
+  return slow.max_in_flight
+
+
+def _max_in_flight(tmp_path, bound: int) -> int:
+  code = ("import sys; from tests import test_train_lookahead as t; "
+          f"print('max_in_flight', t._run_slow_loop(sys.argv[1], {bound}))")
+  proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO,
+                        capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return int(proc.stdout.split("max_in_flight")[-1])
 
 
 def test_steps_in_flight_never_exceed_the_bound(tmp_path):
   # The device always has the next step queued (the bound costs no throughput) but no more.
-  assert _run_slow_loop(tmp_path).max_in_flight == train.MAX_STEPS_IN_FLIGHT
+  assert _max_in_flight(tmp_path, train.MAX_STEPS_IN_FLIGHT) == train.MAX_STEPS_IN_FLIGHT
 
 
-def test_without_the_bound_the_host_runs_ahead(tmp_path, monkeypatch):
+def test_without_the_bound_the_host_runs_ahead(tmp_path):
   """The check above can fail: unbounded, dispatch outruns the slow step."""
-  bound = train.MAX_STEPS_IN_FLIGHT
-  monkeypatch.setattr(train, "MAX_STEPS_IN_FLIGHT", 1000)
-  assert _run_slow_loop(tmp_path).max_in_flight > bound + 2
+  assert _max_in_flight(tmp_path, 1000) > train.MAX_STEPS_IN_FLIGHT + 2
