@@ -66,6 +66,8 @@ def test_dry_run_writes_every_report(tgs_dir, tmp_path):
   assert run["step_ms_device_only"] > 0 and run["pipeline_only_img_per_s"] > 0
   assert run["pipeline_processes_img_per_s"] > 0 and run["pipeline_processes"] >= 1
   assert run["step_ms_with_pipeline"] > 0 and 0 <= run["data_wait_share"] <= 1
+  assert run["step_ms_loop_put_inline"] > 0 and run["step_ms_loop_put_ahead"] > 0
+  assert run["grain"]["device_prefetch"] == 0  # configs/default.py's auto, resolved on a CPU.
 
   profile = data["profile"]["classic"]  # The CPU has no device timeline: host threads.
   assert not profile["device_timelines"] and profile["steps"] == 5 and profile["lines"]
@@ -82,7 +84,7 @@ def test_dry_run_writes_every_report(tgs_dir, tmp_path):
   markdown = (out / "gpu_check.md").read_text()
   for section in ("## Checks", "## Train-step throughput", "## End-to-end training",
                   "## Where the JAX step's time goes", "## Stages", "| parity_fp32 | pass |",
-                  "All passed."):
+                  "All passed.", "0 = inline, as every run before it existed): tgs 0."):
     assert section in markdown
 
 

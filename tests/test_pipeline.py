@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from unet_jax.data import pipeline
+from unet_jax.errors import ConfigError
 
 
 class Numbered:
@@ -78,6 +79,32 @@ def test_augmented_stream_resumes_from_its_state():
   resumed.set_state(state)
   for want in expected:
     np.testing.assert_array_equal(next(resumed)["image"], want)
+
+
+@pytest.mark.parametrize("ahead", [0, 3])
+def test_put_ahead_applies_put_and_checkpoints_the_position_consumed(ahead):
+  # With threads `ahead`, the reader has gone past what the consumer took: the state must be
+  # the consumer's, or a resumed run would skip the batches that sat in the buffers.
+  dataset = pipeline.train_dataset(Numbered(40), global_batch_size=4, seed=3)
+  plain = iter(dataset)
+  expected = [_ids(next(plain)) for _ in range(8)]
+  put = lambda batch: dict(batch, put=np.ones(1))  # pylint: disable=unnecessary-lambda-assignment
+  ahead_iterator = iter(pipeline.put_ahead(dataset, put, ahead))
+  taken = [next(ahead_iterator) for _ in range(5)]
+  assert all("put" in batch for batch in taken)
+  assert [_ids(batch) for batch in taken] == expected[:5]
+  state = ahead_iterator.get_state()
+  resumed = iter(pipeline.put_ahead(dataset, put, ahead))
+  resumed.set_state(state)
+  assert [_ids(next(resumed)) for _ in range(3)] == expected[5:]
+
+
+def test_device_prefetch_auto_puts_ahead_only_beside_an_accelerator():
+  assert pipeline.resolve_device_prefetch(-1, "cpu") == 0
+  assert pipeline.resolve_device_prefetch(-1, "gpu") == 2
+  assert pipeline.resolve_device_prefetch(3, "cpu") == 3
+  with pytest.raises(ConfigError, match="--config.device_prefetch"):
+    pipeline.resolve_device_prefetch(-2, "gpu")
 
 
 def test_multiprocessing_workers_give_the_same_batches():

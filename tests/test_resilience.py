@@ -50,12 +50,17 @@ def uninterrupted(tmp_path_factory):
   return workdir
 
 
-def test_kill_9_then_rerun_ends_bitwise_equal_with_the_same_batches(uninterrupted, tmp_path):
-  killed = _train(tmp_path, fault="kill@10")
+# With batches put on the device ahead by threads, the checkpoint must still hold the batch
+# position the steps consumed, not the one the threads reached.
+@pytest.mark.parametrize("device_prefetch", ["0", "2"])
+def test_kill_9_then_rerun_ends_bitwise_equal_with_the_same_batches(uninterrupted, tmp_path,
+                                                                    device_prefetch):
+  ahead = f"--config.device_prefetch={device_prefetch}"
+  killed = _train(tmp_path, ahead, fault="kill@10")
   assert killed.returncode == -signal.SIGKILL
   resumed_from = max(inference.saved_steps(tmp_path))
   assert resumed_from in (4, 8)  # The save of step 8 is asynchronous: either is complete.
-  rerun = _train(tmp_path)
+  rerun = _train(tmp_path, ahead)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert f"resuming from the checkpoint of step {resumed_from}" in rerun.stderr
   # Bitwise on CPU: same programs, same data order, same dropout keys.

@@ -16,8 +16,8 @@ from unet_jax.errors import WorkdirError
 # Fields that may change between a run and its resumption without changing what is trained.
 RESUMABLE_FIELDS = frozenset({
     "num_train_steps", "log_every_steps", "eval_every_steps", "max_checkpoints", "num_workers",
-    "prefetch", "compilation_cache_dir", "data_dir", "restart", "early_stopping_patience",
-    "nan_policy", "host_malloc", "cpu_async_dispatch", "tensorboard",
+    "prefetch", "device_prefetch", "compilation_cache_dir", "data_dir", "restart",
+    "early_stopping_patience", "nan_policy", "host_malloc", "cpu_async_dispatch", "tensorboard",
     "model.conv_impl",  # Which kernels run the same math (XLA or oneDNN on the CPU).
     "model.upsample_impl",  # How the same up-convolution is computed ('matmul' was default).
     "time_budget_minutes",  # A run keeps the step count it fitted (workdir/time_budget.json).

@@ -108,12 +108,18 @@ def _train_transform(config):
   return transform
 
 
-def _make_train_iterator(config, train_source):
-  return iter(pipeline.train_dataset(
+def _make_train_iterator(config, train_source, mesh=None):
+  """Host batches; with a mesh, global arrays put on it config.device_prefetch batches ahead."""
+  ds = pipeline.train_dataset(
       train_source, global_batch_size=config.batch_size, seed=config.seed,
       augment=_train_transform(config), shard=parallel.process_shard(),
       num_workers=pipeline.resolve_workers(config.num_workers, jax.default_backend()),
-      prefetch=config.prefetch))
+      prefetch=config.prefetch)
+  if mesh is not None:
+    ds = pipeline.put_ahead(ds, lambda batch: parallel.shard_batch(batch, mesh),
+                            pipeline.resolve_device_prefetch(config.device_prefetch,
+                                                             jax.default_backend()))
+  return iter(ds)
 
 
 def _validation_source(config):
@@ -285,7 +291,7 @@ def _setup(config, workdir):
   train_source = data.load_split(config, "train")
   val_source = _validation_source(config)
   state = _initial_state(config, mesh, train_source, warp)
-  train_iterator = _make_train_iterator(config, train_source)
+  train_iterator = _make_train_iterator(config, train_source, mesh)
   train_step, eval_step, predict = steps.jit_steps(config)
   run = Run(config=config, workdir=workdir, mesh=mesh, val_source=val_source,
             checkpoints=checkpoints.Checkpoints(workdir, max_to_keep=config.max_checkpoints,
@@ -313,11 +319,11 @@ def _setup(config, workdir):
   return run, state, train_iterator, start_step
 
 
-def _next_batch(train_iterator, step: int, mesh):
-  local = next(train_iterator)
+def _next_batch(train_iterator, step: int):
+  batch = next(train_iterator)
   if resilience.injected_fault("nan", step):  # Crash tests: a batch that yields NaN.
-    local = dict(local, image=np.full(local["image"].shape, np.nan, np.float32))
-  return parallel.shard_batch(local, mesh)
+    batch = dict(batch, image=batch["image"].astype(np.float32) * np.float32(np.nan))
+  return batch
 
 
 def _stop_requested(stop, step: int, log_every_steps: int) -> bool:
@@ -344,7 +350,7 @@ def _train_loop(run: Run, state, train_iterator, start_step: int, stop) -> dict:
       break
     if resilience.injected_fault("kill", step):
       resilience.die_now()
-    batch = _next_batch(train_iterator, step, run.mesh)
+    batch = _next_batch(train_iterator, step)
     while len(in_flight) >= MAX_STEPS_IN_FLIGHT:
       jax.block_until_ready(in_flight.popleft())
     state, metrics = run.step_fn(step)(state, batch)

@@ -130,21 +130,29 @@ def _e2e_lines(data) -> list[str]:
   if not data["e2e"]:
     return ["No end-to-end run finished."]
   lines = ["| run | steps, dtype, batch | train s | step ms with pipeline | device only | "
-           "device waits for data | pipeline alone img/s: threads, processes | "
-           "final validation |", "|---|---|---:|---:|---:|---:|---:|---|"]
+           "loop alone: put inline, ahead | device waits for data | "
+           "pipeline alone img/s: threads, processes | final validation |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---|"]
   for name, run in data["e2e"].items():
     scores = ", ".join(f"{k} {v:.4f}" for k, v in run["final_scores"].items()
                        if k in ("loss", "dice", "iou", "tgs_map"))
     lines.append(
         f"| {name} | {run['steps']}, {run['dtype']}, {run['batch_size']} | "
         f"{run['train_wall_s']:.1f} | {_fmt(run['step_ms_with_pipeline'], '.2f')} | "
-        f"{run['step_ms_device_only']:.2f} | {_fmt(run['data_wait_share'], '.0%')} | "
+        f"{run['step_ms_device_only']:.2f} | {_fmt(run.get('step_ms_loop_put_inline'), '.2f')}"
+        f", {_fmt(run.get('step_ms_loop_put_ahead'), '.2f')} | "
+        f"{_fmt(run['data_wait_share'], '.0%')} | "
         f"{run['pipeline_only_img_per_s']:.0f}, {run['pipeline_processes_img_per_s']:.0f} "
         f"({run['pipeline_processes']} workers) | {scores} |")
   lines += ["", "Step time with the pipeline: the trainer's own measurement between log steps "
             "(metrics.jsonl, evaluations excluded), median of windows; device only: the same "
-            "jitted step on one batch held on the device; the device waits for data "
-            "1 - device only / with pipeline of the time."]
+            "jitted step on one batch held on the device; loop alone: that step fed by the "
+            "trainer's iterator (no logging, no evaluation), batches put on the device inline "
+            "or 2 ahead by background threads; the device waits for data "
+            "1 - device only / with pipeline of the time. The trainer's batches put ahead "
+            "(config.device_prefetch; 0 = inline, as every run before it existed): " + ", ".join(
+                f"{name} {run['grain'].get('device_prefetch', 0)}"
+                for name, run in data["e2e"].items()) + "."]
   return lines
 
 

@@ -6,7 +6,8 @@
 2. reads the step time with the input pipeline off metrics.jsonl: the trainer measures it
    between its log steps, evaluations excluded (logs.TrainLogger);
 3. times the same jitted step again on one batch held on the device, under the trainer's
-   bound of steps in flight: the step time without the input pipeline;
+   bound of steps in flight: the step time without the input pipeline; then fed by the
+   trainer's iterator, batches put on the device inline and 2 ahead by background threads;
 4. times the grain iterator alone (no device work): the batches per second it delivers, as
    configured (threads) and in one worker process per core.
 The device waits for data for 1 - without / with of the step time.
@@ -44,22 +45,32 @@ def _train_records(workdir: pathlib.Path):
           [r for r in records if r["split"] == "val"])
 
 
-def device_only_step_ms(config, steps: int) -> float:
-  """The trainer's jitted step on one batch held on the device, `steps` times, with at most
-  train.MAX_STEPS_IN_FLIGHT in flight: the step time when data costs nothing."""
+def loop_step_ms(config, steps: int, device_prefetch: int | None = None) -> float:
+  """The trainer's jitted step `steps` times under its bound of steps in flight, fed by the
+  trainer's iterator with `device_prefetch` batches put on the device ahead (0: inline), or
+  (None) by one batch held on the device: the step time when data costs nothing."""
+  import itertools  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   # pylint: disable=import-outside-toplevel,protected-access
   from unet_jax import data, parallel, steps as steps_lib, train
   mesh = parallel.make_mesh()
   source = data.load_split(config, "train")
   state = train._initial_state(config, mesh, source)
-  batch = parallel.shard_batch(next(train._make_train_iterator(config, source)), mesh)
+  if device_prefetch is None:
+    batches = itertools.repeat(
+        parallel.shard_batch(next(train._make_train_iterator(config, source)), mesh))
+  else:
+    config = config.copy_and_resolve_references()
+    config.device_prefetch = device_prefetch
+    batches = train._make_train_iterator(config, source, mesh)
   train_step, _, _ = steps_lib.jit_steps(config)  # The trainer's (cached) jitted step.
-  state, metrics = train_step(state, batch)
+  for _ in range(3):  # Compiles; starts the iterator's threads and worker processes.
+    state, metrics = train_step(state, next(batches))
   jax.block_until_ready(metrics)
   in_flight = collections.deque()
   start = time.perf_counter()
   for _ in range(steps):
+    batch = next(batches)
     while len(in_flight) >= train.MAX_STEPS_IN_FLIGHT:
       jax.block_until_ready(in_flight.popleft())
     state, metrics = train_step(state, batch)
@@ -102,7 +113,10 @@ def run(dataset: str, steps: int, dtype: str, tiny: bool, workdir, tgs_dir=None,
   train_records, val_records = _train_records(workdir / "run")
   windows = [r["step_time_ms"] for r in train_records if "step_time_ms" in r]
   with_pipeline_ms = statistics.median(windows) if windows else None
-  without_ms = device_only_step_ms(config, 5 if tiny else max(50, min(steps, 200)))
+  loop_steps = 5 if tiny else max(50, min(steps, 200))
+  without_ms = loop_step_ms(config, loop_steps)
+  # The trainer's loop alone (no logging or evaluation), batches put inline and ahead.
+  loop_ms = {ahead: loop_step_ms(config, loop_steps, ahead) for ahead in (0, 2)}
   # The trainer's pipeline in threads, and in worker processes, one per core (at most 16).
   in_threads = config.copy_and_resolve_references()
   in_threads.num_workers = 0
@@ -124,6 +138,7 @@ def run(dataset: str, steps: int, dtype: str, tiny: bool, workdir, tgs_dir=None,
                                                          "tgs_map")} for r in val_records],
       "step_ms_with_pipeline": with_pipeline_ms, "step_ms_windows": windows,
       "step_ms_device_only": without_ms,
+      "step_ms_loop_put_inline": loop_ms[0], "step_ms_loop_put_ahead": loop_ms[2],
       "data_wait_share": (max(0.0, 1.0 - without_ms / with_pipeline_ms)
                           if with_pipeline_ms else None),
       "pipeline_only_ms_per_batch": pipeline_ms,
@@ -134,6 +149,8 @@ def run(dataset: str, steps: int, dtype: str, tiny: bool, workdir, tgs_dir=None,
       "grain": {"num_workers": pipeline.resolve_workers(config.num_workers,
                                                         jax.default_backend()),
                 "prefetch": config.prefetch,
+                "device_prefetch": pipeline.resolve_device_prefetch(config.device_prefetch,
+                                                                    jax.default_backend()),
                 "threads": pipeline.default_threads()},
       "compilation_cache_files": len(list(cache.iterdir())) if cache.is_dir() else 0,
       "autotune_cache_written": (cache / "xla_gpu_per_fusion_autotune_cache_dir").is_dir(),
