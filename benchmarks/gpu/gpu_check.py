@@ -52,9 +52,10 @@ STAGES = ("checks", "throughput:classic", "e2e:tgs", "e2e:synthetic", "profile:c
           "throughput:tgs", "throughput:carvana")
 # stage: (cap_s, min_s): the most it may take, and the least budget left to start it. Sized by
 # the first H200 run (2026-12-04): checks 68 s; classic's JAX variants 45-50 s to the first
-# step each, torch's 10 s (torch.compile more); e2e:tgs's trainer 71 s to its first step.
-BUDGET = {"checks": (90, 20), "throughput:classic": (300, 120), "e2e:synthetic": (75, 40),
-          "e2e:tgs": (150, 100), "profile:classic": (75, 45), "throughput:tgs": (100, 60),
+# step each, torch's 10 s (torch.compile more); e2e:tgs's trainer 71 s to its first step. The
+# second lease's e2e took 62 and 146 s, before the loop timings (put inline, ahead) were added.
+BUDGET = {"checks": (90, 20), "throughput:classic": (300, 120), "e2e:synthetic": (85, 40),
+          "e2e:tgs": (165, 100), "profile:classic": (75, 45), "throughput:tgs": (100, 60),
           "throughput:carvana": (120, 70)}
 # Seconds of a throughput stage kept for timing, peak and report once its variants are built.
 TIMING_RESERVE = {"classic": 45, "tgs": 20, "carvana": 30}

@@ -45,10 +45,11 @@ def _train_records(workdir: pathlib.Path):
           [r for r in records if r["split"] == "val"])
 
 
-def loop_step_ms(config, steps: int, device_prefetch: int | None = None) -> float:
-  """The trainer's jitted step `steps` times under its bound of steps in flight, fed by the
-  trainer's iterator with `device_prefetch` batches put on the device ahead (0: inline), or
-  (None) by one batch held on the device: the step time when data costs nothing."""
+def loop_step_ms(config, steps: int) -> dict:
+  """Milliseconds a step of the trainer's jitted step, `steps` times under its bound of steps
+  in flight, fed three ways: 'device_only', one batch held on the device (the step time when
+  data costs nothing); 'put_inline' and 'put_ahead', the trainer's iterator with batches put on
+  the device inline or 2 ahead by background threads (config.device_prefetch 0 and 2)."""
   import itertools  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   # pylint: disable=import-outside-toplevel,protected-access
@@ -56,27 +57,33 @@ def loop_step_ms(config, steps: int, device_prefetch: int | None = None) -> floa
   mesh = parallel.make_mesh()
   source = data.load_split(config, "train")
   state = train._initial_state(config, mesh, source)
-  if device_prefetch is None:
-    batches = itertools.repeat(
-        parallel.shard_batch(next(train._make_train_iterator(config, source)), mesh))
-  else:
-    config = config.copy_and_resolve_references()
-    config.device_prefetch = device_prefetch
-    batches = train._make_train_iterator(config, source, mesh)
   train_step, _, _ = steps_lib.jit_steps(config)  # The trainer's (cached) jitted step.
-  for _ in range(3):  # Compiles; starts the iterator's threads and worker processes.
-    state, metrics = train_step(state, next(batches))
-  jax.block_until_ready(metrics)
-  in_flight = collections.deque()
-  start = time.perf_counter()
-  for _ in range(steps):
-    batch = next(batches)
-    while len(in_flight) >= train.MAX_STEPS_IN_FLIGHT:
-      jax.block_until_ready(in_flight.popleft())
-    state, metrics = train_step(state, batch)
-    in_flight.append(metrics)
-  jax.block_until_ready((state, metrics))
-  return 1e3 * (time.perf_counter() - start) / steps
+
+  def feed(device_prefetch):
+    if device_prefetch is None:
+      return itertools.repeat(
+          parallel.shard_batch(next(train._make_train_iterator(config, source)), mesh))
+    fed = config.copy_and_resolve_references()
+    fed.device_prefetch = device_prefetch
+    return train._make_train_iterator(fed, source, mesh)
+
+  times = {}
+  for name, device_prefetch in (("device_only", None), ("put_inline", 0), ("put_ahead", 2)):
+    batches = feed(device_prefetch)
+    for _ in range(3):  # Compiles once; starts the iterator's threads and worker processes.
+      state, metrics = train_step(state, next(batches))
+    jax.block_until_ready(metrics)
+    in_flight = collections.deque()
+    start = time.perf_counter()
+    for _ in range(steps):
+      batch = next(batches)
+      while len(in_flight) >= train.MAX_STEPS_IN_FLIGHT:
+        jax.block_until_ready(in_flight.popleft())
+      state, metrics = train_step(state, batch)
+      in_flight.append(metrics)
+    jax.block_until_ready((state, metrics))
+    times[name] = 1e3 * (time.perf_counter() - start) / steps
+  return times
 
 
 def pipeline_only_ms(config, batches: int) -> float:
@@ -113,10 +120,8 @@ def run(dataset: str, steps: int, dtype: str, tiny: bool, workdir, tgs_dir=None,
   train_records, val_records = _train_records(workdir / "run")
   windows = [r["step_time_ms"] for r in train_records if "step_time_ms" in r]
   with_pipeline_ms = statistics.median(windows) if windows else None
-  loop_steps = 5 if tiny else max(50, min(steps, 200))
-  without_ms = loop_step_ms(config, loop_steps)
-  # The trainer's loop alone (no logging or evaluation), batches put inline and ahead.
-  loop_ms = {ahead: loop_step_ms(config, loop_steps, ahead) for ahead in (0, 2)}
+  loop_ms = loop_step_ms(config, 5 if tiny else max(50, min(steps, 200)))
+  without_ms = loop_ms["device_only"]
   # The trainer's pipeline in threads, and in worker processes, one per core (at most 16).
   in_threads = config.copy_and_resolve_references()
   in_threads.num_workers = 0
@@ -138,7 +143,8 @@ def run(dataset: str, steps: int, dtype: str, tiny: bool, workdir, tgs_dir=None,
                                                          "tgs_map")} for r in val_records],
       "step_ms_with_pipeline": with_pipeline_ms, "step_ms_windows": windows,
       "step_ms_device_only": without_ms,
-      "step_ms_loop_put_inline": loop_ms[0], "step_ms_loop_put_ahead": loop_ms[2],
+      "step_ms_loop_put_inline": loop_ms["put_inline"],
+      "step_ms_loop_put_ahead": loop_ms["put_ahead"],
       "data_wait_share": (max(0.0, 1.0 - without_ms / with_pipeline_ms)
                           if with_pipeline_ms else None),
       "pipeline_only_ms_per_batch": pipeline_ms,
