@@ -60,12 +60,10 @@ def loop_step_ms(config, steps: int) -> dict:
   train_step, _, _ = steps_lib.jit_steps(config)  # The trainer's (cached) jitted step.
 
   def feed(device_prefetch):
-    if device_prefetch is None:
-      return itertools.repeat(
-          parallel.shard_batch(next(train._make_train_iterator(config, source)), mesh))
     fed = config.copy_and_resolve_references()
-    fed.device_prefetch = device_prefetch
-    return train._make_train_iterator(fed, source, mesh)
+    fed.device_prefetch = device_prefetch or 0
+    batches = train._make_train_iterator(fed, source, mesh)
+    return itertools.repeat(next(batches)) if device_prefetch is None else batches
 
   times = {}
   for name, device_prefetch in (("device_only", None), ("put_inline", 0), ("put_ahead", 2)):
