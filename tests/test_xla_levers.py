@@ -167,3 +167,27 @@ def test_unet_xla_levers_change_speed_only(block):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4 * scale, rtol=1e-3),
                grads_l, grads)
   jax.tree.map(lambda a, b: _close(a, b, 1e-5), stats_l, stats)
+
+
+def test_auto_layout_train_steps_match_the_default_layout_steps():
+  """The benchmark's state-in-XLA's-layouts step (variants.compile_auto_layouts) trains the
+  same: three steps, each feeding its output state to the next, equal to plain jit's."""
+  import functools  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  from benchmarks.step import variants  # pylint: disable=import-outside-toplevel
+  from unet_jax import losses, steps  # pylint: disable=import-outside-toplevel
+  model = UNet(num_classes=1, features=4, depth=2, conv_impl="xla")
+  rng = np.random.default_rng(3)
+  batch = jax.device_put({"image": rng.uniform(0, 255, (2, 16, 16, 3)).astype(np.float32),
+                          "mask": (rng.uniform(size=(2, 16, 16)) > 0.5).astype(np.uint8)})
+  train_fn = functools.partial(steps.train_step, loss_fn=losses.sigmoid_bce, ignore_index=None)
+  new_state = lambda: steps.create_train_state(model, optax.adam(1e-2), batch["image"], 0)
+  compiled, state, info = variants.compile_auto_layouts(train_fn, new_state(), batch)
+  plain, reference = jax.jit(train_fn), new_state()
+  for _ in range(3):
+    state, metrics = compiled(state, batch)
+    reference, reference_metrics = plain(reference, batch)
+  assert int(state.step) == 3 and info["auto_layouts"]["state_arrays"] == len(
+      jax.tree.leaves(reference))
+  _close(metrics["loss"], reference_metrics["loss"], 1e-6)
+  jax.tree.map(lambda a, b: _close(a, b, 1e-5), state.params, reference.params)

@@ -62,8 +62,9 @@ TIMING_RESERVE = {"classic": 45, "tgs": 20, "carvana": 30}
 # The goal's contenders first (each framework's fastest), so a stage short of time drops
 # fp32 variants, not the comparison (the first H200 run built JAX fp32 before torch's bf16).
 GPU_VARIANTS = ("jax_bf16", "torch_autocast_bf16_cl", "torch_compile_bf16",
-                "jax_bf16_first_gpu_run", "jax_fp32", "torch_eager_cl", "torch_eager_nchw")
-DRY_VARIANTS = ("jax_bf16", "torch_eager_cl")
+                "jax_bf16_auto_layouts", "jax_bf16_first_gpu_run", "jax_fp32", "torch_eager_cl",
+                "torch_eager_nchw")
+DRY_VARIANTS = ("jax_bf16", "jax_bf16_auto_layouts", "torch_eager_cl")
 GPU_PROTOCOL = {"warmup_steps": 10, "timed_steps": 30, "repeats": 3}
 DRY_PROTOCOL = {"warmup_steps": 1, "timed_steps": 2, "repeats": 1}
 TINY_SPEC = {"features": 4, "depth": 2, "height": 16, "width": 16, "batch": 2}

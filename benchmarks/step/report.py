@@ -93,8 +93,24 @@ def markdown(data) -> str:
       f"python {versions.get('python')}; XLA_FLAGS={env['env'].get('XLA_FLAGS')!r}; threads "
       f"{json.dumps(env['threads'])}.",
       f"- Peak memory: {next((r['peak_memory_method'] for r in data['results'] if r['status'] == 'ok'), '-')}.",
+      *_layout_lines(data),
       "",
   ])
+
+
+def _layout_lines(data) -> list[str]:
+  """What XLA chose for the state of each variant that left its layouts to XLA."""
+  lines = []
+  for result in data["results"]:
+    chosen = (result.get("worker_info") or {}).get("auto_layouts")
+    if chosen:
+      lines.append(
+          f"- {result['label']}: XLA kept {chosen['non_default_layout']} of "
+          f"{chosen['state_arrays']} state arrays ({chosen['non_default_elements'] / 1e6:.1f}M "
+          "elements) in other than the default row-major layout" +
+          ("; recompiled so the new state's layouts equal the old's."
+           if chosen["recompiled_for_output"] else "."))
+  return lines
 
 
 def bar_chart(data, path: pathlib.Path) -> None:

@@ -21,6 +21,12 @@ VARIANTS = {
     # name: (framework, label, options)
     "jax_fp32": ("jax", "JAX fp32 (XLA kernels)", {"bf16": False, "conv_impl": "xla"}),
     "jax_bf16": ("jax", "JAX bf16 compute (XLA kernels)", {"bf16": True, "conv_impl": "xla"}),
+    # The same step with the train state in the layouts XLA picks for it (Layout.AUTO): on a
+    # GPU, cuDNN's NHWC convolutions want OHWI filters, and with the default (HWIO, row-major)
+    # state the second H200 run's optimized HLO transposed every large kernel, its gradient and
+    # Adam's two moments to OHWI and back each step (~0.6 ms of the classic preset's 21 ms).
+    "jax_bf16_auto_layouts": ("jax", "JAX bf16 compute, state in XLA-chosen layouts",
+                              {"bf16": True, "conv_impl": "xla", "auto_layouts": True}),
     # The bf16 step as the first GPU run (2026-12-04) timed it: up-convolution as a matmul +
     # depth-to-space, flax's BatchNorm and max-pool differentiated by JAX, a float32 conv head.
     "jax_bf16_first_gpu_run": ("jax", "JAX bf16, first GPU run's step (XLA kernels)",
@@ -100,9 +106,10 @@ def _model_kwargs(spec):
 
 
 def build_jax(spec, bf16: bool, upsample_impl: str = "auto", conv_impl: str = "xla",
-              conv_algo: str = "direct", keep_hlo: bool = False):
+              conv_algo: str = "direct", keep_hlo: bool = False, auto_layouts: bool = False):
   """The project's own train step (unet_jax.steps.train_step), jitted with donation;
-  keep_hlo: info['optimized_hlo'] holds the compiled step's HLO text."""
+  keep_hlo: info['optimized_hlo'] holds the compiled step's HLO text; auto_layouts: the
+  state's device layouts are XLA's choice (compile_auto_layouts)."""
   import functools  # pylint: disable=import-outside-toplevel
   import jax
   import jax.numpy as jnp
@@ -120,11 +127,13 @@ def build_jax(spec, bf16: bool, upsample_impl: str = "auto", conv_impl: str = "x
   batch = jax.device_put({"image": images, "mask": masks})
   state = steps.create_train_state(model, optax.adam(LEARNING_RATE, eps=1e-8), images,
                                    spec["seed"])
-  train = jax.jit(functools.partial(steps.train_step, loss_fn=losses.sigmoid_bce,
-                                    ignore_index=None), donate_argnums=0)
+  train_fn = functools.partial(steps.train_step, loss_fn=losses.sigmoid_bce, ignore_index=None)
   start = time.perf_counter()
-  compiled = train.lower(state, batch).compile()
-  info = {"compile_s": time.perf_counter() - start}
+  if auto_layouts:
+    compiled, state, info = compile_auto_layouts(train_fn, state, batch)
+  else:
+    compiled, info = jax.jit(train_fn, donate_argnums=0).lower(state, batch).compile(), {}
+  info["compile_s"] = time.perf_counter() - start
   if keep_hlo:
     info["optimized_hlo"] = compiled.as_text()
   cost = compiled.cost_analysis()
@@ -150,6 +159,31 @@ def build_jax(spec, bf16: bool, upsample_impl: str = "auto", conv_impl: str = "x
     return None
 
   return step, peak_memory_mib, info
+
+
+def compile_auto_layouts(train_fn, state, batch):
+  """`train_fn(state, batch)` jitted with donation, compiled with the state's layouts left to
+  XLA, in and out (Layout.AUTO); the state put in them; info on how many state arrays left
+  the default (row-major) layout. Where XLA picks other layouts for the new state than for
+  the old, a second compile pins both to the input's, so each output feeds the next step."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from jax.experimental.layout import Format, Layout  # pylint: disable=import-outside-toplevel
+  batch_formats = jax.tree.map(lambda array: array.format, batch)
+  auto = jax.tree.map(lambda _: Format(Layout.AUTO), state)
+  compiled = jax.jit(train_fn, in_shardings=(auto, batch_formats), out_shardings=(auto, None),
+                     donate_argnums=0).lower(state, batch).compile()
+  chosen = compiled.input_formats[0][0]
+  recompiled = jax.tree.leaves(compiled.output_formats[0]) != jax.tree.leaves(chosen)
+  if recompiled:
+    compiled = jax.jit(train_fn, in_shardings=(chosen, batch_formats),
+                       out_shardings=(chosen, None), donate_argnums=0).lower(
+                           state, batch).compile()
+  moved = [array.size for layout, array in zip(jax.tree.leaves(chosen), jax.tree.leaves(state))
+           if layout.layout.major_to_minor != tuple(range(array.ndim))]
+  info = {"auto_layouts": {"state_arrays": len(jax.tree.leaves(state)),
+                           "non_default_layout": len(moved), "non_default_elements": sum(moved),
+                           "recompiled_for_output": recompiled}}
+  return compiled, jax.device_put(state, chosen), info
 
 
 def build_torch(spec, channels_last=False, autocast=False, compile=False):  # pylint: disable=redefined-builtin
