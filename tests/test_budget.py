@@ -143,3 +143,11 @@ def test_a_run_that_falls_behind_is_refitted_at_an_evaluation(tmp_path, monkeypa
   # A resumed run trains the re-fitted schedule to its end and no further.
   train.train_and_evaluate(_budget_config(time_budget_minutes=0.35), tmp_path)
   assert max(metrics_by_step(tmp_path, "train")) == total
+
+
+def test_the_decision_skips_the_batches_put_on_the_device_ahead():
+  """Beside a GPU the first device_prefetch steps find their batch already on the device: the
+  fitter must not time them as if the pipeline kept up."""
+  inline = budget.decision_step(_budget_config(device_prefetch=0), start_step=7)
+  assert budget.decision_step(_budget_config(device_prefetch=3), start_step=7) == inline + 3
+  assert budget.decision_step(_budget_config(device_prefetch=-1)) == inline - 7  # CPU: inline.

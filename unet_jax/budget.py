@@ -130,8 +130,10 @@ def recorded_warp(config, workdir):
 
 def decision_step(config, start_step: int = 0) -> int:
   """The step after which the fitter decides: it skips the compiling step and the batches
-  prefetched meanwhile (those steps wait for no input), then times TIMED_STEPS."""
-  return start_step + 1 + pipeline.read_ahead(config.prefetch) + TIMED_STEPS
+  prefetched meanwhile, read and put on the device (those steps wait for no input), then
+  times TIMED_STEPS."""
+  put_ahead = pipeline.resolve_device_prefetch(config.device_prefetch, jax.default_backend())
+  return start_step + 1 + pipeline.read_ahead(config.prefetch) + put_ahead + TIMED_STEPS
 
 
 def _timed(step_fn, state, batch) -> float:
