@@ -74,6 +74,9 @@ def test_dry_run_writes_every_report(tgs_dir, tmp_path):
   assert not profile["device_timelines"] and profile["steps"] == 5 and profile["lines"]
   assert profile["wall_ms_per_step"] > 0 and profile["lines"][0]["kernels"][0]["ms_per_step"] > 0
   assert profile["hlo_layout_changes"]["count"] >= len(profile["hlo_layout_changes"]["largest"])
+  # The profile traces the throughput stage's fastest JAX step.
+  assert (profile["auto_layouts"] is not None) == (
+      classic["best_jax"]["variant"] == "jax_bf16_auto_layouts")
 
   with tarfile.open(out / "results.tar.gz") as archive:
     names = set(archive.getnames())

@@ -119,7 +119,8 @@ def _events(trace: bytes) -> list:
 
 def markdown(result: dict) -> str:
   head = (f"# Where the JAX step's time goes: {result['preset']}, {result['dtype']}, "
-          f"{result['steps']} traced steps")
+          + ("train state in XLA's layouts, " if result.get("auto_layouts") else "")
+          + f"{result['steps']} traced steps")
   lines = [head, "", f"Device: {result['device']}. Wall time of the traced steps "
            f"{result['wall_ms_per_step']:.2f} ms a step. "
            + ("Device timelines (ms per step; a kernel's share of its timeline's busy time):"
@@ -143,16 +144,17 @@ def markdown(result: dict) -> str:
 
 
 def run(preset: str = "classic", bf16: bool = True, steps: int = 5, tiny: bool = False,
-        out_dir: str | None = None, trace_dir: str | None = None) -> dict:
-  """Builds the preset's JAX train step (benchmarks/step/variants.build_jax), warms it up,
-  traces `steps` steps; writes profile_<preset>.{json,md} to out_dir and the trace's
-  perfetto_trace.json.gz to trace_dir when given."""
+        out_dir: str | None = None, trace_dir: str | None = None,
+        auto_layouts: bool = False) -> dict:
+  """Builds the preset's JAX train step (benchmarks/step/variants.build_jax; auto_layouts: the
+  state in XLA's layouts), warms it up, traces `steps` steps; writes profile_<preset>.{json,md}
+  to out_dir and the trace's perfetto_trace.json.gz to trace_dir when given."""
   import time  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   from benchmarks.step import throughput, variants  # pylint: disable=import-outside-toplevel
   platform = jax.devices()[0].platform
   spec = throughput.preset_spec("tiny" if tiny else preset, "gpu" if platform == "gpu" else "cpu")
-  step, _, info = variants.build_jax(spec, bf16=bf16, keep_hlo=True)
+  step, _, info = variants.build_jax(spec, bf16=bf16, keep_hlo=True, auto_layouts=auto_layouts)
   hlo = info.pop("optimized_hlo")
   step(2)
   with tempfile.TemporaryDirectory() as log_dir:
@@ -167,6 +169,7 @@ def run(preset: str = "classic", bf16: bool = True, steps: int = 5, tiny: bool =
     (pathlib.Path(trace_dir) / f"profile_{preset}.hlo.txt.gz").write_bytes(
         gzip.compress(hlo.encode()))
   result = {"preset": preset, "dtype": "bfloat16" if bf16 else "float32", "steps": steps,
+            "auto_layouts": info.get("auto_layouts"),
             "device": info["device_name"], "wall_ms_per_step": wall * 1e3 / steps,
             **summarize_trace(_events(trace), steps), "hlo_layout_changes": hlo_layout_changes(hlo)}
   if out_dir:
