@@ -91,6 +91,18 @@ def test_dry_run_writes_every_report(tgs_dir, tmp_path):
                   "All passed.", "0 = inline, as every run before it existed): tgs 0."):
     assert section in markdown
 
+  # The CPU reference of the e2e run: here the "GPU" run is a CPU run too, so the reference's
+  # first seed (the run's own) must reproduce its scores exactly, and a second seed differ.
+  from benchmarks.gpu import e2e_reference  # pylint: disable=import-outside-toplevel
+  reference = e2e_reference.run(out / "gpu_check.json", tmp_path / "reference", tgs,
+                                num_seeds=2, datasets=("tgs",))
+  rows = reference["datasets"]["tgs"]["comparison"]
+  assert set(rows) == set(e2e_reference.METRICS) and reference["seeds"] == [0, 1]
+  assert all(row["paired_difference"] == 0 and row["within_noise"] for row in rows.values())
+  assert rows["dice"]["cpu_seeds"][0] != rows["dice"]["cpu_seeds"][1]
+  assert {p.name for p in (tmp_path / "reference").iterdir()} == {
+      f"e2e_reference.{ext}" for ext in ("json", "md", "png")}
+
 
 def _session(tmp_path, **overrides):
   args = argparse.Namespace(**{"dry_run": False, "budget_s": 480.0, "only": list(gpu_check.STAGES),
@@ -280,3 +292,24 @@ def test_the_train_steps_parity_measures_both_frameworks_against_float64(monkeyp
   monkeypatch.setattr(steps, "normalize_images", lambda images: normalize(images)[:, :, ::-1])
   broken = device_checks.check_parity_train_steps(shape)
   assert not broken["passed"] and broken["jax_fp32_vs_float64"][0] > 1e-2
+
+
+def test_the_e2e_reference_flags_a_gpu_score_outside_the_seeds_spread():
+  from benchmarks.gpu import e2e_reference  # pylint: disable=import-outside-toplevel
+  cpu_runs = [{"final_scores": {"dice": d, "iou": d - 0.1}} for d in (0.80, 0.82, 0.84)]
+  near = e2e_reference.compare({"final_scores": {"dice": 0.83, "iou": 0.73}}, cpu_runs)
+  far = e2e_reference.compare({"final_scores": {"dice": 0.90, "iou": 0.80}}, cpu_runs)
+  assert set(near) == {"dice", "iou"} and near["dice"]["within_noise"]
+  assert near["dice"]["paired_difference"] == pytest.approx(0.03)
+  assert near["dice"]["stds_from_mean"] == pytest.approx(0.5)  # (0.83 - 0.82) / 0.02.
+  assert not far["dice"]["within_noise"] and far["iou"]["stds_from_mean"] == pytest.approx(4.0)
+
+
+def test_the_e2e_reference_refuses_a_gpu_run_of_another_config():
+  from benchmarks.gpu import e2e_reference  # pylint: disable=import-outside-toplevel
+  config = e2e_reference.seed_config("synthetic", 0, 4, "float32", True, None)
+  gpu_run = {"batch_size": config.batch_size, "image_size": list(config.image_size),
+             "model": {"features": config.model.features, "depth": config.model.depth}}
+  e2e_reference.check_same_run(config, gpu_run)
+  with pytest.raises(ValueError, match="the GPU run trained"):
+    e2e_reference.check_same_run(config, {**gpu_run, "batch_size": config.batch_size * 2})
