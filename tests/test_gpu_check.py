@@ -313,3 +313,20 @@ def test_the_e2e_reference_refuses_a_gpu_run_of_another_config():
   e2e_reference.check_same_run(config, gpu_run)
   with pytest.raises(ValueError, match="the GPU run trained"):
     e2e_reference.check_same_run(config, {**gpu_run, "batch_size": config.batch_size * 2})
+
+
+def test_the_gpu_report_puts_e2e_scores_beside_a_committed_cpu_reference(tmp_path):
+  run = {"steps": 300, "batch_size": 32, "image_size": [128, 128],
+         "model": {"features": 16, "depth": 4}, "final_scores": {"dice": 0.95, "iou": 0.83}}
+  cpu_runs = [{"final_scores": {"dice": d, "iou": d - 0.1}} for d in (0.80, 0.82, 0.84)]
+  path = tmp_path / "cpu-test-2c" / "e2e_reference.json"
+  path.parent.mkdir()
+  path.write_text(json.dumps({"device": {"name": "Test CPU"}, "dtype": "float32",
+                              "seeds": [0, 1, 2],
+                              "datasets": {"tgs": {"gpu_run": run, "cpu_runs": cpu_runs}}}))
+  lines = gpu_check_report._cpu_reference_lines({"e2e": {"tgs": run}}, [path])  # pylint: disable=protected-access
+  assert len(lines) == 2 and "tgs against the CPU (Test CPU, float32" in lines[1]
+  assert "dice 0.9500 against 0.8200 +- 0.0200" in lines[1] and "outside" in lines[1]
+  assert "(../cpu-test-2c/e2e_reference.md)" in lines[1]
+  other = {**run, "steps": 8}  # A dry run's: another config, not compared.
+  assert not gpu_check_report._cpu_reference_lines({"e2e": {"tgs": other}}, [path])  # pylint: disable=protected-access

@@ -1,5 +1,12 @@
 """gpu_check's summary: what each stage found, as JSON fields and one markdown page."""
 
+import json
+import pathlib
+
+# Committed CPU references of the end-to-end runs (benchmarks/gpu/e2e_reference.py).
+REFERENCES = sorted((pathlib.Path(__file__).resolve().parents[1] / "results").glob(
+    "cpu-*/e2e_reference.json"))
+
 # The GPU goal of issue 22: best JAX >= 1.3x best PyTorch on classic, at >= 50% of the
 # bf16 matmul peak measured in the same run.
 GOAL_RATIO, GOAL_MFU = 1.3, 0.5
@@ -153,7 +160,30 @@ def _e2e_lines(data) -> list[str]:
             "(config.device_prefetch; 0 = inline, as every run before it existed): " + ", ".join(
                 f"{name} {run['grain'].get('device_prefetch', 0)}"
                 for name, run in data["e2e"].items()) + "."]
-  return lines
+  return lines + _cpu_reference_lines(data)
+
+
+def _cpu_reference_lines(data, references=None) -> list[str]:
+  """Each e2e run's validation scores against a committed CPU reference of the same config."""
+  from benchmarks.gpu import e2e_reference  # pylint: disable=import-outside-toplevel
+  lines = []
+  for path in REFERENCES if references is None else references:
+    reference = json.loads(pathlib.Path(path).read_text())
+    for name, run in data["e2e"].items():
+      cpu = reference["datasets"].get(name)
+      keys = ("steps", "batch_size", "image_size", "model")
+      if not cpu or any(cpu["gpu_run"].get(k) != run.get(k) for k in keys):
+        continue  # Another config (a dry run's, an older script's).
+      rows = e2e_reference.compare(run, cpu["cpu_runs"])
+      report = f"../{pathlib.Path(path).parent.name}/e2e_reference.md"
+      lines.append(
+          f"- {name} against the CPU ({reference['device']['name']}, {reference['dtype']}, "
+          f"seeds {reference['seeds']}, [report]({report})): " + "; ".join(
+              f"{metric} {row['gpu']:.4f} against {row['cpu_mean']:.4f} +- "
+              f"{row['cpu_std']:.4f} (same seed {row['cpu_same_seed']:.4f}): "
+              + ("within noise" if row["within_noise"] else "**outside the seeds' spread**")
+              for metric, row in rows.items()) + ".")
+  return ["", *lines] if lines else []
 
 
 def _profile_lines(data) -> list[str]:
