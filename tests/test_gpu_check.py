@@ -324,9 +324,10 @@ def test_the_gpu_report_puts_e2e_scores_beside_a_committed_cpu_reference(tmp_pat
   path.write_text(json.dumps({"device": {"name": "Test CPU"}, "dtype": "float32",
                               "seeds": [0, 1, 2],
                               "datasets": {"tgs": {"gpu_run": run, "cpu_runs": cpu_runs}}}))
-  lines = gpu_check_report._cpu_reference_lines({"e2e": {"tgs": run}}, [path])  # pylint: disable=protected-access
+  compare = gpu_check_report._cpu_reference_lines  # pylint: disable=protected-access
+  lines = compare({"e2e": {"tgs": run}}, [path])
   assert len(lines) == 2 and "tgs against the CPU (Test CPU, float32" in lines[1]
   assert "dice 0.9500 against 0.8200 +- 0.0200" in lines[1] and "outside" in lines[1]
   assert "(../cpu-test-2c/e2e_reference.md)" in lines[1]
   other = {**run, "steps": 8}  # A dry run's: another config, not compared.
-  assert not gpu_check_report._cpu_reference_lines({"e2e": {"tgs": other}}, [path])  # pylint: disable=protected-access
+  assert not compare({"e2e": {"tgs": other}}, [path])
