@@ -5,6 +5,7 @@ torch state_dict key is the Flax path joined by dots with the leaf renamed:
 
   Flax (params / batch_stats)                 torch
   Conv kernel (kh, kw, in, out)  HWIO     ->  weight (out, in, kh, kw)  OIHW
+  Dense kernel (in, out)                  ->  Linear weight (out, in)
   ConvTranspose kernel (kh, kw, in, out)  ->  weight (in, out, kh, kw), spatially flipped
   BatchNorm scale / bias                  ->  weight / bias
   batch_stats mean / var                  ->  running_mean / running_var
@@ -17,6 +18,8 @@ BatchNorm: flax momentum 0.9 == torch momentum 0.1, eps 1e-5 on both. torch upda
 running_var with the unbiased batch variance, flax with the biased one, so running variances
 drift apart by a factor n / (n - 1) of each update (n = pixels per channel in the batch).
 """
+
+import functools
 
 import numpy as np
 import torch
@@ -45,16 +48,35 @@ class ConvBNReLU(nn.Module):
     return F.relu(x)
 
 
-class DoubleConv(nn.Module):
-  """Two ConvBNReLU layers."""
+class SqueezeExcitation(nn.Module):
+  """Channels gated by sigmoid(expand(relu(reduce(spatial mean)))), in float32 as the Flax
+  block (autocast off)."""
 
-  def __init__(self, in_channels: int, features: int, padding: str, norm: str):
+  def __init__(self, channels: int, reduction: int = 8):
+    super().__init__()
+    self.reduce = nn.Linear(channels, max(1, channels // reduction))
+    self.expand = nn.Linear(max(1, channels // reduction), channels)
+
+  def forward(self, x):
+    with torch.autocast(x.device.type, enabled=False):
+      squeezed = x.float().mean(dim=(2, 3))
+      gate = torch.sigmoid(self.expand(F.relu(self.reduce(squeezed))))
+    return x * gate[:, :, None, None].to(x.dtype)
+
+
+class DoubleConv(nn.Module):
+  """Two ConvBNReLU layers, then optionally squeeze-excitation."""
+
+  def __init__(self, in_channels: int, features: int, padding: str, norm: str,
+               squeeze_excitation: bool = False):
     super().__init__()
     self.ConvBNReLU_0 = ConvBNReLU(in_channels, features, padding, norm)
     self.ConvBNReLU_1 = ConvBNReLU(features, features, padding, norm)
+    self.se = SqueezeExcitation(features) if squeeze_excitation else None
 
   def forward(self, x):
-    return self.ConvBNReLU_1(self.ConvBNReLU_0(x))
+    x = self.ConvBNReLU_1(self.ConvBNReLU_0(x))
+    return x if self.se is None else self.se(x)
 
 
 class UpSample(nn.Module):
@@ -99,24 +121,25 @@ class UNet(nn.Module):
 
   def __init__(self, in_channels: int = 3, num_classes: int = 1, features: int = 64,
                depth: int = 4, dropout=0.0, norm: str = "batch", upsample: str = "transpose",
-               padding: str = "SAME", overlap_tile: bool = True):
+               padding: str = "SAME", overlap_tile: bool = True,
+               squeeze_excitation: bool = False):
     super().__init__()
     if padding not in ("SAME", "VALID"):
       raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
     self.depth, self.padding, self.overlap_tile = depth, padding, overlap_tile
     self.dropout = _levels(dropout, depth)
     channels = in_channels
+    double_conv = functools.partial(DoubleConv, padding=padding, norm=norm,
+                                    squeeze_excitation=squeeze_excitation)
     for level in range(depth):
-      self.add_module(f"encoder_{level}",
-                      DoubleConv(channels, features * 2**level, padding, norm))
+      self.add_module(f"encoder_{level}", double_conv(channels, features * 2**level))
       channels = features * 2**level
-    self.bottleneck = DoubleConv(channels, features * 2**depth, padding, norm)
+    self.bottleneck = double_conv(channels, features * 2**depth)
     channels = features * 2**depth
     for level in reversed(range(depth)):
       level_features = features * 2**level
       self.add_module(f"up_{level}", UpSample(channels, level_features, upsample))
-      self.add_module(f"decoder_{level}",
-                      DoubleConv(2 * level_features, level_features, padding, norm))
+      self.add_module(f"decoder_{level}", double_conv(2 * level_features, level_features))
       channels = level_features
     self.head = nn.Conv2d(channels, num_classes, 1)
 
@@ -153,11 +176,22 @@ class UNet(nn.Module):
 
 
 def from_flax_module(module, in_channels: int) -> UNet:
-  """The torch twin of a Flax `UNet` module (dtype settings are not mirrored)."""
+  """The torch twin of a Flax `UNet` module (dtype settings are not mirrored); ValueError for
+  the options it does not mirror."""
+  unmirrored = {name: getattr(module, name) for name, default in UNMIRRORED.items()
+                if getattr(module, name, default) != default}
+  if unmirrored:
+    raise ValueError(f"the torch twin does not mirror {unmirrored}; use the defaults "
+                     f"{ {name: UNMIRRORED[name] for name in unmirrored} }")
   return UNet(in_channels=in_channels, num_classes=module.num_classes, features=module.features,
               depth=module.depth, dropout=module.dropout, norm=module.norm,
               upsample=module.upsample, padding=module.padding,
-              overlap_tile=module.overlap_tile)
+              overlap_tile=module.overlap_tile, squeeze_excitation=module.squeeze_excitation)
+
+
+# Flax UNet options the twin leaves out, and the value it has without them.
+UNMIRRORED = {"block": "double_conv", "empty_head": False, "deep_supervision": False,
+              "hypercolumn": False, "resize_output": ""}
 
 
 _PARAM_LEAVES = {"kernel": "weight", "scale": "weight", "bias": "bias"}
@@ -165,6 +199,8 @@ _STAT_LEAVES = {"mean": "running_mean", "var": "running_var"}
 
 
 def _kernel_to_torch(path, kernel):
+  if kernel.ndim == 2:  # Dense.
+    return kernel.T
   if path[-2].startswith("ConvTranspose"):
     return kernel[::-1, ::-1].transpose(2, 3, 0, 1)
   return kernel.transpose(3, 2, 0, 1)
@@ -201,6 +237,8 @@ def state_dict_to_flax(state_dict, dtype=np.float32) -> dict:
       stats[tuple(path) + ({"running_mean": "mean", "running_var": "var"}[leaf],)] = value
     elif leaf == "weight" and value.ndim == 4:
       params[tuple(path) + ("kernel",)] = np.ascontiguousarray(_kernel_to_flax(key, value))
+    elif leaf == "weight" and value.ndim == 2:  # Linear.
+      params[tuple(path) + ("kernel",)] = np.ascontiguousarray(value.T)
     elif leaf == "weight":
       params[tuple(path) + ("scale",)] = value
     else:

@@ -2,7 +2,8 @@
 
 Same weights ported into both models; forward outputs agree to 1e-4 relative, and after three
 identical training steps (the project's train_step vs a torch loop, SGD and Adam) parameters
-and BatchNorm statistics still agree, for SAME/VALID padding and both upsample modes.
+and BatchNorm statistics still agree, for SAME/VALID padding, both upsample modes and with
+squeeze-excitation.
 """
 
 import functools
@@ -19,8 +20,9 @@ from unet_jax.models import UNet
 torch = pytest.importorskip("torch")
 torch_reference = pytest.importorskip("benchmarks.torch_reference")
 
-CASES = [(padding, upsample) for padding in ("SAME", "VALID")
-         for upsample in ("transpose", "bilinear")]
+# (padding, upsample, squeeze_excitation)
+CASES = [(padding, upsample, False) for padding in ("SAME", "VALID")
+         for upsample in ("transpose", "bilinear")] + [("SAME", "transpose", True)]
 IN_CHANNELS, HEIGHT, WIDTH = 2, 14, 10  # Not a multiple of 4: exercises the reflect padding.
 LEARNING_RATE = 1e-2
 
@@ -38,16 +40,17 @@ def _to_nchw(images):
 
 
 @functools.lru_cache(maxsize=None)
-def _initial_state(padding: str, upsample: str):
+def _initial_state(padding: str, upsample: str, squeeze_excitation: bool):
   """The project's create_train_state, jitted (much faster than eager init) and cached."""
-  model = UNet(num_classes=1, features=4, depth=2, padding=padding, upsample=upsample)
+  model = UNet(num_classes=1, features=4, depth=2, padding=padding, upsample=upsample,
+               squeeze_excitation=squeeze_excitation)
   sample = next(_batches(1, seed=99))["image"]
   create = lambda images: steps.create_train_state(model, optax.sgd(LEARNING_RATE), images, 0)
   return model, jax.jit(create)(sample)
 
 
-def _twins(padding: str, upsample: str, tx):
-  model, state = _initial_state(padding, upsample)
+def _twins(case, tx):
+  model, state = _initial_state(*case)
   state = state.replace(tx=tx, opt_state=tx.init(state.params))
   twin = torch_reference.from_flax_module(model, IN_CHANNELS)
   torch_reference.load_flax(twin, {"params": state.params, "batch_stats": state.batch_stats})
@@ -58,9 +61,9 @@ def _relative_error(expected, actual) -> float:
   return float(np.max(np.abs(expected - actual)) / np.max(np.abs(expected)))
 
 
-@pytest.mark.parametrize("padding,upsample", CASES)
-def test_ported_weights_round_trip_and_give_the_same_forward(padding, upsample):
-  model, state, twin = _twins(padding, upsample, optax.sgd(LEARNING_RATE))
+@pytest.mark.parametrize("case", CASES)
+def test_ported_weights_round_trip_and_give_the_same_forward(case):
+  model, state, twin = _twins(case, optax.sgd(LEARNING_RATE))
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   back = torch_reference.state_dict_to_flax(twin.state_dict())
   for collection, value in variables.items():
@@ -122,10 +125,10 @@ OPTIMIZERS = {
 
 
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
-@pytest.mark.parametrize("padding,upsample", CASES)
-def test_three_training_steps_stay_in_step(padding, upsample, optimizer):
+@pytest.mark.parametrize("case", CASES)
+def test_three_training_steps_stay_in_step(case, optimizer):
   make_tx, make_torch_optimizer = OPTIMIZERS[optimizer]
-  _, state, twin = _twins(padding, upsample, make_tx())
+  _, state, twin = _twins(case, make_tx())
   batches = list(_batches(3))
   train_step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.sigmoid_bce,
                                          ignore_index=None))
@@ -147,3 +150,8 @@ def test_three_training_steps_stay_in_step(padding, upsample, optimizer):
       assert np.all(value >= stats[path] - 1e-6), path
       value = flax_variances[".".join(path[:-1])].numpy()
     np.testing.assert_allclose(value, stats[path], rtol=1e-4, atol=1e-5, err_msg=str(path))
+
+
+def test_the_twin_refuses_what_it_does_not_mirror():
+  with pytest.raises(ValueError, match="does not mirror {'block': 'residual'}"):
+    torch_reference.from_flax_module(UNet(features=4, depth=2, block="residual"), IN_CHANNELS)
