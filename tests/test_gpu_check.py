@@ -309,10 +309,14 @@ def test_the_e2e_reference_refuses_a_gpu_run_of_another_config():
   from benchmarks.gpu import e2e_reference  # pylint: disable=import-outside-toplevel
   config = e2e_reference.seed_config("synthetic", 0, 4, "float32", True, None)
   gpu_run = {"batch_size": config.batch_size, "image_size": list(config.image_size),
-             "model": {"features": config.model.features, "depth": config.model.depth}}
+             "model": {"features": config.model.features, "depth": config.model.depth,
+                       "squeeze_excitation": config.model.squeeze_excitation}}
   e2e_reference.check_same_run(config, gpu_run)
   with pytest.raises(ValueError, match="the GPU run trained"):
     e2e_reference.check_same_run(config, {**gpu_run, "batch_size": config.batch_size * 2})
+  with pytest.raises(ValueError, match="squeeze_excitation"):  # configs/tgs.py before SE.
+    e2e_reference.check_same_run(config, {**gpu_run, "model": {
+        **gpu_run["model"], "squeeze_excitation": not config.model.squeeze_excitation}})
 
 
 def test_the_gpu_report_puts_e2e_scores_beside_a_committed_cpu_reference(tmp_path):

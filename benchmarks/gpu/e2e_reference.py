@@ -39,10 +39,11 @@ def seed_config(dataset: str, seed: int, steps: int, dtype: str, tiny: bool, dat
 
 def check_same_run(config, gpu_run: dict) -> None:
   """Raises ValueError where `config` is not the one the GPU run trained (an older script)."""
+  model_keys = {"features": None, "depth": None, "squeeze_excitation": False}  # Default: older.
   ours = {"batch_size": config.batch_size, "image_size": list(config.image_size),
-          **{f"model.{k}": config.model[k] for k in ("features", "depth")}}
+          **{f"model.{k}": config.model[k] for k in model_keys}}
   theirs = {"batch_size": gpu_run["batch_size"], "image_size": gpu_run["image_size"],
-            **{f"model.{k}": gpu_run["model"][k] for k in ("features", "depth")}}
+            **{f"model.{k}": gpu_run["model"].get(k, v) for k, v in model_keys.items()}}
   if ours != theirs:
     raise ValueError(f"the GPU run trained {theirs}, this script's config is {ours}: compare "
                      "with a GPU report of the current gpu_e2e.make_config")
@@ -120,6 +121,7 @@ def plot(data: dict, out_path: pathlib.Path) -> None:
     ax.set(title=dataset, xlabel="step", ylabel="validation Dice")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+  fig.tight_layout()
   plots._save(fig, out_path)  # pylint: disable=protected-access
 
 
