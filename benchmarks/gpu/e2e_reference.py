@@ -143,11 +143,7 @@ def run(gpu_report: pathlib.Path, out: pathlib.Path, tgs_dir=None, num_seeds: in
       if not gpu_run:
         print(f"{gpu_report} has no e2e run of {dataset}: skipped", flush=True)
         continue
-      data_dir = None
-      if dataset == "tgs":
-        from unet_jax.data import prepare  # pylint: disable=import-outside-toplevel
-        data_dir = scratch / "tfds"
-        prepare.prepare("tgs", tgs_dir, data_dir)
+      data_dir = gpu_e2e.prepare_data(dataset, tgs_dir, scratch)
       dtype = "float32" if device["platform"] == "cpu" else gpu_run["dtype"]
       base_seed = gpu_e2e.make_config(dataset, 1, dtype, tiny).seed
       seeds = [base_seed + i for i in range(num_seeds)]

@@ -38,6 +38,16 @@ def make_config(dataset: str, steps: int, dtype: str, tiny: bool, data_dir=None)
   return config
 
 
+def prepare_data(dataset: str, tgs_dir, root: pathlib.Path):
+  """The data_dir `dataset` trains from: TGS prepared from its download into root/tfds; None
+  for the synthetic data (generated)."""
+  if dataset != "tgs":
+    return None
+  from unet_jax.data import prepare  # pylint: disable=import-outside-toplevel
+  prepare.prepare("tgs", tgs_dir, root / "tfds")
+  return root / "tfds"
+
+
 def _train_records(workdir: pathlib.Path):
   from unet_jax import plots  # pylint: disable=import-outside-toplevel
   records = plots.read_metrics(workdir / "metrics.jsonl")
@@ -103,12 +113,9 @@ def run(dataset: str, steps: int, dtype: str, tiny: bool, workdir, tgs_dir=None,
   from unet_jax import train  # pylint: disable=import-outside-toplevel
   from unet_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   workdir = pathlib.Path(workdir)
-  data_dir, prepare_s = None, None
-  if dataset == "tgs":
-    from unet_jax.data import prepare  # pylint: disable=import-outside-toplevel
-    start = time.perf_counter()
-    prepare.prepare("tgs", tgs_dir, workdir / "tfds")
-    data_dir, prepare_s = workdir / "tfds", time.perf_counter() - start
+  start = time.perf_counter()
+  data_dir = prepare_data(dataset, tgs_dir, workdir)
+  prepare_s = time.perf_counter() - start if data_dir else None
   config = make_config(dataset, steps, dtype, tiny, data_dir)
   # A fresh persistent cache: the run compiles cold and writes it as a user's first run does.
   config.compilation_cache_dir = str(workdir / "xla_cache")

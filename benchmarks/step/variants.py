@@ -178,9 +178,10 @@ def compile_auto_layouts(train_fn, state, batch):
     compiled = jax.jit(train_fn, in_shardings=(chosen, batch_formats),
                        out_shardings=(chosen, None), donate_argnums=0).lower(
                            state, batch).compile()
-  moved = [array.size for layout, array in zip(jax.tree.leaves(chosen), jax.tree.leaves(state))
-           if layout.layout.major_to_minor != tuple(range(array.ndim))]
-  info = {"auto_layouts": {"state_arrays": len(jax.tree.leaves(state)),
+  arrays = jax.tree.leaves(state)
+  moved = [array.size for format_, array in zip(jax.tree.leaves(chosen), arrays)
+           if format_.layout.major_to_minor != tuple(range(array.ndim))]
+  info = {"auto_layouts": {"state_arrays": len(arrays),
                            "non_default_layout": len(moved), "non_default_elements": sum(moved),
                            "recompiled_for_output": recompiled}}
   return compiled, jax.device_put(state, chosen), info
