@@ -71,10 +71,10 @@ def get_config(data: str = "full"):
   config.model.depth = 4
   config.model.dropout = regularisation["dropout"]  # After every level.
   # Each level's channels gated by their spatial means (Hu et al. 2018; the TGS solutions' SE
-  # blocks): +0.011 +- 0.004 TGS, every fold, at equal steps (tgs_recipe.md). Its step cost is
-  # the machine's: none measurable in float32 on the AVX2 EPYC, +27% in bf16 on the AMX Xeon
-  # (0.56 against 0.44 s a step, 160-step runs, 2026-12-05; not yet profiled: its pooling and
-  # gating are XLA ops between the native kernels), so an hour fits ~20% fewer steps there.
+  # blocks): +0.011 +- 0.004 TGS, every fold, at equal steps (tgs_recipe.md). Its step cost:
+  # none measurable in float32 on the AVX2 EPYC; in bf16 on the AMX Xeon +15% since its passes
+  # run on the native kernels (295 against 257 ms a step, 300-step runs, 2026-12-07; +52% as
+  # XLA ops, which widen and narrow bf16 in every pass: 392 ms).
   config.model.squeeze_excitation = True
   config.learning_rate = 1e-3
   config.schedule = "warmup_cosine"

@@ -50,6 +50,8 @@ def main():
   config.model.conv_impl = sys.argv[1] if len(sys.argv) > 1 else "auto"
   # Dropout on: its masks must not depend on how the batch is split (blocks.Dropout).
   config.model.dropout = 0.2
+  # Squeeze-excitation on: its per-sample native passes split over the batch like the rest.
+  config.model.squeeze_excitation = True
   devices = jax.devices()
   results = {"device_count": len(devices),
              "one": run(devices[:1], config, 3), "all": run(devices, config, 3)}

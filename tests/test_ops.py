@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import init_variables, needs_onednn_bf16
-from unet_jax.models import ResNetUNet, SimpleEncoderDecoder, UNet
+from unet_jax.models import ResNetUNet, SimpleEncoderDecoder, UNet, blocks
 from unet_jax.ops import kernels, layers, library
 
 pytestmark = pytest.mark.skipif(library.unavailable_reason() is not None,
@@ -174,6 +174,45 @@ def test_max_pool_and_its_gradient_equal_xla(dtype, shape):
                                 np.asarray(pull0(dy)[0], np.float32))
 
 
+
+# Odd sizes; a sample of 1640 rows (its sums run in two chunks); batch 8 of 64 channels.
+SE_SHAPES = [(3, 5, 7, 12), (1, 40, 41, 8), (8, 4, 4, 64)]
+
+
+def _squeeze_excitation(impl, x, dy):
+  """Output and the gradients of (variables, x) of SqueezeExcitation on `impl`, under jit."""
+  module = blocks.SqueezeExcitation(impl=impl)
+  variables = module.init(jax.random.PRNGKey(0), x)
+  y, pull = jax.jit(lambda v, x: jax.vjp(module.apply, v, x))(variables, x)
+  return jax.tree.leaves((y, *pull(dy)))
+
+
+@pytest.mark.parametrize("shape", SE_SHAPES, ids=str)
+def test_squeeze_excitation_and_its_gradients_equal_xla(shape):
+  rng = np.random.default_rng(5)
+  x, dy = (jnp.asarray(rng.normal(1.0, 2.0, size=shape), jnp.float32) for _ in range(2))
+  theirs = _squeeze_excitation("xla", x, dy)
+  ours = _squeeze_excitation("onednn", x, dy)
+  assert len(ours) == len(theirs)
+  for a, b in zip(ours, theirs):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    assert _max_relative(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("shape", SE_SHAPES, ids=str)
+def test_squeeze_excitation_in_bf16_is_as_close_to_float32_as_xla(shape):
+  """bf16 activations: outputs and gradients within bf16 rounding of the float32 result from
+  the same inputs, and no further from it than XLA's bf16 path (which rounds the gate)."""
+  rng = np.random.default_rng(6)
+  x, dy = (jnp.asarray(rng.normal(1.0, 2.0, size=shape), jnp.bfloat16) for _ in range(2))
+  exact = _squeeze_excitation("xla", x.astype(jnp.float32), dy.astype(jnp.float32))
+  ours = _squeeze_excitation("onednn", x, dy)
+  theirs = _squeeze_excitation("xla", x, dy)
+  assert ours[0].dtype == ours[-1].dtype == jnp.bfloat16  # Output and input gradient.
+  for mine, xla, reference in zip(ours, theirs, exact):
+    error = _max_relative(mine, reference)
+    assert error < 2e-2 and error <= 1.5 * _max_relative(xla, reference) + 1e-3
+
 def test_bias_gradient_is_the_channel_sum():
   rng = np.random.default_rng(3)
   x = jnp.asarray(rng.normal(size=(3, 5, 4, 6)), jnp.float32)
@@ -191,6 +230,8 @@ MODELS = {
     "unet_valid_bilinear": lambda impl: UNet(num_classes=1, features=4, depth=1,
                                              padding="VALID", upsample="bilinear",
                                              conv_impl=impl),
+    "unet_residual_se": lambda impl: UNet(num_classes=1, features=4, depth=2, block="residual",
+                                          squeeze_excitation=True, conv_impl=impl),
     "unet_no_norm": lambda impl: UNet(num_classes=1, features=4, depth=2, norm="none",
                                       conv_impl=impl),
     "resnet18_unet": lambda impl: ResNetUNet(num_classes=1, arch="resnet18",

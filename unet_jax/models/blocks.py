@@ -92,21 +92,48 @@ class DoubleConv(nn.Module):
     for _ in range(2):
       x = ConvBNReLU(self.features, self.padding, self.norm, self.dtype, self.param_dtype,
                      self.conv_impl, self.conv_algo)(x, train)
-    return SqueezeExcitation(name="se")(x) if self.squeeze_excitation else x
+    if self.squeeze_excitation:
+      return SqueezeExcitation(impl=self.conv_impl, name="se")(x)
+    return x
+
+
+class DenseParams(nn.Module):
+  """The kernel and bias of an nn.Dense (same names, shapes and initialisers), for a layer
+  applied as a pure function of them."""
+
+  features: int
+
+  @nn.compact
+  def __call__(self, in_features: int):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (in_features, self.features))
+    return kernel, self.param("bias", nn.initializers.zeros_init(), (self.features,))
+
+
+def excitation_gate(means, params):
+  """The gate of squeeze-excitation from per-sample channel means (float32): Dense, ReLU,
+  Dense, sigmoid."""
+  (reduce_kernel, reduce_bias), (expand_kernel, expand_bias) = params
+  hidden = nn.relu(jnp.dot(means, reduce_kernel) + reduce_bias)
+  return nn.sigmoid(jnp.dot(hidden, expand_kernel) + expand_bias)
 
 
 class SqueezeExcitation(nn.Module):
   """Squeeze-and-excitation (Hu et al. 2018): channels rescaled by a gate computed from their
-  spatial means (two small dense layers, float32)."""
+  spatial means (two small dense layers, float32). impl 'onednn': the native per-sample
+  passes of ops.kernels; else XLA."""
 
   reduction: int = 8
+  impl: str = "xla"
 
   @nn.compact
   def __call__(self, x):
     channels = x.shape[-1]
-    squeezed = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    hidden = nn.relu(nn.Dense(max(1, channels // self.reduction), name="reduce")(squeezed))
-    gate = nn.sigmoid(nn.Dense(channels, name="expand")(hidden))
+    hidden = max(1, channels // self.reduction)
+    params = (DenseParams(hidden, name="reduce")(channels),
+              DenseParams(channels, name="expand")(hidden))
+    if self.impl == "onednn" and x.ndim == 4:
+      return kernels.squeeze_excitation(excitation_gate, x, params)
+    gate = excitation_gate(jnp.mean(x.astype(jnp.float32), axis=(1, 2)), params)
     return (x * gate[:, None, None, :].astype(x.dtype)).astype(x.dtype)
 
 
@@ -133,7 +160,7 @@ class BasicBlock(nn.Module):
     y = conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
     y = norm(y, relu=False, name="bn2", scale_init=nn.initializers.zeros)
     if self.squeeze_excitation:
-      y = SqueezeExcitation(name="se")(y)
+      y = SqueezeExcitation(impl=self.conv_impl, name="se")(y)
     if self.stride != 1 or x.shape[-1] != self.features:
       x = conv(self.features, (1, 1), strides=stride, name="downsample_conv")(x)
       x = norm(x, relu=False, name="downsample_bn")

@@ -71,9 +71,9 @@ def _sharded_over_batch(fn, *, batched_args, summed_results, rule, static_argnum
 def _infer_batch_sharding(*args):  # GSPMD (non-Shardy) propagation: results follow the batch.
   *_, mesh, arg_shapes, result_shape = args
   axes = _batch_axes(arg_shapes[0].sharding)
-  def one(r):
+  def one(r):  # NHWC maps and (batch, channel) values follow the batch; per-channel sums not.
     return NamedSharding(mesh, PartitionSpec(axes, *(None,) * (len(r.shape) - 1))
-                         if axes and len(r.shape) == 4 else PartitionSpec())
+                         if axes and len(r.shape) in (2, 4) else PartitionSpec())
   if isinstance(result_shape, (tuple, list)):
     return tuple(one(r) for r in result_shape)
   return one(result_shape)
@@ -326,3 +326,50 @@ def _add_bias_bwd(bias, dy):
 
 
 add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
+# ---- Squeeze-excitation --------------------------------------------------------------------
+
+def _sample_sums(product, a, b):
+  out = jax.ShapeDtypeStruct((a.shape[0], a.shape[-1]), jnp.float32)
+  return _call("unet_sample_sums", out, a, b, product=product)
+
+
+def _sample_affine(x, scale, shift):
+  return _call("unet_sample_affine", jax.ShapeDtypeStruct(x.shape, x.dtype), x, scale, shift)
+
+
+_sample_sums_sharded = _sharded_over_batch(_sample_sums, batched_args=(0, 1), summed_results=(),
+                                           static_argnums=(0,),
+                                           rule="b h w c, b h w c -> b c")
+_sample_affine_sharded = _sharded_over_batch(_sample_affine, batched_args=(0, 1, 2),
+                                             summed_results=(),
+                                             rule="b h w c, b c, b c -> b h w c")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def squeeze_excitation(gate_fn, x, params):
+  """x * gate[:, None, None, :], gate = gate_fn(per-sample channel means of x, params) (both
+  float32), for NHWC x, in two native passes (the means; the gating, in float32) and two in
+  the backward (the gate's gradient, sum dy * x; dx = dy * gate + dmeans / (H W)). XLA:CPU
+  took ~2x as long in float32 and ~4x in bf16 (widening and narrowing each pass)."""
+  return _squeeze_excitation_fwd(gate_fn, x, params)[0]
+
+
+def _squeeze_excitation_fwd(gate_fn, x, params):
+  means = _sample_sums_sharded(False, x, x) / (x.shape[1] * x.shape[2])
+  gate, gate_vjp = jax.vjp(gate_fn, means, params)
+  y = _sample_affine_sharded(x, gate, jnp.zeros_like(gate))
+  return y, (x, gate, gate_vjp)
+
+
+def _squeeze_excitation_bwd(gate_fn, residuals, dy):
+  del gate_fn
+  x, gate, gate_vjp = residuals
+  dy = dy.astype(x.dtype)
+  dmeans, dparams = gate_vjp(_sample_sums_sharded(True, dy, x))
+  dx = _sample_affine_sharded(dy, gate, dmeans / (x.shape[1] * x.shape[2]))
+  return dx, dparams
+
+
+squeeze_excitation.defvjp(_squeeze_excitation_fwd, _squeeze_excitation_bwd)

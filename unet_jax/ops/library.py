@@ -29,6 +29,8 @@ TARGETS = {  # XLA custom-call name -> exported handler symbol.
     "unet_max_pool_backward": "UnetMaxPoolBackward",
     "unet_concat_channels": "UnetConcatChannels",
     "unet_split_channels": "UnetSplitChannels",
+    "unet_sample_sums": "UnetSampleSums",
+    "unet_sample_affine": "UnetSampleAffine",
     "unet_winograd_kernel": "UnetWinogradKernel",
     "unet_winograd_conv": "UnetWinogradConv",
     "unet_winograd_filter_grad": "UnetWinogradFilterGrad",
@@ -38,7 +40,7 @@ IMPLS = ("auto", "xla", "onednn")
 # The handlers' operand layout this code calls; equal to unet_kernels_abi_version() in
 # csrc/onednn_conv.cc. Bump both when a handler's operands or attributes change, or a kernel's
 # speed does: conv_algo=auto's cached timings are keyed by it (unet_jax/ops/winograd.py).
-ABI_VERSION = 10
+ABI_VERSION = 11
 
 
 class KernelsUnavailable(RuntimeError):

@@ -1,7 +1,8 @@
 // Memory-bound passes of the U-Net block for JAX on the CPU, as XLA FFI handlers:
 // BatchNorm + ReLU (statistics, normalise, and both halves of the backward pass) and the
-// 2x2 stride-2 max-pool with its gradient, and the skip connection's channel concatenation
-// with its split (the convolutions are oneDNN's: onednn_conv.cc).
+// 2x2 stride-2 max-pool with its gradient, the skip connection's channel concatenation
+// with its split, and squeeze-excitation's per-sample passes (the convolutions are oneDNN's:
+// onednn_conv.cc).
 // One pass over memory each, OpenMP over rows, fp32 or bf16 activations (per-channel sums
 // and scales always fp32). The loops (norm_pool_kernels.h) are compiled for AVX-512, AVX2
 // and baseline x86-64; the best the CPU supports is picked once at run time.
@@ -30,6 +31,9 @@ namespace ffi = xla::ffi;
   void MaxPool(bool, const void*, int64_t, int64_t, int64_t, int64_t, void*);                  \
   void MaxPoolBackward(bool, const void*, const void*, int64_t, int64_t, int64_t, int64_t,     \
                        void*);                                                                 \
+  void SampleSums(bool, const void*, const void*, bool, int64_t, int64_t, int64_t, float*);    \
+  void SampleAffine(bool, const void*, const float*, const float*, int64_t, int64_t, int64_t,  \
+                    void*);                                                                    \
   }
 
 std::mutex& unet_kernel_mutex();  // onednn_conv.cc: one kernel at a time.
@@ -49,13 +53,16 @@ struct Kernels {
   decltype(&unet_kernels::baseline::BackwardApply) backward_apply;
   decltype(&unet_kernels::baseline::MaxPool) max_pool;
   decltype(&unet_kernels::baseline::MaxPoolBackward) max_pool_backward;
+  decltype(&unet_kernels::baseline::SampleSums) sample_sums;
+  decltype(&unet_kernels::baseline::SampleAffine) sample_affine;
 };
 
 #define UNET_KERNELS(isa)                                                                     \
   Kernels {                                                                                   \
     unet_kernels::isa::Stats, unet_kernels::isa::Apply, unet_kernels::isa::BackwardSums,     \
         unet_kernels::isa::BackwardApply, unet_kernels::isa::MaxPool,                         \
-        unet_kernels::isa::MaxPoolBackward                                                    \
+        unet_kernels::isa::MaxPoolBackward, unet_kernels::isa::SampleSums,                    \
+        unet_kernels::isa::SampleAffine                                                       \
   }
 
 const Kernels& Best() {
@@ -154,6 +161,39 @@ ffi::Error MaxPoolBackwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy,
   return ffi::Error::Success();
 }
 
+// Squeeze-excitation on NHWC activations: per-sample, per-channel sums (of x for the squeeze,
+// of dy * x for the gate's gradient) and the per-sample affine map (x * gate forward,
+// dy * gate + dmean / hw backward), one pass each.
+ffi::Error CheckSamples(const ffi::AnyBuffer& x, const char* op) {
+  if (auto e = CheckActivation(x, op); e.failure()) return e;
+  if (x.dimensions().size() != 4)
+    return ffi::Error::InvalidArgument(std::string(op) + ": input must be NHWC");
+  return ffi::Error::Success();
+}
+
+ffi::Error SampleSumsImpl(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> sums,
+                          bool product) {
+  if (auto e = CheckSamples(a, "sample_sums"); e.failure()) return e;
+  if (product && (b.element_type() != a.element_type() ||
+                  b.element_count() != a.element_count()))
+    return ffi::Error::InvalidArgument("sample_sums: operands differ in shape or dtype");
+  std::lock_guard<std::mutex> lock(unet_kernel_mutex());
+  auto d = a.dimensions();
+  Best().sample_sums(IsBf16(a), a.untyped_data(), b.untyped_data(), product, d[0], d[1] * d[2],
+                     d[3], F32(*sums));
+  return ffi::Error::Success();
+}
+
+ffi::Error SampleAffineImpl(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer shift,
+                            ffi::Result<ffi::AnyBuffer> y) {
+  if (auto e = CheckSamples(x, "sample_affine"); e.failure()) return e;
+  std::lock_guard<std::mutex> lock(unet_kernel_mutex());
+  auto d = x.dimensions();
+  Best().sample_affine(IsBf16(x), x.untyped_data(), F32(scale), F32(shift), d[0], d[1] * d[2],
+                       d[3], y->untyped_data());
+  return ffi::Error::Success();
+}
+
 // Row r of `a` (a_bytes) then row r of `b` (b_bytes) -> row r of `out`, or back (split).
 // Any dtype: rows are copied as bytes. XLA:CPU widens a bf16 concatenate to float32 and back.
 void CopyRows(bool split, char* a, int64_t a_bytes, char* b, int64_t b_bytes, char* out,
@@ -228,3 +268,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetConcatChannels, ConcatChannelsImpl,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetSplitChannels, SplitChannelsImpl,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetSampleSums, SampleSumsImpl,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>().Attr<bool>("product"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetSampleAffine, SampleAffineImpl,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());

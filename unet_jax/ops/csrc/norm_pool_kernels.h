@@ -203,6 +203,66 @@ void MaxPoolBackwardT(const T* __restrict x, const T* __restrict dy, int64_t n, 
       std::memset(dx + ((b * h + 2 * oh) * w) * c, 0, sizeof(T) * w * c);
 }
 
+// Squeeze-excitation's per-sample passes over (n, hw, c) activations; the per-(sample,
+// channel) operands and results, (n, c), are float32.
+constexpr int64_t kChunkRows = 1024;  // Rows a work item sums (samples split for few of them).
+
+// out[s, j] = sum over sample s's rows of a[., j], or of a[., j] * b[., j] when `product`.
+template <typename T>
+void SampleSumsT(const T* __restrict a, const T* __restrict b, bool product, int64_t n,
+                 int64_t hw, int64_t c, float* __restrict out) {
+  const int64_t chunks = (hw + kChunkRows - 1) / kChunkRows;
+  std::vector<float> partial(n * chunks * c);
+#pragma omp parallel
+  {
+    std::vector<float> block(c);
+    float* __restrict acc = block.data();
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < n * chunks; ++item) {
+      const int64_t s = item / chunks, first = (item % chunks) * kChunkRows;
+      const int64_t end = std::min(hw, first + kChunkRows);
+      float* __restrict sums = &partial[item * c];
+      std::fill(sums, sums + c, 0.f);
+      for (int64_t r0 = first; r0 < end; r0 += kBlockRows) {
+        std::fill(acc, acc + c, 0.f);
+        for (int64_t r = r0; r < std::min(end, r0 + kBlockRows); ++r) {
+          const int64_t base = (s * hw + r) * c;
+          if (product) {
+#pragma omp simd
+            for (int64_t j = 0; j < c; ++j) acc[j] += Load(a, base + j) * Load(b, base + j);
+          } else {
+#pragma omp simd
+            for (int64_t j = 0; j < c; ++j) acc[j] += Load(a, base + j);
+          }
+        }
+        for (int64_t j = 0; j < c; ++j) sums[j] += acc[j];
+      }
+    }
+  }
+  for (int64_t s = 0; s < n; ++s)
+    for (int64_t j = 0; j < c; ++j) {
+      double total = 0;
+      for (int64_t k = 0; k < chunks; ++k) total += partial[(s * chunks + k) * c + j];
+      out[s * c + j] = static_cast<float>(total);
+    }
+}
+
+// y[s, r, j] = x[s, r, j] * scale[s, j] + shift[s, j].
+template <typename T>
+void SampleAffineT(const T* __restrict x, const float* __restrict scale,
+                   const float* __restrict shift, int64_t n, int64_t hw, int64_t c,
+                   T* __restrict y) {
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < n * hw; ++row) {
+    const float* __restrict sample_scale = scale + (row / hw) * c;
+    const float* __restrict sample_shift = shift + (row / hw) * c;
+    const int64_t base = row * c;
+#pragma omp simd
+    for (int64_t j = 0; j < c; ++j)
+      Store(y, base + j, Load(x, base + j) * sample_scale[j] + sample_shift[j]);
+  }
+}
+
 }  // namespace
 
 // Entry points; bf16 activations are passed as uint16_t bit patterns.
@@ -242,6 +302,20 @@ void MaxPoolBackward(bool bf16, const void* x, const void* dy, int64_t n, int64_
                              n, h, w, c, static_cast<uint16_t*>(dx));
   else MaxPoolBackwardT(static_cast<const float*>(x), static_cast<const float*>(dy), n, h, w, c,
                         static_cast<float*>(dx));
+}
+void SampleSums(bool bf16, const void* a, const void* b, bool product, int64_t n, int64_t hw,
+                int64_t c, float* out) {
+  if (bf16) SampleSumsT(static_cast<const uint16_t*>(a), static_cast<const uint16_t*>(b),
+                        product, n, hw, c, out);
+  else SampleSumsT(static_cast<const float*>(a), static_cast<const float*>(b), product, n, hw,
+                   c, out);
+}
+void SampleAffine(bool bf16, const void* x, const float* scale, const float* shift, int64_t n,
+                  int64_t hw, int64_t c, void* y) {
+  if (bf16) SampleAffineT(static_cast<const uint16_t*>(x), scale, shift, n, hw, c,
+                          static_cast<uint16_t*>(y));
+  else SampleAffineT(static_cast<const float*>(x), scale, shift, n, hw, c,
+                     static_cast<float*>(y));
 }
 
 }  // namespace UNET_ISA

@@ -302,7 +302,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetConvBackwardWeights, ConvBackwardWeightsImpl,
 // build whose number differs from its ABI_VERSION (a stale in-place build after a failed
 // rebuild would otherwise fail at run time), and keys conv_algo=auto's timings by it (a
 // faster kernel re-times its layers). Bump both together.
-extern "C" __attribute__((visibility("default"))) int unet_kernels_abi_version() { return 10; }
+extern "C" __attribute__((visibility("default"))) int unet_kernels_abi_version() { return 11; }
 
 // 1 when oneDNN has a bfloat16 convolution for this CPU, else 0. oneDNN 3.2 computes bf16 on
 // AVX-512 (natively with AVX512-BF16 or AMX, emulated on plain AVX-512) and has none on an
