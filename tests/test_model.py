@@ -173,6 +173,16 @@ def test_level_blocks_and_squeeze_excitation(block):
                              rtol=1e-6, atol=1e-6)
 
 
+def test_residual_blocks_start_as_their_shortcut_unless_told_otherwise():
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 16, 16, 1)), jnp.float32)
+  for zero_init, scale in ((True, 0.0), (False, 1.0)):
+    model = tiny_unet(block="residual", zero_init_residual=zero_init, conv_impl="xla")
+    params = init_variables(model, x)["params"]
+    scales = [level["bn2"]["scale"] for level in params.values() if "bn2" in level]
+    assert len(scales) == 5  # Two encoder levels, the bottleneck, two decoder levels.
+    assert all(np.all(np.asarray(s) == scale) for s in scales)
+
+
 def test_residual_block_needs_same_padding_and_batch_norm():
   with pytest.raises(ValueError, match="block='residual' needs padding='SAME'"):
     init_variables(tiny_unet(block="residual", padding="VALID"), jnp.zeros((1, 64, 64, 1)))

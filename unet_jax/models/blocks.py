@@ -147,6 +147,9 @@ class BasicBlock(nn.Module):
   conv_impl: str = "xla"  # Resolved: xla | onednn.
   squeeze_excitation: bool = False
   conv_algo: str = "direct"  # onednn: direct | winograd | auto.
+  # bn2's scale starts at 0, so that the block starts as its shortcut (Goyal et al. 2017);
+  # False: at 1, as torchvision's default.
+  zero_init_residual: bool = True
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -158,7 +161,8 @@ class BasicBlock(nn.Module):
     y = conv(self.features, (3, 3), strides=stride, padding=((1, 1), (1, 1)), name="conv1")(x)
     y = norm(y, name="bn1")
     y = conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
-    y = norm(y, relu=False, name="bn2", scale_init=nn.initializers.zeros)
+    bn2_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+    y = norm(y, relu=False, name="bn2", scale_init=bn2_scale)
     if self.squeeze_excitation:
       y = SqueezeExcitation(impl=self.conv_impl, name="se")(y)
     if self.stride != 1 or x.shape[-1] != self.features:

@@ -114,6 +114,8 @@ class UNet(nn.Module):
     block: each level's unit: 'double_conv' (the paper's two conv-BN-ReLU) or 'residual' (a
       ResNet BasicBlock with a 1x1 projection shortcut: the Kaggle TGS Res-U-Nets; SAME
       padding and BatchNorm only).
+    zero_init_residual: 'residual' only; each block's last BatchNorm scale starts at 0 (the
+      block starts as its 1x1 projection shortcut), else at 1.
     squeeze_excitation: gate each level's channels by squeeze-and-excitation (after the double
       conv, or on the residual branch).
     empty_head: binary only; an image-level "has foreground" logit from the pooled bottleneck
@@ -143,6 +145,7 @@ class UNet(nn.Module):
   conv_impl: Literal["auto", "xla", "onednn", "xla_autodiff"] = "auto"
   conv_algo: Literal["auto", "direct", "winograd", "auto_float32"] = "direct"
   block: Literal["double_conv", "residual"] = "double_conv"
+  zero_init_residual: bool = True
   squeeze_excitation: bool = False
   empty_head: bool = False
   deep_supervision: bool = False
@@ -176,7 +179,8 @@ class UNet(nn.Module):
       if self.padding != "SAME" or self.norm != "batch":
         raise ValueError("block='residual' needs padding='SAME' and norm='batch'")
       unit, kwargs = BasicBlock, {"stride": 1, "dtype": self.dtype, "conv_impl": impl,
-                                  "conv_algo": self.conv_algo}
+                                  "conv_algo": self.conv_algo,
+                                  "zero_init_residual": self.zero_init_residual}
     elif self.block == "double_conv":
       unit, kwargs = DoubleConv, {"padding": self.padding, "norm": self.norm, "dtype": self.dtype,
                                   "param_dtype": self.param_dtype, "conv_impl": impl,
