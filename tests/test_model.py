@@ -160,7 +160,7 @@ def test_level_blocks_and_squeeze_excitation(block):
   assert se["reduce"]["kernel"].shape == (4, 1) and se["expand"]["kernel"].shape == (1, 4)
   assert plain.apply(variables, x).shape == gated.apply(gated_variables, x).shape == (2, 16, 16, 1)
   # The same weights without their gates give another function: the gate is in the graph.
-  # (A residual branch starts at zero, its bn2 scale zero-initialised: give it a value.)
+  # (A residual branch is zero with a zero-initialised bn2 scale: set the scales to 1.)
   params = jax.tree_util.tree_map_with_path(
       lambda path, v: jnp.ones_like(v) if "bn2" in jax.tree_util.keystr(path)
       and "scale" in jax.tree_util.keystr(path) else v, gated_variables["params"])

@@ -83,7 +83,7 @@ def from_config(config):
               upsample_impl=model_config.get("upsample_impl", "auto"),
               remat=model_config.get("remat", False), conv_impl=conv_impl, block=block,
               conv_algo=model_config.get("conv_algo", "direct"),
-              zero_init_residual=model_config.get("zero_init_residual", True),
+              zero_init_residual=model_config.get("zero_init_residual", False),
               squeeze_excitation=model_config.get("squeeze_excitation", False),
               empty_head=empty_head, deep_supervision=deep_supervision, hypercolumn=hypercolumn,
               **_valid_output(model_config.get("valid_output", "overlap_tile")))

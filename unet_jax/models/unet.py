@@ -115,7 +115,8 @@ class UNet(nn.Module):
       ResNet BasicBlock with a 1x1 projection shortcut: the Kaggle TGS Res-U-Nets; SAME
       padding and BatchNorm only).
     zero_init_residual: 'residual' only; each block's last BatchNorm scale starts at 0 (the
-      block starts as its 1x1 projection shortcut), else at 1.
+      block starts as its 1x1 projection shortcut) instead of 1: -0.045 +- 0.016 TGS in
+      3-fold cross-validation (benchmarks/quality/tgs_recipe.md), hence off.
     squeeze_excitation: gate each level's channels by squeeze-and-excitation (after the double
       conv, or on the residual branch).
     empty_head: binary only; an image-level "has foreground" logit from the pooled bottleneck
@@ -145,7 +146,7 @@ class UNet(nn.Module):
   conv_impl: Literal["auto", "xla", "onednn", "xla_autodiff"] = "auto"
   conv_algo: Literal["auto", "direct", "winograd", "auto_float32"] = "direct"
   block: Literal["double_conv", "residual"] = "double_conv"
-  zero_init_residual: bool = True
+  zero_init_residual: bool = False
   squeeze_excitation: bool = False
   empty_head: bool = False
   deep_supervision: bool = False
