@@ -173,10 +173,10 @@ def test_level_blocks_and_squeeze_excitation(block):
                              rtol=1e-6, atol=1e-6)
 
 
-def test_residual_blocks_start_as_their_shortcut_unless_told_otherwise():
+def test_residual_levels_start_their_last_batch_norm_scale_at_one_unless_told_zero():
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 16, 16, 1)), jnp.float32)
-  for zero_init, scale in ((True, 0.0), (False, 1.0)):
-    model = tiny_unet(block="residual", zero_init_residual=zero_init, conv_impl="xla")
+  for overrides, scale in (({}, 1.0), ({"zero_init_residual": True}, 0.0)):
+    model = tiny_unet(block="residual", conv_impl="xla", **overrides)
     params = init_variables(model, x)["params"]
     scales = [level["bn2"]["scale"] for level in params.values() if "bn2" in level]
     assert len(scales) == 5  # Two encoder levels, the bottleneck, two decoder levels.
