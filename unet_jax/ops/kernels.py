@@ -331,6 +331,7 @@ add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 # ---- Squeeze-excitation --------------------------------------------------------------------
 
 def _sample_sums(product, a, b):
+  """Per-sample channel sums (N, C) of a, or of a * b if `product` (else b is not read)."""
   out = jax.ShapeDtypeStruct((a.shape[0], a.shape[-1]), jnp.float32)
   return _call("unet_sample_sums", out, a, b, product=product)
 
