@@ -102,8 +102,7 @@ def test_squeeze_excitation_benchmark_times_both_and_writes_its_report(tmp_path)
     pytest.skip(f"native kernels: {library.unavailable_reason()}")
   assert squeeze_excitation.level_shapes(2, 128, 64, 16, 2) == [
       (2, 128, 64, 16), (2, 128, 64, 16), (2, 64, 32, 32), (2, 64, 32, 32), (2, 32, 16, 64)]
-  from tests.conftest import REPO  # pylint: disable=import-outside-toplevel
-  data = squeeze_excitation.run(str(REPO / "configs" / "tgs.py"), tmp_path, repeats=1, batch=1)
+  data = squeeze_excitation.run("tgs", tmp_path, repeats=1, batch=1)
   assert len(data["shapes"]) == 9 and data["shapes"][0] == (1, 128, 128, 16)
   for times in data["ms"].values():
     assert set(times) == {"xla", "onednn"} and all(0 < ms < 1e4 for ms in times.values())

@@ -1,6 +1,6 @@
 """Squeeze-excitation's forward + backward on XLA against the native per-sample passes.
 
-  python -m benchmarks.kernels.squeeze_excitation [--config configs/tgs.py] [--out-dir DIR]
+  python -m benchmarks.kernels.squeeze_excitation [--config tgs] [--out-dir DIR]
 
 Times blocks.SqueezeExcitation over every level of a config's U-Net (batch_size x image_size,
 features doubling to the bottleneck; the encoder and decoder levels each gate once), jitted
@@ -9,7 +9,7 @@ implementations taking turns, best of `repeats`. Writes <out-dir>/<slug>/squeeze
 """
 
 import argparse
-import importlib.util
+import importlib
 import json
 import pathlib
 import time
@@ -63,21 +63,16 @@ def time_shapes(shapes, dtype, repeats: int = 5) -> dict:
   return {impl: seconds * 1e3 for impl, seconds in best.items()}
 
 
-def _config(path: str):
-  spec = importlib.util.spec_from_file_location("config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
-def run(config_path: str, out_dir, repeats: int = 5, batch: int | None = None) -> dict:
+def run(config_name: str, out_dir, repeats: int = 5, batch: int | None = None) -> dict:
+  """Times configs/<config_name>.py's gated maps; writes and returns the report."""
   if library.unavailable_reason():
     raise SystemExit(f"native kernels unavailable: {library.unavailable_reason()}")
-  config = _config(config_path)
+  config = importlib.import_module(f"configs.{config_name}").get_config()
   shapes = level_shapes(batch or config.batch_size, *config.image_size, config.model.features,
                         config.model.depth)
   device = machine.detect_device()
-  data = {"benchmark": "squeeze_excitation", "config": config_path, "shapes": shapes,
+  data = {"benchmark": "squeeze_excitation", "config": f"configs/{config_name}.py",
+          "shapes": shapes,
           "device": device, "versions": machine.versions(), "repeats": repeats,
           "ms": {dtype: time_shapes(shapes, dtype, repeats) for dtype in DTYPES}}
   folder = pathlib.Path(out_dir) / device["slug"]
@@ -102,7 +97,7 @@ def markdown(data: dict) -> str:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default="configs/tgs.py")
+  parser.add_argument("--config", default="tgs", help="a module of configs/")
   parser.add_argument("--out-dir", default=str(RESULTS))
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--batch", type=int, default=None, help="default: the config's")
