@@ -16,7 +16,8 @@ from setuptools.command.build_ext import build_ext
 from setuptools.errors import CompileError
 
 SOURCES = [f"unet_jax/ops/csrc/{name}.cc" for name in (
-    "onednn_conv", "winograd_conv", "winograd_filter_grad", "lovasz", "norm_pool", "norm_pool_avx512", "norm_pool_avx2", "norm_pool_baseline")]
+    "onednn_conv", "filter_grad_matmul", "winograd_conv", "winograd_filter_grad", "lovasz",
+    "norm_pool", "norm_pool_avx512", "norm_pool_avx2", "norm_pool_baseline")]
 
 
 def _dist_file(distribution: str, name: str) -> str:

@@ -78,6 +78,28 @@ def test_conv_bf16_agrees_within_bf16_rounding(case):
     assert _max_relative(a, b) < 2e-2  # A few bf16 ulps (2**-8) after long sums.
 
 
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_matmul_weight_gradient_equals_xla(case, monkeypatch):
+  """The im2col-matmul weight gradient (csrc/filter_grad_matmul.cc; by default only on the
+  small deep maps of an AMX CPU), forced on every case: strides, padding, 1x1 and 7x7."""
+  monkeypatch.setenv("UNET_JAX_FILTER_GRAD", "matmul")
+  ours, theirs = _conv_pair(case, jnp.float32)
+  assert _max_relative(ours[2], theirs[2]) < 1e-5
+
+
+@needs_onednn_bf16
+@pytest.mark.parametrize("case", [(8, 6, 8, 128, 128, 3, 1, "SAME"), CONV_CASES[1]], ids=str)
+def test_matmul_and_direct_bf16_weight_gradients_agree(case, monkeypatch):
+  """Both sum the same exact bf16 products in float32, in another order: equal to float32
+  rounding, where bf16 rounding would be 2**-8."""
+  grads = {}
+  for algo in ("direct", "matmul"):
+    monkeypatch.setenv("UNET_JAX_FILTER_GRAD", algo)
+    grads[algo] = _conv_pair(case, jnp.bfloat16)[0][2]
+  assert grads["matmul"].dtype == jnp.float32
+  assert _max_relative(grads["matmul"], grads["direct"]) < 1e-5
+
+
 @needs_onednn_bf16
 @pytest.mark.parametrize("case", [CONV_CASES[1], CONV_CASES[3]], ids=str)
 def test_f32_kernel_is_rounded_to_bf16_inside_the_kernel(case):

@@ -40,7 +40,7 @@ IMPLS = ("auto", "xla", "onednn")
 # The handlers' operand layout this code calls; equal to unet_kernels_abi_version() in
 # csrc/onednn_conv.cc. Bump both when a handler's operands or attributes change, or a kernel's
 # speed does: conv_algo=auto's cached timings are keyed by it (unet_jax/ops/winograd.py).
-ABI_VERSION = 11
+ABI_VERSION = 12
 
 
 class KernelsUnavailable(RuntimeError):

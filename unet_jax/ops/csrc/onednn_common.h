@@ -5,6 +5,7 @@
 #define UNET_JAX_OPS_CSRC_ONEDNN_COMMON_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -52,6 +53,20 @@ inline dnnl::primitive_attr UserScratchpad() {
 inline dnnl::memory Scratchpad(const dnnl::memory::desc& md) {
   return dnnl::memory(md, Engine(), Scratch(md.get_size() ? md.get_size() : 1, kScratchpadSlot));
 }
+
+// A convolution's shape for the kernels outside onednn_conv.cc: x (N, H, W, C) NHWC, kernel
+// (KH, KW, C, O), output (N, OH, OW, O); strides and top/left padding.
+struct ConvDims {
+  int64_t n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pl;
+  bool bf16;
+};
+
+// The weight gradient as one im2col matmul (filter_grad_matmul.cc), where it beats oneDNN's
+// direct kernel; UNET_JAX_FILTER_GRAD=direct|matmul forces either (tests, benchmarks).
+enum class FilterGradAlgo { kAuto, kDirect, kMatmul };
+FilterGradAlgo RequestedFilterGradAlgo();
+bool UseMatmulFilterGrad(const ConvDims& d);
+void MatmulFilterGrad(const ConvDims& d, const void* x, const void* dy, float* dw);
 
 }  // namespace unet
 

@@ -57,6 +57,7 @@ struct ConvShape {
   memory::dims Strides() const { return {sh, sw}; }
   memory::dims PadL() const { return {pt, pl}; }
   memory::dims PadR() const { return {pb, pr}; }
+  unet::ConvDims Dims() const { return {n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pl, bf16}; }
 
   dnnl::convolution_forward::primitive_desc Forward() const {
     return dnnl::convolution_forward::primitive_desc(
@@ -188,6 +189,10 @@ void RunBackwardData(const ConvShape& s, void* dy, void* w, void* dx) {
 
 void RunBackwardWeights(const ConvShape& s, void* x, void* dy, void* dw) {
   std::lock_guard<std::mutex> lock(unet_kernel_mutex());
+  if (unet::UseMatmulFilterGrad(s.Dims())) {
+    unet::MatmulFilterGrad(s.Dims(), x, dy, static_cast<float*>(dw));
+    return;
+  }
   auto e = BackwardWeightsEntry(s);
   memory user(e->user_weights_md, Engine(), dw);
   memory grad = e->reorder
@@ -302,7 +307,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(UnetConvBackwardWeights, ConvBackwardWeightsImpl,
 // build whose number differs from its ABI_VERSION (a stale in-place build after a failed
 // rebuild would otherwise fail at run time), and keys conv_algo=auto's timings by it (a
 // faster kernel re-times its layers). Bump both together.
-extern "C" __attribute__((visibility("default"))) int unet_kernels_abi_version() { return 11; }
+extern "C" __attribute__((visibility("default"))) int unet_kernels_abi_version() { return 12; }
 
 // 1 when oneDNN has a bfloat16 convolution for this CPU, else 0. oneDNN 3.2 computes bf16 on
 // AVX-512 (natively with AVX512-BF16 or AMX, emulated on plain AVX-512) and has none on an
