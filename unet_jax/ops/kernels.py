@@ -109,6 +109,8 @@ def _backward_data(strides, padding, x_hw, dy, w):
 
 
 def _backward_weights(strides, padding, w_shape, x, dy):
+  """float32 weight gradient: oneDNN's kernel, or on small maps on AMX one im2col matmul
+  (csrc/filter_grad_matmul.cc; UNET_JAX_FILTER_GRAD=direct|matmul forces either)."""
   out = jax.ShapeDtypeStruct(w_shape, jnp.float32)
   return _call("unet_conv_backward_weights", out, x, dy, **_conv_attributes(strides, padding))
 
