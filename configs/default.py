@@ -72,6 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
   # shortcut), False at 1: +0.045 +- 0.016 TGS for False, every fold (3-fold CV, tgs_recipe.md).
   config.model.zero_init_residual = False
   config.model.squeeze_excitation = False  # Gate each level's channels (squeeze-excitation).
+  # With squeeze_excitation: 'channel' (SE) or 'concurrent' (scSE: plus a per-pixel gate).
+  config.model.excitation = "channel"
   # Binary: an image-level "any foreground" logit from the pooled bottleneck gates every pixel
   # (p = sigmoid(pixel) * sigmoid(image)), trained also by its own BCE (empty_head_loss_weight):
   # the TGS solutions' empty-mask classifier, for data with many empty masks (TGS: 39%).

@@ -205,3 +205,32 @@ def test_dropout_keeps_each_element_with_probability_one_minus_rate(channels):
   assert not np.array_equal(np.asarray(other, np.float32) != 0, kept)
   np.testing.assert_array_equal(blocks.Dropout(0.3, deterministic=True).apply({}, x), x)
   assert not np.asarray(blocks.Dropout(1.0).apply({}, x, rngs={"dropout": jax.random.key(0)})).any()
+
+
+def test_concurrent_excitation_adds_a_per_pixel_gate_to_the_channel_gate():
+  """scSE: SE's output plus x * sigmoid(x . w + b), w a 1x1 convolution to one channel."""
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 5, 6, 8)), jnp.float32)
+  channel = blocks.SqueezeExcitation()
+  concurrent = blocks.SqueezeExcitation(spatial=True)
+  variables = concurrent.init(jax.random.key(0), x)
+  kernel, bias = (variables["params"]["spatial"][k] for k in ("kernel", "bias"))
+  assert kernel.shape == (8, 1) and bias.shape == (1,)
+  se_only = {"params": {k: v for k, v in variables["params"].items() if k != "spatial"}}
+  expected = channel.apply(se_only, x) + x * jax.nn.sigmoid(x @ kernel + bias)
+  np.testing.assert_allclose(concurrent.apply(variables, x), expected, rtol=1e-6, atol=1e-6)
+  unet = tiny_unet(squeeze_excitation=True, excitation="concurrent", conv_impl="xla")
+  params = unet.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)), train=False)["params"]
+  assert "spatial" in str(jax.tree_util.tree_structure(params))
+
+
+def test_config_passes_excitation_and_refuses_unknown_values():
+  from configs import default  # pylint: disable=import-outside-toplevel
+  from unet_jax import models  # pylint: disable=import-outside-toplevel
+  from unet_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  config = default.get_config()
+  config.model.squeeze_excitation = True
+  config.model.excitation = "concurrent"
+  assert models.from_config(config).excitation == "concurrent"
+  config.model.excitation = "spatial"
+  with pytest.raises(ConfigError, match="model.excitation='spatial' is not one of"):
+    models.from_config(config)

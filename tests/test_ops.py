@@ -201,20 +201,21 @@ def test_max_pool_and_its_gradient_equal_xla(dtype, shape):
 SE_SHAPES = [(3, 5, 7, 12), (1, 40, 41, 8), (8, 4, 4, 64)]
 
 
-def _squeeze_excitation(impl, x, dy):
+def _squeeze_excitation(impl, x, dy, spatial=False):
   """Output and the gradients of (variables, x) of SqueezeExcitation on `impl`, under jit."""
-  module = blocks.SqueezeExcitation(impl=impl)
+  module = blocks.SqueezeExcitation(impl=impl, spatial=spatial)
   variables = module.init(jax.random.PRNGKey(0), x)
   y, pull = jax.jit(lambda v, x: jax.vjp(module.apply, v, x))(variables, x)
   return jax.tree.leaves((y, *pull(dy)))
 
 
+@pytest.mark.parametrize("spatial", [False, True], ids=["channel", "concurrent"])
 @pytest.mark.parametrize("shape", SE_SHAPES, ids=str)
-def test_squeeze_excitation_and_its_gradients_equal_xla(shape):
+def test_squeeze_excitation_and_its_gradients_equal_xla(shape, spatial):
   rng = np.random.default_rng(5)
   x, dy = (jnp.asarray(rng.normal(1.0, 2.0, size=shape), jnp.float32) for _ in range(2))
-  theirs = _squeeze_excitation("xla", x, dy)
-  ours = _squeeze_excitation("onednn", x, dy)
+  theirs = _squeeze_excitation("xla", x, dy, spatial)
+  ours = _squeeze_excitation("onednn", x, dy, spatial)
   assert len(ours) == len(theirs)
   for a, b in zip(ours, theirs):
     assert a.shape == b.shape and a.dtype == b.dtype

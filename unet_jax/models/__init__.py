@@ -16,6 +16,7 @@ _CHOICES = {
     "upsample_impl": ("auto", "matmul", "adjoint_conv", "conv_transpose"),
     "valid_output": ("overlap_tile", "resize_nearest", "resize_bilinear"),
     "conv_impl": library.IMPLS,
+    "excitation": ("channel", "concurrent"),
     "block": ("double_conv", "residual"),
     "conv_algo": winograd.ALGOS,
 }
@@ -85,6 +86,7 @@ def from_config(config):
               conv_algo=model_config.get("conv_algo", "direct"),
               zero_init_residual=model_config.get("zero_init_residual", False),
               squeeze_excitation=model_config.get("squeeze_excitation", False),
+              excitation=model_config.get("excitation", "channel"),
               empty_head=empty_head, deep_supervision=deep_supervision, hypercolumn=hypercolumn,
               **_valid_output(model_config.get("valid_output", "overlap_tile")))
 

@@ -86,6 +86,7 @@ class DoubleConv(nn.Module):
   conv_impl: str = "xla"
   squeeze_excitation: bool = False
   conv_algo: str = "direct"
+  excitation: str = "channel"  # With squeeze_excitation: channel | concurrent (scSE).
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -93,7 +94,8 @@ class DoubleConv(nn.Module):
       x = ConvBNReLU(self.features, self.padding, self.norm, self.dtype, self.param_dtype,
                      self.conv_impl, self.conv_algo)(x, train)
     if self.squeeze_excitation:
-      return SqueezeExcitation(impl=self.conv_impl, name="se")(x)
+      return SqueezeExcitation(impl=self.conv_impl, spatial=self.excitation == "concurrent",
+                               name="se")(x)
     return x
 
 
@@ -120,10 +122,13 @@ def excitation_gate(means, params):
 class SqueezeExcitation(nn.Module):
   """Squeeze-and-excitation (Hu et al. 2018): channels rescaled by a gate computed from their
   spatial means (two small dense layers, float32). impl 'onednn': the native per-sample
-  passes of ops.kernels; else XLA."""
+  passes of ops.kernels; else XLA. `spatial`: concurrent spatial and channel SE (scSE, Roy et
+  al. 2018, the TGS Kaggle favourite): plus x times a per-pixel gate, a 1x1 convolution to
+  one channel and a sigmoid (in XLA)."""
 
   reduction: int = 8
   impl: str = "xla"
+  spatial: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -132,9 +137,15 @@ class SqueezeExcitation(nn.Module):
     params = (DenseParams(hidden, name="reduce")(channels),
               DenseParams(channels, name="expand")(hidden))
     if self.impl == "onednn" and x.ndim == 4:
-      return kernels.squeeze_excitation(excitation_gate, x, params)
-    gate = excitation_gate(jnp.mean(x.astype(jnp.float32), axis=(1, 2)), params)
-    return (x * gate[:, None, None, :].astype(x.dtype)).astype(x.dtype)
+      gated = kernels.squeeze_excitation(excitation_gate, x, params)
+    else:
+      gate = excitation_gate(jnp.mean(x.astype(jnp.float32), axis=(1, 2)), params)
+      gated = (x * gate[:, None, None, :].astype(x.dtype)).astype(x.dtype)
+    if not self.spatial:
+      return gated
+    kernel, bias = DenseParams(1, name="spatial")(channels)
+    pixel_gate = nn.sigmoid(jnp.dot(x, kernel.astype(x.dtype)) + bias.astype(x.dtype))
+    return gated + x * pixel_gate
 
 
 class BasicBlock(nn.Module):
@@ -150,6 +161,7 @@ class BasicBlock(nn.Module):
   # bn2's scale starts at 0, so that the block starts as its shortcut (Goyal et al. 2017);
   # False: at 1, as torchvision's default.
   zero_init_residual: bool = True
+  excitation: str = "channel"  # With squeeze_excitation: channel | concurrent (scSE).
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -164,7 +176,8 @@ class BasicBlock(nn.Module):
     bn2_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
     y = norm(y, relu=False, name="bn2", scale_init=bn2_scale)
     if self.squeeze_excitation:
-      y = SqueezeExcitation(impl=self.conv_impl, name="se")(y)
+      y = SqueezeExcitation(impl=self.conv_impl, spatial=self.excitation == "concurrent",
+                            name="se")(y)
     if self.stride != 1 or x.shape[-1] != self.features:
       x = conv(self.features, (1, 1), strides=stride, name="downsample_conv")(x)
       x = norm(x, relu=False, name="downsample_bn")

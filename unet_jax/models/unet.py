@@ -119,6 +119,8 @@ class UNet(nn.Module):
       3-fold cross-validation (benchmarks/quality/tgs_recipe.md), hence off.
     squeeze_excitation: gate each level's channels by squeeze-and-excitation (after the double
       conv, or on the residual branch).
+    excitation: with squeeze_excitation, 'channel' (SE) or 'concurrent' (scSE: plus a
+      per-pixel gate from a 1x1 convolution).
     empty_head: binary only; an image-level "has foreground" logit from the pooled bottleneck
       (sown as intermediates/empty_logit, for an auxiliary loss) gates every pixel:
       p = sigmoid(pixel) * sigmoid(image), as the TGS solutions' empty-mask classifiers.
@@ -148,6 +150,7 @@ class UNet(nn.Module):
   block: Literal["double_conv", "residual"] = "double_conv"
   zero_init_residual: bool = False
   squeeze_excitation: bool = False
+  excitation: Literal["channel", "concurrent"] = "channel"
   empty_head: bool = False
   deep_supervision: bool = False
   hypercolumn: bool = False
@@ -191,7 +194,8 @@ class UNet(nn.Module):
     # remat: each level's activations are recomputed in the backward pass instead of kept,
     # trading ~1/3 more compute for memory (full-resolution Carvana on one GPU).
     unit = nn.remat(unit, static_argnums=(2,)) if self.remat else unit
-    return functools.partial(unit, squeeze_excitation=self.squeeze_excitation, **kwargs)
+    return functools.partial(unit, squeeze_excitation=self.squeeze_excitation,
+                             excitation=self.excitation, **kwargs)
 
   def _unet(self, x, train: bool):
     dropout = _levels(self.dropout, self.depth)
