@@ -19,6 +19,8 @@ pytest.importorskip("jax2onnx", reason="pip install -e '.[onnx]'")
 ARCHITECTURES = {
     "unet": {},  # SAME padding, transposed up-convolution computed as a matmul.
     "unet_squeeze_excitation": {"model.squeeze_excitation": True},  # configs/tgs.py's.
+    "unet_concurrent_excitation": {"model.squeeze_excitation": True,
+                                   "model.excitation": "concurrent"},  # scSE.
     "unet_valid_bilinear_softmax": {"model.padding": "VALID", "model.upsample": "bilinear",
                                     "synthetic.multiclass": True, "num_classes": 5,
                                     "loss": "softmax_ce"},
