@@ -72,7 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
   # shortcut), False at 1: +0.045 +- 0.016 TGS for False, every fold (3-fold CV, tgs_recipe.md).
   config.model.zero_init_residual = False
   config.model.squeeze_excitation = False  # Gate each level's channels (squeeze-excitation).
-  # With squeeze_excitation: 'channel' (SE) or 'concurrent' (scSE: plus a per-pixel gate).
+  # With squeeze_excitation: 'channel' (SE) or 'concurrent' (scSE: plus a per-pixel gate;
+  # -0.007 +- 0.004 TGS in 3-fold CV on the sample, benchmarks/quality/tgs_recipe.md).
   config.model.excitation = "channel"
   # Binary: an image-level "any foreground" logit from the pooled bottleneck gates every pixel
   # (p = sigmoid(pixel) * sigmoid(image)), trained also by its own BCE (empty_head_loss_weight):
