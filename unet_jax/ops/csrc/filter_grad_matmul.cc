@@ -12,10 +12,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <memory>
-#include <mutex>
 #include <string>
-#include <unordered_map>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "onednn_common.h"
@@ -34,35 +31,22 @@ constexpr int64_t kMinChannels = 128;
 
 std::string Key(const ConvDims& d) {
   char buf[160];
-  std::snprintf(buf, sizeof(buf), "%d|%ld,%ld,%ld,%ld|%ld,%ld,%ld|%ld,%ld|%ld,%ld|%ld,%ld",
+  std::snprintf(buf, sizeof(buf), "im2col|%d|%ld,%ld,%ld,%ld|%ld,%ld,%ld|%ld,%ld|%ld,%ld|%ld,%ld",
                 d.bf16, d.n, d.h, d.w, d.c, d.kh, d.kw, d.o, d.oh, d.ow, d.sh, d.sw, d.pt, d.pl);
   return buf;
 }
 
-struct MatmulEntry {
-  dnnl::matmul prim;
-  memory::desc cols_md, dy_md, dw_md, scratchpad_md;
+// cols^T (patch-major view of the im2col rows), dy (rows x O) and dW (patch x O, HWIO).
+struct Operands {
+  memory::desc cols, dy, dw;
+  explicit Operands(const ConvDims& d) {
+    auto dt = d.bf16 ? memory::data_type::bf16 : memory::data_type::f32;
+    int64_t rows = d.n * d.oh * d.ow, patch = d.kh * d.kw * d.c;
+    cols = memory::desc({patch, rows}, dt, tag::ba);
+    dy = memory::desc({rows, d.o}, dt, tag::ab);
+    dw = memory::desc({patch, d.o}, memory::data_type::f32, tag::ab);
+  }
 };
-
-std::shared_ptr<MatmulEntry> Entry(const ConvDims& d) {
-  static std::mutex mutex;
-  static std::unordered_map<std::string, std::shared_ptr<MatmulEntry>> cache;
-  std::string key = Key(d);
-  std::lock_guard<std::mutex> lock(mutex);
-  auto it = cache.find(key);
-  if (it != cache.end()) return it->second;
-  auto dt = d.bf16 ? memory::data_type::bf16 : memory::data_type::f32;
-  int64_t rows = d.n * d.oh * d.ow, patch = d.kh * d.kw * d.c;
-  auto entry = std::make_shared<MatmulEntry>();
-  entry->cols_md = memory::desc({patch, rows}, dt, tag::ba);  // cols^T: patch-major view.
-  entry->dy_md = memory::desc({rows, d.o}, dt, tag::ab);
-  entry->dw_md = memory::desc({patch, d.o}, memory::data_type::f32, tag::ab);
-  dnnl::matmul::primitive_desc pd(Engine(), entry->cols_md, entry->dy_md, entry->dw_md,
-                                  UserScratchpad());
-  entry->prim = dnnl::matmul(pd);
-  entry->scratchpad_md = pd.scratchpad_desc();
-  return cache.emplace(key, entry).first->second;
-}
 
 // cols[(n*OH + y)*OW + x][(i*KW + j)*C + c] = x_padded[n][y*SH + i][x*SW + j][c].
 void Im2col(const ConvDims& d, const char* x, char* cols) {
@@ -83,7 +67,7 @@ void Im2col(const ConvDims& d, const char* x, char* cols) {
   }
 }
 
-}  // namespace
+enum class FilterGradAlgo { kAuto, kDirect, kMatmul };
 
 FilterGradAlgo RequestedFilterGradAlgo() {
   const char* value = std::getenv("UNET_JAX_FILTER_GRAD");
@@ -91,6 +75,8 @@ FilterGradAlgo RequestedFilterGradAlgo() {
   if (value && std::strcmp(value, "matmul") == 0) return FilterGradAlgo::kMatmul;
   return FilterGradAlgo::kAuto;
 }
+
+}  // namespace
 
 bool UseMatmulFilterGrad(const ConvDims& d) {
   switch (RequestedFilterGradAlgo()) {
@@ -104,14 +90,17 @@ bool UseMatmulFilterGrad(const ConvDims& d) {
 }
 
 void MatmulFilterGrad(const ConvDims& d, const void* x, const void* dy, float* dw) {
-  auto e = Entry(d);
-  void* cols = Scratch(e->cols_md.get_size(), 1);
+  Operands md(d);
+  auto matmul = CachedMatmulFor(Key(d), [&] {
+    return dnnl::matmul::primitive_desc(Engine(), md.cols, md.dy, md.dw, UserScratchpad());
+  });
+  void* cols = Scratch(md.cols.get_size(), 1);
   Im2col(d, static_cast<const char*>(x), static_cast<char*>(cols));
-  e->prim.execute(Stream(), {{DNNL_ARG_SRC, memory(e->cols_md, Engine(), cols)},
-                             {DNNL_ARG_WEIGHTS, memory(e->dy_md, Engine(),
-                                                       const_cast<void*>(dy))},
-                             {DNNL_ARG_DST, memory(e->dw_md, Engine(), dw)},
-                             {DNNL_ARG_SCRATCHPAD, Scratchpad(e->scratchpad_md)}});
+  memory dy_memory(md.dy, Engine(), const_cast<void*>(dy));
+  matmul->prim.execute(Stream(), {{DNNL_ARG_SRC, memory(md.cols, Engine(), cols)},
+                                  {DNNL_ARG_WEIGHTS, dy_memory},
+                                  {DNNL_ARG_DST, memory(md.dw, Engine(), dw)},
+                                  {DNNL_ARG_SCRATCHPAD, Scratchpad(matmul->scratchpad_md)}});
   Stream().wait();
 }
 

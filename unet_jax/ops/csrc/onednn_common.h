@@ -7,6 +7,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
 
 #include "oneapi/dnnl/dnnl.hpp"
 
@@ -54,6 +59,28 @@ inline dnnl::memory Scratchpad(const dnnl::memory::desc& md) {
   return dnnl::memory(md, Engine(), Scratch(md.get_size() ? md.get_size() : 1, kScratchpadSlot));
 }
 
+// A cached matmul and the scratchpad it asks its caller for.
+struct CachedMatmul {
+  dnnl::matmul prim;
+  dnnl::memory::desc scratchpad_md;
+};
+
+// The matmul cached under `key`, built from `make()` the first time (thread-safe); shared by
+// the Winograd kernels and the matmul weight gradient.
+inline std::shared_ptr<CachedMatmul> CachedMatmulFor(
+    const std::string& key, const std::function<dnnl::matmul::primitive_desc()>& make) {
+  static std::mutex mutex;
+  static std::unordered_map<std::string, std::shared_ptr<CachedMatmul>> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  auto pd = make();
+  auto cached =
+      std::make_shared<CachedMatmul>(CachedMatmul{dnnl::matmul(pd), pd.scratchpad_desc()});
+  cache.emplace(key, cached);
+  return cached;
+}
+
 // A convolution's shape for the kernels outside onednn_conv.cc: x (N, H, W, C) NHWC, kernel
 // (KH, KW, C, O), output (N, OH, OW, O); strides and top/left padding.
 struct ConvDims {
@@ -63,8 +90,6 @@ struct ConvDims {
 
 // The weight gradient as one im2col matmul (filter_grad_matmul.cc), where it beats oneDNN's
 // direct kernel; UNET_JAX_FILTER_GRAD=direct|matmul forces either (tests, benchmarks).
-enum class FilterGradAlgo { kAuto, kDirect, kMatmul };
-FilterGradAlgo RequestedFilterGradAlgo();
 bool UseMatmulFilterGrad(const ConvDims& d);
 void MatmulFilterGrad(const ConvDims& d, const void* x, const void* dy, float* dw);
 

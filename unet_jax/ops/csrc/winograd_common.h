@@ -95,15 +95,8 @@ inline int64_t PlaneStride(int64_t rows, int64_t c, size_t element_size) {
   return rows * c + int64_t(64 / element_size);
 }
 
-// A cached matmul and the scratchpad it asks its caller for.
-struct CachedMatmul {
-  dnnl::matmul prim;
-  dnnl::memory::desc scratchpad_md;
-};
-
-// The matmul cached under `key`, built from `make()` the first time (thread-safe).
-std::shared_ptr<CachedMatmul> CachedMatmulFor(
-    const std::string& key, const std::function<dnnl::matmul::primitive_desc()>& make);
+using unet::CachedMatmul;  // onednn_common.h: the cache of oneDNN matmuls.
+using unet::CachedMatmulFor;
 
 // The best seconds of `repeats` calls of `work` (the autotune's measurements), or -1 if
 // oneDNN fails.

@@ -48,20 +48,6 @@ std::mutex& unet_kernel_mutex();  // onednn_conv.cc: one native kernel at a time
 
 namespace unet_winograd {
 
-std::shared_ptr<CachedMatmul> CachedMatmulFor(
-    const std::string& key, const std::function<dnnl::matmul::primitive_desc()>& make) {
-  static std::mutex mutex;
-  static std::unordered_map<std::string, std::shared_ptr<CachedMatmul>> cache;
-  std::lock_guard<std::mutex> lock(mutex);
-  auto it = cache.find(key);
-  if (it != cache.end()) return it->second;
-  auto pd = make();
-  auto cached =
-      std::make_shared<CachedMatmul>(CachedMatmul{dnnl::matmul(pd), pd.scratchpad_desc()});
-  cache.emplace(key, cached);
-  return cached;
-}
-
 UNET_VECTOR_CLONES void InputTile(const Problem& p, const uint16_t* x, const uint16_t* zeros,
                                   uint16_t* v, int64_t plane, int64_t t, int64_t r) {
   InputTileBody(p, x, zeros, v, plane, t, r);
