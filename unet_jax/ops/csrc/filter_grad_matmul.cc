@@ -29,13 +29,6 @@ using tag = memory::format_tag;
 constexpr int64_t kMaxPixels = 64;
 constexpr int64_t kMinChannels = 128;
 
-std::string Key(const ConvDims& d) {
-  char buf[160];
-  std::snprintf(buf, sizeof(buf), "im2col|%d|%ld,%ld,%ld,%ld|%ld,%ld,%ld|%ld,%ld|%ld,%ld|%ld,%ld",
-                d.bf16, d.n, d.h, d.w, d.c, d.kh, d.kw, d.o, d.oh, d.ow, d.sh, d.sw, d.pt, d.pl);
-  return buf;
-}
-
 // cols^T (patch-major view of the im2col rows), dy (rows x O) and dW (patch x O, HWIO).
 struct Operands {
   memory::desc cols, dy, dw;
@@ -89,9 +82,10 @@ bool UseMatmulFilterGrad(const ConvDims& d) {
          d.o >= kMinChannels;
 }
 
-void MatmulFilterGrad(const ConvDims& d, const void* x, const void* dy, float* dw) {
+void MatmulFilterGrad(const ConvDims& d, const std::string& key, const void* x,
+                      const void* dy, float* dw) {
   Operands md(d);
-  auto matmul = CachedMatmulFor(Key(d), [&] {
+  auto matmul = CachedMatmulFor(key, [&] {
     return dnnl::matmul::primitive_desc(Engine(), md.cols, md.dy, md.dw, UserScratchpad());
   });
   void* cols = Scratch(md.cols.get_size(), 1);

@@ -91,7 +91,9 @@ struct ConvDims {
 // The weight gradient as one im2col matmul (filter_grad_matmul.cc), where it beats oneDNN's
 // direct kernel; UNET_JAX_FILTER_GRAD=direct|matmul forces either (tests, benchmarks).
 bool UseMatmulFilterGrad(const ConvDims& d);
-void MatmulFilterGrad(const ConvDims& d, const void* x, const void* dy, float* dw);
+// `key`: the convolution's cache key (any string that names its shape and dtype).
+void MatmulFilterGrad(const ConvDims& d, const std::string& key, const void* x,
+                      const void* dy, float* dw);
 
 }  // namespace unet
 

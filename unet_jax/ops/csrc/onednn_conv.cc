@@ -190,7 +190,7 @@ void RunBackwardData(const ConvShape& s, void* dy, void* w, void* dx) {
 void RunBackwardWeights(const ConvShape& s, void* x, void* dy, void* dw) {
   std::lock_guard<std::mutex> lock(unet_kernel_mutex());
   if (unet::UseMatmulFilterGrad(s.Dims())) {
-    unet::MatmulFilterGrad(s.Dims(), x, dy, static_cast<float*>(dw));
+    unet::MatmulFilterGrad(s.Dims(), s.Key('m'), x, dy, static_cast<float*>(dw));
     return;
   }
   auto e = BackwardWeightsEntry(s);
