@@ -118,7 +118,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.conv_algo = "auto_float32"
 
   # Loss and optimisation.
-  config.loss = "bce"  # losses.LOSSES: bce softmax_ce dice bce_dice focal lovasz_hinge/_softmax.
+  # losses.LOSSES: bce softmax_ce dice bce_dice focal lovasz_hinge lovasz_hinge_symmetric
+  # lovasz_softmax.
+  config.loss = "bce"
   # A second stage in the same run (the Kaggle TGS habit: BCE + Dice, then Lovasz hinge):
   # from step loss_stage2_step on, train with loss_stage2 ('' = one stage). Validation loss
   # stays `loss`, so its curve is comparable across the switch.

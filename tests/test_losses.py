@@ -17,7 +17,8 @@ from tests.conftest import tiny_config
 from unet_jax import losses, steps
 from unet_jax.errors import ConfigError
 
-BINARY = ["bce", "dice", "bce_dice", "focal", "lovasz_hinge", "lovasz_softmax"]
+BINARY = ["bce", "dice", "bce_dice", "focal", "lovasz_hinge", "lovasz_hinge_symmetric",
+          "lovasz_softmax"]
 MULTICLASS = ["softmax_ce", "dice", "focal", "lovasz_softmax"]
 
 
@@ -91,6 +92,24 @@ def test_lovasz_hinge_matches_reference(seed):
   ours, grad = _value_and_grad("lovasz_hinge")(logits, labels, weights)
   ref_logits = torch.tensor(np.asarray(logits[..., 0]), requires_grad=True)
   ref = _ref_lovasz_hinge(ref_logits, torch.tensor(np.asarray(labels)), 255)
+  ref.backward()
+  np.testing.assert_allclose(ours, ref.item(), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(grad[..., 0], ref_logits.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+@needs_torch
+@pytest.mark.parametrize("seed", range(3))
+def test_symmetric_lovasz_hinge_matches_reference(seed):
+  """The TGS solutions' symmetric Lovasz: (hinge(x, y) + hinge(-x, 1 - y)) / 2."""
+  logits, labels = _random_case(seed, 1, ignore=255)
+  labels = labels.at[0].set(jnp.where(labels[0] == 255, 255, 0))  # An image without salt.
+  weights = losses.pixel_weights(labels, 255)
+  ours, grad = _value_and_grad("lovasz_hinge_symmetric")(logits, labels, weights)
+  ref_logits = torch.tensor(np.asarray(logits[..., 0]), requires_grad=True)
+  ref_labels = torch.tensor(np.asarray(labels))
+  flipped = torch.where(ref_labels == 255, ref_labels, 1 - ref_labels)
+  ref = (_ref_lovasz_hinge(ref_logits, ref_labels, 255)
+         + _ref_lovasz_hinge(-ref_logits, flipped, 255)) / 2
   ref.backward()
   np.testing.assert_allclose(ours, ref.item(), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(grad[..., 0], ref_logits.grad.numpy(), rtol=1e-4, atol=1e-6)

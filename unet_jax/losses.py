@@ -155,6 +155,14 @@ def lovasz_hinge(logits, labels, weights, per_image: bool = True, native: bool |
   return jnp.sum(per * has_pixels) / jnp.maximum(jnp.sum(has_pixels), 1)
 
 
+def lovasz_hinge_symmetric(logits, labels, weights, native: bool | None = None):
+  """The Lovasz hinge of the salt and of the background, averaged (the TGS Kaggle solutions'
+  symmetric Lovasz): an image without salt gets the IoU of its background as its loss."""
+  targets = (labels > 0).astype(jnp.float32)
+  return 0.5 * (lovasz_hinge(logits, targets, weights, native=native)
+                + lovasz_hinge(-logits, 1.0 - targets, weights, native=native))
+
+
 def lovasz_softmax(logits, labels, weights, native: bool | None = None):
   """Lovasz-softmax (Berman et al. 2018) over the batch, mean over classes present.
 
@@ -180,6 +188,7 @@ LOSSES: dict[str, LossFn] = {
     "bce_dice": bce_dice,
     "focal": focal,
     "lovasz_hinge": lovasz_hinge,
+    "lovasz_hinge_symmetric": lovasz_hinge_symmetric,
     "lovasz_softmax": lovasz_softmax,
 }
 
