@@ -86,6 +86,10 @@ def get_config() -> ml_collections.ConfigDict:
   # not only the last: the TGS winners' hypercolumns. SAME only. No gain in a 3-fold TGS CV
   # at 2000 steps (-0.000 +- 0.004), costs no step time since 2026-12-03.
   config.model.hypercolumn = False
+  # (height, width) the U-Net sees: inputs resized to it (bilinear), logits back to the input's
+  # size; () = the input's own size (TGS: 101x101 images seen at 128x128 instead of mirrored
+  # into 128x128 at image_size = (101, 101)). SAME only.
+  config.model.resize_to = ()
   config.model.remat = False  # Recompute activations per level in backward (saves memory).
   config.model.padding = "SAME"  # SAME | VALID (the paper's unpadded convs, cropped skips).
   # VALID only: overlap_tile (mirror-pad the input so the output covers it) | resize_nearest |

@@ -21,6 +21,7 @@ ARCHITECTURES = {
     "unet_squeeze_excitation": {"model.squeeze_excitation": True},  # configs/tgs.py's.
     "unet_concurrent_excitation": {"model.squeeze_excitation": True,
                                    "model.excitation": "concurrent"},  # scSE.
+    "unet_resize_to": {"model.resize_to": (24, 20)},  # Input resized in, logits back out.
     "unet_valid_bilinear_softmax": {"model.padding": "VALID", "model.upsample": "bilinear",
                                     "synthetic.multiclass": True, "num_classes": 5,
                                     "loss": "softmax_ce"},

@@ -88,7 +88,17 @@ def from_config(config):
               squeeze_excitation=model_config.get("squeeze_excitation", False),
               excitation=model_config.get("excitation", "channel"),
               empty_head=empty_head, deep_supervision=deep_supervision, hypercolumn=hypercolumn,
+              resize_to=_resize_to(model_config),
               **_valid_output(model_config.get("valid_output", "overlap_tile")))
+
+
+def _resize_to(model_config) -> tuple[int, ...]:
+  """config.model.resize_to, checked: () or (height, width) with SAME padding."""
+  size = tuple(model_config.get("resize_to", ()) or ())
+  if size and (len(size) != 2 or min(size) < 1 or model_config.padding != "SAME"):
+    raise ConfigError(f"model.resize_to={size!r} needs two positive sizes (height, width) and "
+                      "model.padding=SAME; e.g. --config.model.resize_to='(128, 128)', or ()")
+  return tuple(int(s) for s in size)
 
 
 def _valid_output(choice: str) -> dict:

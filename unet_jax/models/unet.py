@@ -130,6 +130,8 @@ class UNet(nn.Module):
     hypercolumn: SAME only; the head reads every decoder level's output, the coarser ones
       resized (bilinear) to the finest and concatenated (the TGS winners' hypercolumns), not
       only the last level's.
+    resize_to: (height, width) the input is resized to (bilinear) before the U-Net, the logits
+      resized back to the input's size after it (TGS: 101x101 seen at 128x128); () = none.
   """
 
   num_classes: int = 1
@@ -154,9 +156,23 @@ class UNet(nn.Module):
   empty_head: bool = False
   deep_supervision: bool = False
   hypercolumn: bool = False
+  resize_to: tuple[int, ...] = ()
 
   @nn.compact
   def __call__(self, images, train: bool = False):
+    if self.resize_to:
+      logits = self._resized(images, train)
+      return jax.image.resize(logits, images.shape[:3] + logits.shape[3:], "bilinear")
+    return self._resized(images, train)
+
+  def _resized(self, images, train: bool):
+    """The U-Net on `images` resized to resize_to (if set); logits at that size."""
+    if self.resize_to:
+      if len(self.resize_to) != 2 or self.padding != "SAME":
+        raise ValueError(f"resize_to needs (height, width) and padding='SAME', got "
+                         f"{self.resize_to!r} and {self.padding!r}")
+      size = images.shape[:1] + tuple(self.resize_to) + images.shape[3:]
+      images = jax.image.resize(images.astype(jnp.float32), size, "bilinear")
     height, width = images.shape[1:3]
     x, crop = self._pad_input(images.astype(self.dtype))
     x, deep_logits = self._unet(x, train)
