@@ -50,3 +50,11 @@ def test_config_passes_resize_to_and_defaults_to_none():
   assert models.from_config(config).resize_to == ()
   config.model.resize_to = (128, 128)
   assert models.from_config(config).resize_to == (128, 128)
+
+
+def test_config_refuses_resize_to_with_deep_supervision():
+  config = default.get_config()
+  config.model.resize_to = (128, 128)
+  config.model.deep_supervision = True
+  with pytest.raises(ConfigError, match="resize_to and model.deep_supervision do not combine"):
+    models.from_config(config)

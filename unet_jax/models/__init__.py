@@ -98,6 +98,9 @@ def _resize_to(model_config) -> tuple[int, ...]:
   if size and (len(size) != 2 or min(size) < 1 or model_config.padding != "SAME"):
     raise ConfigError(f"model.resize_to={size!r} needs two positive sizes (height, width) and "
                       "model.padding=SAME; e.g. --config.model.resize_to='(128, 128)', or ()")
+  if size and model_config.get("deep_supervision", False):
+    raise ConfigError("model.resize_to and model.deep_supervision do not combine (the deep "
+                      "heads' logits stay at the resized size); set one of them off")
   return tuple(int(s) for s in size)
 
 

@@ -160,19 +160,17 @@ class UNet(nn.Module):
 
   @nn.compact
   def __call__(self, images, train: bool = False):
-    if self.resize_to:
-      logits = self._resized(images, train)
-      return jax.image.resize(logits, images.shape[:3] + logits.shape[3:], "bilinear")
-    return self._resized(images, train)
+    if not self.resize_to:
+      return self._logits(images, train)
+    if len(self.resize_to) != 2 or self.padding != "SAME" or self.deep_supervision:
+      raise ValueError(f"resize_to needs (height, width), padding='SAME' and no deep "
+                       f"supervision, got {self.resize_to!r} and {self.padding!r}")
+    size = images.shape[:1] + tuple(self.resize_to) + images.shape[3:]
+    logits = self._logits(jax.image.resize(images.astype(jnp.float32), size, "bilinear"), train)
+    return jax.image.resize(logits, images.shape[:3] + logits.shape[3:], "bilinear")
 
-  def _resized(self, images, train: bool):
-    """The U-Net on `images` resized to resize_to (if set); logits at that size."""
-    if self.resize_to:
-      if len(self.resize_to) != 2 or self.padding != "SAME":
-        raise ValueError(f"resize_to needs (height, width) and padding='SAME', got "
-                         f"{self.resize_to!r} and {self.padding!r}")
-      size = images.shape[:1] + tuple(self.resize_to) + images.shape[3:]
-      images = jax.image.resize(images.astype(jnp.float32), size, "bilinear")
+  def _logits(self, images, train: bool):
+    """The U-Net's logits at the size of `images`."""
     height, width = images.shape[1:3]
     x, crop = self._pad_input(images.astype(self.dtype))
     x, deep_logits = self._unet(x, train)
