@@ -87,9 +87,9 @@ def get_config() -> ml_collections.ConfigDict:
   # at 2000 steps (-0.000 +- 0.004), costs no step time since 2026-12-03.
   config.model.hypercolumn = False
   # (height, width) the U-Net sees: inputs resized to it (bilinear), logits back to the input's
-  # size; () = the input's own size (TGS: 101x101 images seen at 128x128 instead of mirrored
-  # into 128x128 at image_size = (101, 101)). SAME only. On TGS -0.011 +- 0.004 against the
-  # mirroring, every fold (3-fold CV, 1000 steps: benchmarks/quality/tgs_recipe.md).
+  # size; () = the input's own size. SAME only. TGS with image_size (101, 101) and resize_to
+  # (128, 128) (the images stretched to 128x128, not mirrored into it): -0.011 +- 0.004, every
+  # fold (3-fold CV, 1000 steps: benchmarks/quality/tgs_recipe.md).
   config.model.resize_to = ()
   config.model.remat = False  # Recompute activations per level in backward (saves memory).
   config.model.padding = "SAME"  # SAME | VALID (the paper's unpadded convs, cropped skips).
