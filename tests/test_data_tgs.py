@@ -78,19 +78,22 @@ def full_data_dir(tmp_path_factory):
   return data_dir
 
 
-def test_every_mask_reencodes_to_kaggles_rle(full_data_dir, tgs_dir):
-  """Decoded through load_split (padded to 128) and cropped back, each mask is Kaggle's RLE."""
+@pytest.mark.parametrize("image_size", [(101, 101), (128, 128)], ids=["shipped", "padded"])
+def test_every_mask_reencodes_to_kaggles_rle(full_data_dir, tgs_dir, image_size):
+  """Decoded through load_split (as shipped, or padded to 128) and cropped back, each mask is
+  Kaggle's RLE."""
   with open(tgs_dir / "train.csv", newline="", encoding="utf-8") as f:
     expected = {row["id"]: row["rle_mask"] for row in csv.DictReader(f)}
   config = tgs_config.get_config()
   config.data_dir = str(full_data_dir)
+  config.image_size = image_size
   seen = {}
   for split in ("train", "val"):
     source = data.load_split(config, split)
     ids = source.data_source  # Same indices, stored ids.
     for i in range(len(source)):
       element = source[i]
-      assert element["image"].shape == element["mask"].shape == (128, 128)
+      assert element["image"].shape == element["mask"].shape == image_size
       assert element["image"].dtype == element["mask"].dtype == np.uint8
       assert isinstance(element["depth"], np.float32)
       key = ids[i]["id"].decode()
@@ -178,7 +181,7 @@ def test_cli_reports_one_line_and_exits_nonzero(tmp_path):
 def test_split_decoded_into_memory_equals_decoding_each_read(full_data_dir):
   config = tgs_config.get_config()
   config.data_dir = str(full_data_dir)
-  cached = data.load_split(config, "val")  # 200 x 2 x 128 x 128 bytes: within the budget.
+  cached = data.load_split(config, "val")  # 200 x 2 x 101 x 101 bytes: within the budget.
   config.cache_decoded_mb = 0
   decoded = data.load_split(config, "val")
   assert isinstance(cached, sources.InMemorySource)

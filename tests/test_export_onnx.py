@@ -22,6 +22,8 @@ ARCHITECTURES = {
     "unet_concurrent_excitation": {"model.squeeze_excitation": True,
                                    "model.excitation": "concurrent"},  # scSE.
     "unet_resize_to": {"model.resize_to": (24, 20)},  # Input resized in, logits back out.
+    # Not a multiple of 2**depth: mirrored up inside the model, cropped back (configs/tgs.py).
+    "unet_mirrored_input": {"image_size": (13, 11), "model.squeeze_excitation": True},
     "unet_valid_bilinear_softmax": {"model.padding": "VALID", "model.upsample": "bilinear",
                                     "synthetic.multiclass": True, "num_classes": 5,
                                     "loss": "softmax_ce"},

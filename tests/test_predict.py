@@ -133,13 +133,15 @@ def test_cli_unreadable_image_is_one_line(tmp_path):
   assert "Traceback" not in result.stderr
 
 
-def test_one_channel_model_without_batchnorm(tgs_dir, tmp_path):
-  """A TGS-style run: gray 101x101 mirrored to 128x128 and cropped back, no BatchNorm."""
-  config = tiny_config(image_size=(128, 128), data_resolution="native",
+@pytest.mark.parametrize("size", [101, 128], ids=["shipped_101", "padded_128"])
+def test_one_channel_model_without_batchnorm(tgs_dir, tmp_path, size):
+  """A TGS-style run, no BatchNorm: gray 101x101 seen as is (the model mirrors it to its own
+  multiple, configs/tgs.py) or mirrored to 128x128 by predict and cropped back."""
+  config = tiny_config(image_size=(size, size), data_resolution="native",
                        **{"model.norm": "none"})
   (tmp_path / "config.json").write_text(config.to_json_best_effort())
   model = models.from_config(config)
-  sample = np.zeros((1, 128, 128, 1), np.uint8)
+  sample = np.zeros((1, size, size, 1), np.uint8)
   state = jax.jit(lambda x: steps.create_train_state(model, optax.sgd(0.1), x, 0))(sample)
   saver = checkpoints.Checkpoints(tmp_path, max_to_keep=1, best_metric="dice", best_mode="max")
   saver.save(3, state, None, metrics={"dice": 0.5})
@@ -156,8 +158,11 @@ def test_one_channel_model_without_batchnorm(tgs_dir, tmp_path):
   assert len(validate_submission(tmp_path / "s.csv", "tgs", ids, tmp_path / "out")) == 5
   first = sorted(folder.glob("*.png"))[0]  # By hand: pad by mirroring, predict, crop.
   gray = np.asarray(Image.open(first).convert("L"))
-  padded = np.pad(gray, [(13, 14), (13, 14)], mode="reflect")[None, ..., None]
-  probabilities = inference.make_predict_fn()(loaded.state, padded)[0, 13:114, 13:114, 0]
+  assert predict.fit_mode(config, gray.shape) == ("same" if size == 101 else "pad")
+  before, after = (size - 101) // 2, size - 101 - (size - 101) // 2
+  padded = np.pad(gray, [(before, after), (before, after)], mode="reflect")[None, ..., None]
+  probabilities = inference.make_predict_fn()(loaded.state, padded)[0, before:before + 101,
+                                                                    before:before + 101, 0]
   written = np.asarray(Image.open(tmp_path / "out" / first.name)) > 0
   np.testing.assert_array_equal(written, np.asarray(probabilities) > 0.5)
 
