@@ -102,8 +102,10 @@ def test_squeeze_excitation_benchmark_times_both_and_writes_its_report(tmp_path)
     pytest.skip(f"native kernels: {library.unavailable_reason()}")
   assert squeeze_excitation.level_shapes(2, 128, 64, 16, 2) == [
       (2, 128, 64, 16), (2, 128, 64, 16), (2, 64, 32, 32), (2, 64, 32, 32), (2, 32, 16, 64)]
+  assert squeeze_excitation.level_shapes(1, 101, 101, 16, 4)[::2] == [  # Mirrored to 112 first.
+      (1, 112, 112, 16), (1, 56, 56, 32), (1, 28, 28, 64), (1, 14, 14, 128), (1, 7, 7, 256)]
   data = squeeze_excitation.run("tgs", tmp_path, repeats=1, batch=1)
-  assert len(data["shapes"]) == 9 and data["shapes"][0] == (1, 128, 128, 16)
+  assert len(data["shapes"]) == 9 and data["shapes"][0] == (1, 112, 112, 16)
   for times in data["ms"].values():
     assert set(times) == {"xla", "onednn"} and all(0 < ms < 1e4 for ms in times.values())
   folder = tmp_path / data["device"]["slug"]

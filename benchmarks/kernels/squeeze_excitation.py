@@ -28,7 +28,9 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 def level_shapes(batch: int, height: int, width: int, features: int, depth: int) -> list:
   """NHWC shapes SE gates in a UNet of `depth` levels: two per level (encoder, decoder) and
-  one at the bottleneck."""
+  one at the bottleneck; the input first mirrored up to a multiple of 2**depth, as the SAME
+  U-Net does (configs/tgs.py: 101x101 -> 112x112)."""
+  height, width = (-(-size // 2**depth) * 2**depth for size in (height, width))
   shapes = []
   for level in range(depth):
     shape = (batch, height >> level, width >> level, features << level)
