@@ -32,13 +32,15 @@ def test_the_full_download_default_trains_without_rotations_or_dropout():
   assert (config.augment.scale, config.augment.brightness) == (0.1, 0.05)
 
 
-def test_small_differs_from_the_default_only_in_its_regularisation():
+def test_small_differs_from_the_default_only_in_its_regularisation_and_input_size():
   full, small = _load(), _load(":small")
   assert (small.augment.rotation_degrees, small.augment.scale, small.augment.brightness,
           small.model.dropout) == (10.0, 0.2, 0.1, 0.1)
   small.augment.update({key: full.augment[key] for key in ("rotation_degrees", "scale",
                                                            "brightness")})
   small.model.dropout = full.model.dropout
+  assert (tuple(small.image_size), tuple(full.image_size)) == ((128, 128), (101, 101))
+  small.image_size = full.image_size
   assert small.to_dict() == full.to_dict()
 
 
