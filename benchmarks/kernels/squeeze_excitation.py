@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import machine
-from unet_jax.models import blocks
+from unet_jax.models import blocks, unet
 from unet_jax.ops import library
 
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "results"
@@ -28,9 +28,11 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 def level_shapes(batch: int, height: int, width: int, features: int, depth: int) -> list:
   """NHWC shapes SE gates in a UNet of `depth` levels: two per level (encoder, decoder) and
-  one at the bottleneck; the input first mirrored up to a multiple of 2**depth, as the SAME
-  U-Net does (configs/tgs.py: 101x101 -> 112x112)."""
-  height, width = (-(-size // 2**depth) * 2**depth for size in (height, width))
+  one at the bottleneck; the input first padded as the SAME U-Net pads it (configs/tgs.py:
+  101x101 -> 112x112)."""
+  pads, _ = unet.input_padding(height, width, depth, "SAME", overlap_tile=False)
+  if pads:
+    height, width = height + sum(pads[0]), width + sum(pads[1])
   shapes = []
   for level in range(depth):
     shape = (batch, height >> level, width >> level, features << level)
