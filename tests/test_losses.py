@@ -18,7 +18,7 @@ from unet_jax import losses, steps
 from unet_jax.errors import ConfigError
 
 BINARY = ["bce", "dice", "bce_dice", "focal", "lovasz_hinge", "lovasz_hinge_symmetric",
-          "lovasz_softmax"]
+          "lovasz_hinge_elu", "lovasz_softmax"]
 MULTICLASS = ["softmax_ce", "dice", "focal", "lovasz_softmax"]
 
 
@@ -49,18 +49,19 @@ def _ref_lovasz_grad(gt_sorted):
   return jaccard
 
 
-def _ref_lovasz_hinge_flat(logits, labels):
+def _ref_lovasz_hinge_flat(logits, labels, activation=torch.relu if torch else None):
   if len(labels) == 0:
     return logits.sum() * 0.
   signs = 2. * labels.float() - 1.
   errors = (1. - logits * signs)
   errors_sorted, perm = torch.sort(errors, dim=0, descending=True)
   grad = _ref_lovasz_grad(labels[perm])
-  return torch.dot(torch.relu(errors_sorted), grad)
+  return torch.dot(activation(errors_sorted), grad)
 
 
-def _ref_lovasz_hinge(logits, labels, ignore):
-  per_image = [_ref_lovasz_hinge_flat(l.reshape(-1)[m.reshape(-1)], y.reshape(-1)[m.reshape(-1)])
+def _ref_lovasz_hinge(logits, labels, ignore, **kwargs):
+  per_image = [_ref_lovasz_hinge_flat(l.reshape(-1)[m.reshape(-1)], y.reshape(-1)[m.reshape(-1)],
+                                      **kwargs)
                for l, y, m in zip(logits, labels, labels != ignore)]
   return torch.stack(per_image).mean()
 
@@ -95,6 +96,23 @@ def test_lovasz_hinge_matches_reference(seed):
   ref.backward()
   np.testing.assert_allclose(ours, ref.item(), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(grad[..., 0], ref_logits.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+@needs_torch
+@pytest.mark.parametrize("seed", range(3))
+def test_smooth_lovasz_hinge_matches_reference(seed):
+  """The TGS discussion's variant: the reference's dot product of elu(errors) + 1, not relu."""
+  logits, labels = _random_case(seed, 1, ignore=255)
+  weights = losses.pixel_weights(labels, 255)
+  ours, grad = _value_and_grad("lovasz_hinge_elu")(logits, labels, weights)
+  ref_logits = torch.tensor(np.asarray(logits[..., 0]), requires_grad=True)
+  ref = _ref_lovasz_hinge(ref_logits, torch.tensor(np.asarray(labels)), 255,
+                          activation=lambda e: torch.nn.functional.elu(e) + 1)
+  ref.backward()
+  np.testing.assert_allclose(ours, ref.item(), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(grad[..., 0], ref_logits.grad.numpy(), rtol=1e-4, atol=1e-6)
+  plain, _ = _value_and_grad("lovasz_hinge")(logits, labels, weights)
+  assert float(ours) > float(plain)  # elu(e) + 1 > relu(e) everywhere.
 
 
 @needs_torch

@@ -7,6 +7,7 @@ may be > 1 where it should count more (the 2015 paper's boundary weight map). C 
 binary task with a sigmoid; C > 1 a softmax over classes.
 """
 
+import functools
 from typing import Callable
 
 import jax
@@ -138,15 +139,19 @@ def lovasz_rows(errors, targets, counted, native: bool | None = None):
   return jnp.sum(errors * counted * weights, axis=-1)
 
 
-def lovasz_hinge(logits, labels, weights, per_image: bool = True, native: bool | None = None):
+def lovasz_hinge(logits, labels, weights, per_image: bool = True, native: bool | None = None,
+                 smooth: bool = False):
   """Binary Lovasz hinge (Berman et al. 2018) on the logits, per image then averaged.
 
   Weights act as a mask only (> 0 counts): the Lovasz extension has no per-pixel weights.
+  smooth: elu(margin) + 1 in place of relu(margin), the TGS discussion's variant (every pixel
+  keeps a gradient; the order, hence the Lovasz weights, is the same).
   """
   targets = (labels > 0).astype(jnp.float32)
   counted = weights > 0
   n = logits.shape[0] if per_image else 1
-  errors = jax.nn.relu(1.0 - logits[..., 0] * (2.0 * targets - 1.0))
+  margins = 1.0 - logits[..., 0] * (2.0 * targets - 1.0)
+  errors = jax.nn.elu(margins) + 1.0 if smooth else jax.nn.relu(margins)
   per = lovasz_rows(errors.reshape(n, -1), targets.reshape(n, -1), counted.reshape(n, -1),
                     native)
   if not per_image:
@@ -190,6 +195,7 @@ LOSSES: dict[str, LossFn] = {
     "focal": focal,
     "lovasz_hinge": lovasz_hinge,
     "lovasz_hinge_symmetric": lovasz_hinge_symmetric,
+    "lovasz_hinge_elu": functools.partial(lovasz_hinge, smooth=True),
     "lovasz_softmax": lovasz_softmax,
 }
 
