@@ -7,7 +7,7 @@
 
 Batches have a fixed shape (the last one is padded), so the jitted model compiles once.
 Each image is brought to config.image_size as in training (--fit auto): centred and padded by
-mirroring when config.data_resolution is 'native' and it fits (TGS 101 -> 128), the
+mirroring when config.data_resolution is 'native' and it fits (TGS 101 -> 128 in :small), the
 prediction cropped back; otherwise resized, the prediction resized back to the original size
 (Carvana's 1918x1280) unless --noresize_back. An unreadable image stops the run with an
 error naming it, before any CSV is written; --skip_unreadable warns, skips it and goes on.

@@ -123,7 +123,7 @@ def _make_train_iterator(config, train_source, mesh=None):
 
 
 def _validation_source(config):
-  """The val split; where training padded smaller images (TGS 101 -> 128), scored only on
+  """The val split; where training padded smaller images (TGS :small, 101 -> 128), scored only on
   the stored pixels, as Kaggle scores them."""
   source = data.load_split(config, "val")
   scored_window = window.native_window(source, config)
