@@ -16,7 +16,7 @@ def _candidate(tmp_path, name, tgs_scores):
              "std": {m: 0.01 for m in cv_compare.METRICS}}
   for k in folds:
     (workdir / f"fold{k}").mkdir(parents=True)
-    (workdir / f"fold{k}" / "config.json").write_text("{}")
+    (workdir / f"fold{k}" / "config.json").write_text('{"num_train_steps": 300}')
     (workdir / f"fold{k}" / "metrics.jsonl").write_text("{}\n")
   (workdir / "cv_scores_tta.json").write_text(json.dumps(summary))
   return {**cv_compare.load_candidate(workdir), "overrides": ""}
@@ -35,6 +35,8 @@ def test_a_lever_is_kept_only_when_its_paired_gain_beats_its_spread(tmp_path):
   rows = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| ")}
   assert "| 0.912 / 0.431 |" in rows["| steady"] and "| - |" in rows["| base"]
   assert all(line.count("|") == 11 for line in rows.values())  # Header and rows align.
+  # The schedule (config.num_train_steps), not the step of fold 0's best checkpoint (240).
+  assert "| 300 |" in rows["| steady"] and "| 240 |" not in rows["| steady"]
   cv_compare.plot({"base": base, "steady": steady}, tmp_path / "cv.png")
   assert (tmp_path / "cv.png").stat().st_size > 1000
 

@@ -72,6 +72,13 @@ def load_reported(report: pathlib.Path, name: str, at: tuple | None) -> dict:
   return run
 
 
+def schedule_steps(run: dict):
+  """The steps the folds were trained for (config.num_train_steps), not the step of the first
+  fold's best checkpoint; committed reports without a config give their fold-0 step."""
+  steps = (run.get("config") or {}).get("num_train_steps")
+  return steps if steps is not None else next(iter(run["summary"]["steps"].values()))
+
+
 def paired_gain(candidate: dict, baseline: dict, metric: str = "tgs_map") -> dict:
   folds = sorted(set(candidate["summary"]["folds"]) & set(baseline["summary"]["folds"]))
   scores = candidate["summary"]["folds"], baseline["summary"]["folds"]
@@ -160,7 +167,7 @@ def markdown(runs: dict, baseline: str, at: tuple | None = None) -> str:
       g = gain_at(run, runs[baseline])
       post_cell += (" | (baseline)" if name == baseline else " | -" if g is None else
                     f" | {g['mean']:+.4f} +- {g['std']:.4f} {'kept' if g['kept'] else 'not kept'}")
-    steps = next(iter(summary["steps"].values()))
+    steps = schedule_steps(run)
     lines.append(f"| {name} | {run['overrides'] or '-'} | {steps} | {minutes} | "
                  + " | ".join(cells) + f" | {gain} | {post_cell} |")
   post = runs[baseline]["postprocess"]
