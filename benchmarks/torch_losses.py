@@ -1,5 +1,5 @@
-"""torch twins of unet_jax.losses for binary (one-channel) tasks: bce, dice, bce_dice and
-lovasz_hinge (per image, Berman et al.'s reference code).
+"""torch twins of unet_jax.losses for binary (one-channel) tasks: bce, dice, bce_dice,
+lovasz_hinge (per image, Berman et al.'s reference code) and lovasz_hinge_elu (elu + 1).
 
 Same maths as the JAX losses: logits (N, 1, H, W), integer labels (N, H, W), per-pixel
 weights (N, H, W); means are weighted, Dice is over the whole batch with smoothing 1.
@@ -56,8 +56,9 @@ def _lovasz_grad(sorted_targets):
   return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
 
 
-def lovasz_hinge(logits, labels, weights):
-  """Per-image Lovasz hinge averaged over images with counted pixels (weights > 0 count)."""
+def lovasz_hinge(logits, labels, weights, activation=F.relu):
+  """Per-image Lovasz hinge averaged over images with counted pixels (weights > 0 count);
+  `activation` of the sorted margins (relu; lovasz_hinge_elu: elu + 1)."""
   logits, targets = _binary(logits, labels)
   per_image = []
   for image_logits, image_targets, image_weights in zip(logits, targets, weights):
@@ -67,12 +68,16 @@ def lovasz_hinge(logits, labels, weights):
     flat_targets = image_targets.reshape(-1)[counted]
     errors = 1.0 - image_logits.reshape(-1)[counted] * (2.0 * flat_targets - 1.0)
     errors_sorted, order = torch.sort(errors, descending=True)
-    per_image.append(torch.dot(F.relu(errors_sorted), _lovasz_grad(flat_targets[order])))
+    per_image.append(torch.dot(activation(errors_sorted), _lovasz_grad(flat_targets[order])))
   return torch.stack(per_image).mean() if per_image else logits.sum() * 0.0
 
 
+def lovasz_hinge_elu(logits, labels, weights):
+  return lovasz_hinge(logits, labels, weights, activation=lambda e: F.elu(e) + 1.0)
+
+
 LOSSES = {"bce": sigmoid_bce, "dice": soft_dice, "bce_dice": bce_dice,
-          "lovasz_hinge": lovasz_hinge}
+          "lovasz_hinge": lovasz_hinge, "lovasz_hinge_elu": lovasz_hinge_elu}
 
 
 def get_loss(name: str):
