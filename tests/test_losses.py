@@ -49,14 +49,14 @@ def _ref_lovasz_grad(gt_sorted):
   return jaccard
 
 
-def _ref_lovasz_hinge_flat(logits, labels, activation=torch.relu if torch else None):
+def _ref_lovasz_hinge_flat(logits, labels, activation=None):
   if len(labels) == 0:
     return logits.sum() * 0.
   signs = 2. * labels.float() - 1.
   errors = (1. - logits * signs)
   errors_sorted, perm = torch.sort(errors, dim=0, descending=True)
   grad = _ref_lovasz_grad(labels[perm])
-  return torch.dot(activation(errors_sorted), grad)
+  return torch.dot((activation or torch.relu)(errors_sorted), grad)
 
 
 def _ref_lovasz_hinge(logits, labels, ignore, **kwargs):
@@ -85,34 +85,27 @@ def _ref_lovasz_softmax(probas, labels, ignore):
 needs_torch = pytest.mark.skipif(torch is None, reason="torch (the [dev] extra) is not installed")
 
 
+REFERENCE_ACTIVATIONS = {"lovasz_hinge": torch.relu if torch else None,
+                         "lovasz_hinge_elu": lambda e: torch.nn.functional.elu(e) + 1}
+
+
 @needs_torch
 @pytest.mark.parametrize("seed", range(5))
-def test_lovasz_hinge_matches_reference(seed):
+@pytest.mark.parametrize("name", sorted(REFERENCE_ACTIVATIONS))
+def test_lovasz_hinge_matches_reference(name, seed):
+  """Berman's reference; lovasz_hinge_elu (the TGS discussion's variant) with its dot product
+  taken of elu(errors) + 1 in place of relu."""
   logits, labels = _random_case(seed, 1, ignore=255)
   weights = losses.pixel_weights(labels, 255)
-  ours, grad = _value_and_grad("lovasz_hinge")(logits, labels, weights)
-  ref_logits = torch.tensor(np.asarray(logits[..., 0]), requires_grad=True)
-  ref = _ref_lovasz_hinge(ref_logits, torch.tensor(np.asarray(labels)), 255)
-  ref.backward()
-  np.testing.assert_allclose(ours, ref.item(), rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(grad[..., 0], ref_logits.grad.numpy(), rtol=1e-4, atol=1e-6)
-
-
-@needs_torch
-@pytest.mark.parametrize("seed", range(3))
-def test_smooth_lovasz_hinge_matches_reference(seed):
-  """The TGS discussion's variant: the reference's dot product of elu(errors) + 1, not relu."""
-  logits, labels = _random_case(seed, 1, ignore=255)
-  weights = losses.pixel_weights(labels, 255)
-  ours, grad = _value_and_grad("lovasz_hinge_elu")(logits, labels, weights)
+  ours, grad = _value_and_grad(name)(logits, labels, weights)
   ref_logits = torch.tensor(np.asarray(logits[..., 0]), requires_grad=True)
   ref = _ref_lovasz_hinge(ref_logits, torch.tensor(np.asarray(labels)), 255,
-                          activation=lambda e: torch.nn.functional.elu(e) + 1)
+                          activation=REFERENCE_ACTIVATIONS[name])
   ref.backward()
   np.testing.assert_allclose(ours, ref.item(), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(grad[..., 0], ref_logits.grad.numpy(), rtol=1e-4, atol=1e-6)
-  plain, _ = _value_and_grad("lovasz_hinge")(logits, labels, weights)
-  assert float(ours) > float(plain)  # elu(e) + 1 > relu(e) everywhere.
+  if name == "lovasz_hinge_elu":  # elu(e) + 1 > relu(e) everywhere.
+    assert float(ours) > float(_value_and_grad("lovasz_hinge")(logits, labels, weights)[0])
 
 
 @needs_torch
