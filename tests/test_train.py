@@ -115,7 +115,7 @@ def test_second_loss_stage_takes_over_at_its_step(tmp_path, caplog):
 def test_tgs_config_moves_its_lovasz_stage_with_the_schedule():
   from configs import tgs  # pylint: disable=import-outside-toplevel
   config = tgs.get_config()
-  assert config.loss_stage2 == "lovasz_hinge"
+  assert config.loss_stage2 == "lovasz_hinge_elu"
   assert config.loss_stage2_step == config.num_train_steps * 2 // 3
   config.num_train_steps = 600  # What --config.num_train_steps=600 does.
   assert config.loss_stage2_step == 400
