@@ -15,11 +15,13 @@ squeeze-excitation; BCE + Dice, then the Lovasz hinge (smooth: elu + 1) for the 
 flips, zoom up to 1.1x, brightness; :small adds rotations up to 10 deg, zoom 1.2x and dropout
 0.1 after every level; the checkpoint with the best validation TGS metric. 6500 steps, or what
 fits time_budget_minutes = 60 (fitted at the first steps). Results on the 1000-pair sample (800
-train / 200 validation ids), single runs: this config, **0.744** with flip TTA (0.738 at the
-shipped 0.5 / 80 px, 0.751 at 0.55 / 0 px; IoU 0.773, Dice 0.872; best checkpoint step 6500)
-in its 6500 steps (25 min, bf16, 2-core AMX Xeon, 2026-12-07), seed 1 0.740 (0.731; 26 min);
-the same mirrored to 128x128 in the pipeline (the default until then) 0.756 (0.752 at 0.5 / 80
-px; IoU 0.788) in 34 min: at 260 epochs of 800 images 128x128 wins on this split (hence :small
+train / 200 validation ids), single runs: this config, **0.739** with flip TTA (0.730 at the
+shipped 0.5 / 80 px, 0.740 at 0.6 / 40 px; IoU 0.737, Dice 0.849; best checkpoint step 2000)
+in the 2560 steps that fit the hour on a 2-core AVX2 EPYC (float32, 55 min, 2026-12-07); with
+the plain Lovasz hinge **0.744** (0.738 at 0.5 / 80 px, 0.751 at 0.55 / 0 px; IoU 0.773) in
+all 6500 steps (25 min, bf16, 2-core AMX Xeon, 2026-12-07), seed 1 0.740 (0.731); that
+mirrored to 128x128 in the pipeline (the default until then) 0.756 (0.752 at 0.5 / 80 px; IoU
+0.788) in 34 min: at 260 epochs of 800 images 128x128 wins on this split (hence :small
 keeps it), past the 20-65 epochs a full download gets, where the folds below decide. Earlier,
 mirrored to 128: 0.751 in 6107 fitted steps (50 min, AMX Xeon, 2026-12-05, SE as XLA ops); before
 squeeze-excitation 0.724 and 0.740 in 1922 and 2201 fitted steps (float32, AVX2 EPYC); :small
