@@ -75,8 +75,9 @@ def get_config(data: str = "full"):
   # moves the switch to 2N/3 with it.
   config.loss_stage2 = "lovasz_hinge_elu"
   config.loss_stage2_step = config.get_ref("num_train_steps") * 2 // 3
-  # Flips, zoom and brightness (without the zoom -0.003 +- 0.001 TGS at 0.5 / 80 px, every fold
-  # at 1220 steps: tgs_recipe.md); :small adds rotations and dropout (REGULARISATION above).
+  # Flips, zoom up to 1.1x and brightness (at 1220 steps no zoom -0.003 +- 0.001 TGS at 0.5 / 80
+  # px and 1.2x -0.012 +- 0.005, both every fold: tgs_recipe.md); :small adds rotations and
+  # dropout (REGULARISATION above).
   config.augment.hflip = True
   config.augment.rotation_degrees = regularisation["rotation_degrees"]
   config.augment.scale = regularisation["scale"]
