@@ -138,8 +138,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.weight_map_sigma = 5.0  # Boundary map: decay in pixels of the border term (paper: 5).
   config.optimizer = "adam"  # adam | adamw | sgd | rmsprop (torch.optim.RMSprop's update).
   config.learning_rate = 1e-3  # Peak learning rate.
-  config.schedule = "constant"  # constant | warmup_cosine | one_cycle.
-  config.warmup_steps = 100  # warmup_cosine: linear warm-up steps.
+  config.schedule = "constant"  # constant | warmup_cosine | warmup_cosine_restart | one_cycle.
+  config.warmup_steps = 100  # warmup_cosine(_restart): linear warm-up steps.
+  # warmup_cosine_restart: the second cosine (from loss_stage2_step) starts at this x the peak.
+  config.restart_peak = 0.5
   config.one_cycle_pct_start = 0.25  # one_cycle: fraction of steps spent rising.
   # adamw: decoupled decay; rmsprop: L2 added to the gradient, as PyTorch (milesial: 1e-8).
   config.weight_decay = 1e-4

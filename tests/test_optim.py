@@ -9,7 +9,7 @@ import pytest
 from optax import contrib
 
 from tests.conftest import tiny_config
-from unet_jax import optim
+from unet_jax import optim, train
 from unet_jax.errors import ConfigError
 
 
@@ -123,8 +123,27 @@ def test_plateau_metric_missing_from_the_scores_names_the_choices():
     ({"lr_plateau_patience": 2, "lr_plateau_mode": "up"}, "--config.lr_plateau_mode to min or"),
     ({"lr_plateau_patience": 2, "lr_plateau_factor": 1.5}, "--config.lr_plateau_factor between"),
     ({"lr_plateau_patience": 2, "lr_plateau_threshold": 0.0}, "--config.lr_plateau_threshold"),
+    ({"schedule": "warmup_cosine_restart"}, "restarts where loss_stage2 starts; set"),
 ])
 def test_bad_choices_raise_one_line_config_errors(overrides, message):
   with pytest.raises(ConfigError, match=message) as error:
     optim.make_optimizer(tiny_config(**overrides), 10)
   assert "\n" not in str(error.value)
+
+
+def test_cosine_restart_anneals_to_zero_then_restarts_with_the_second_loss():
+  """Two cycles: the first reaches ~0 on the last first-loss step, the second starts at
+  restart_peak x the peak on the second loss's first step (1-based) and ends at 0."""
+  config = tiny_config(schedule="warmup_cosine_restart", warmup_steps=5, learning_rate=1e-2,
+                       num_train_steps=60, loss_stage2="lovasz_hinge", restart_peak=0.5)
+  config.loss_stage2_step = 40
+  rates = optim.schedule_table(config, 60)  # rates[s - 1]: the rate step s updates with.
+  first_stage2 = next(s for s in range(1, 61) if train.in_second_stage(config, s))
+  assert first_stage2 == 40
+  assert rates[5] == pytest.approx(1e-2)  # The peak, after 5 warm-up updates.
+  assert rates[first_stage2 - 2] < 1e-4  # The last first-loss step: annealed.
+  assert rates[first_stage2 - 1] == pytest.approx(5e-3)  # The restart.
+  assert np.all(np.diff(rates[first_stage2 - 1:]) <= 0) and rates[60] == pytest.approx(0.0)
+  # A schedule fitted to half the steps restarts at the same fraction.
+  half = optim.schedule_table(config, 30)
+  assert [c for c in range(6, 31) if half[c] > half[c - 1]] == [19]

@@ -12,7 +12,10 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 
 
 def make_schedule(config, total_steps: int, warp=None) -> optax.Schedule:
-  """constant | warmup_cosine | one_cycle, peaking at `config.learning_rate`.
+  """constant | warmup_cosine | warmup_cosine_restart | one_cycle, peaking at
+  `config.learning_rate`. warmup_cosine_restart: two cycles, as two-stage Kaggle recipes train:
+  a warm-up cosine that reaches zero where the second loss starts (loss_stage2_step), then a
+  cosine from `restart_peak` x the peak to zero.
 
   `warp` ((count, position) knots, see budget.warp_knots) runs the schedule of the last
   knot's position in total at a piecewise-linear pace: a run re-fitted to fewer steps midway
@@ -28,11 +31,31 @@ def make_schedule(config, total_steps: int, warp=None) -> optax.Schedule:
   if config.schedule == "warmup_cosine":
     warmup = min(config.warmup_steps, max(total_steps - 1, 0))
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1))
+  if config.schedule == "warmup_cosine_restart":
+    return _cosine_restart(config, total_steps)
   if config.schedule == "one_cycle":
     return optax.cosine_onecycle_schedule(max(total_steps, 1), lr,
                                           pct_start=config.one_cycle_pct_start)
   raise ConfigError(f"unknown schedule {config.schedule!r}; "
-                   "choose constant, warmup_cosine or one_cycle")
+                   "choose constant, warmup_cosine, warmup_cosine_restart or one_cycle")
+
+
+def _cosine_restart(config, total_steps: int) -> optax.Schedule:
+  """Two cosine cycles, the second from the second loss's first step (its share of the
+  configured steps, so a schedule fitted to fewer steps restarts at the same fraction)."""
+  if not config.get("loss_stage2") or config.loss_stage2_step <= 0:
+    raise ConfigError("schedule=warmup_cosine_restart restarts where loss_stage2 starts; set "
+                      "--config.loss_stage2 and --config.loss_stage2_step, or use warmup_cosine")
+  total_steps = max(total_steps, 2)
+  fraction = config.loss_stage2_step / max(config.num_train_steps, 1)
+  # The update count of the second loss's first step (steps count from 1, updates from 0).
+  restart = min(max(round(total_steps * fraction) - 1, 1), total_steps - 1)
+  warmup = min(config.warmup_steps, max(restart - 1, 0))
+  lr = config.learning_rate
+  return optax.join_schedules(
+      [optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(restart, warmup + 1)),
+       optax.cosine_decay_schedule(lr * config.restart_peak, total_steps - restart)],
+      [restart])
 
 
 def schedule_table(config, total_steps: int, warp=None) -> np.ndarray:
