@@ -76,8 +76,13 @@ def lovasz_hinge_elu(logits, labels, weights):
   return lovasz_hinge(logits, labels, weights, activation=lambda e: F.elu(e) + 1.0)
 
 
+def bce_lovasz_elu(logits, labels, weights):
+  return sigmoid_bce(logits, labels, weights) + lovasz_hinge_elu(logits, labels, weights)
+
+
 LOSSES = {"bce": sigmoid_bce, "dice": soft_dice, "bce_dice": bce_dice,
-          "lovasz_hinge": lovasz_hinge, "lovasz_hinge_elu": lovasz_hinge_elu}
+          "lovasz_hinge": lovasz_hinge, "lovasz_hinge_elu": lovasz_hinge_elu,
+          "bce_lovasz_elu": bce_lovasz_elu}
 
 
 def get_loss(name: str):

@@ -124,7 +124,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Loss and optimisation.
   # losses.LOSSES: bce softmax_ce dice bce_dice focal lovasz_hinge lovasz_hinge_symmetric
-  # lovasz_hinge_elu lovasz_softmax.
+  # lovasz_hinge_elu bce_lovasz_elu lovasz_softmax.
   config.loss = "bce"
   # A second stage in the same run (the Kaggle TGS habit: BCE + Dice, then Lovasz hinge):
   # from step loss_stage2_step on, train with loss_stage2 ('' = one stage). Validation loss

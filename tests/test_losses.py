@@ -18,7 +18,7 @@ from unet_jax import losses, steps
 from unet_jax.errors import ConfigError
 
 BINARY = ["bce", "dice", "bce_dice", "focal", "lovasz_hinge", "lovasz_hinge_symmetric",
-          "lovasz_hinge_elu", "lovasz_softmax"]
+          "lovasz_hinge_elu", "bce_lovasz_elu", "lovasz_softmax"]
 MULTICLASS = ["softmax_ce", "dice", "focal", "lovasz_softmax"]
 
 

@@ -169,6 +169,13 @@ def lovasz_hinge_symmetric(logits, labels, weights, native: bool | None = None):
                 + lovasz_hinge(-logits, 1.0 - targets, weights, native=native))
 
 
+def bce_lovasz_elu(logits, labels, weights, native: bool | None = None):
+  """BCE + the smooth Lovasz hinge: a second stage that keeps the pixel-wise BCE beside the
+  IoU surrogate (several TGS solutions trained their last stage on the sum)."""
+  return (sigmoid_bce(logits, labels, weights)
+          + lovasz_hinge(logits, labels, weights, native=native, smooth=True))
+
+
 def lovasz_softmax(logits, labels, weights, native: bool | None = None):
   """Lovasz-softmax (Berman et al. 2018) over the batch, mean over classes present.
 
@@ -196,6 +203,7 @@ LOSSES: dict[str, LossFn] = {
     "lovasz_hinge": lovasz_hinge,
     "lovasz_hinge_symmetric": lovasz_hinge_symmetric,
     "lovasz_hinge_elu": functools.partial(lovasz_hinge, smooth=True),
+    "bce_lovasz_elu": bce_lovasz_elu,
     "lovasz_softmax": lovasz_softmax,
 }
 
