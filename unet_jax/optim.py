@@ -29,8 +29,7 @@ def make_schedule(config, total_steps: int, warp=None) -> optax.Schedule:
   if config.schedule == "constant":
     return optax.constant_schedule(lr)
   if config.schedule == "warmup_cosine":
-    warmup = min(config.warmup_steps, max(total_steps - 1, 0))
-    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1))
+    return _warmup_cosine(config, total_steps)
   if config.schedule == "warmup_cosine_restart":
     return _cosine_restart(config, total_steps)
   if config.schedule == "one_cycle":
@@ -50,12 +49,16 @@ def _cosine_restart(config, total_steps: int) -> optax.Schedule:
   fraction = config.loss_stage2_step / max(config.num_train_steps, 1)
   # The update count of the second loss's first step (steps count from 1, updates from 0).
   restart = min(max(round(total_steps * fraction) - 1, 1), total_steps - 1)
-  warmup = min(config.warmup_steps, max(restart - 1, 0))
-  lr = config.learning_rate
-  return optax.join_schedules(
-      [optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(restart, warmup + 1)),
-       optax.cosine_decay_schedule(lr * config.restart_peak, total_steps - restart)],
-      [restart])
+  second = optax.cosine_decay_schedule(config.learning_rate * config.restart_peak,
+                                       total_steps - restart)
+  return optax.join_schedules([_warmup_cosine(config, restart), second], [restart])
+
+
+def _warmup_cosine(config, steps: int) -> optax.Schedule:
+  """Linear warm-up to the peak, then a cosine to zero at update `steps`."""
+  warmup = min(config.warmup_steps, max(steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup,
+                                            max(steps, warmup + 1))
 
 
 def schedule_table(config, total_steps: int, warp=None) -> np.ndarray:
