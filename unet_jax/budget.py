@@ -225,7 +225,7 @@ class Fitter:
     ratio = decision.stage2_step_seconds / decision.step_seconds
     if self.run.train_step_stage2 is None:
       return end - begin
-    switch = round(total * config.loss_stage2_step / config.num_train_steps)
+    switch = optim.second_loss_start(config, total)
     second = max(0, end - max(begin, switch - 1))
     return (end - begin - second) + ratio * second
 

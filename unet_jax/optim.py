@@ -46,12 +46,17 @@ def _cosine_restart(config, total_steps: int) -> optax.Schedule:
     raise ConfigError("schedule=warmup_cosine_restart restarts where loss_stage2 starts; set "
                       "--config.loss_stage2 and --config.loss_stage2_step, or use warmup_cosine")
   total_steps = max(total_steps, 2)
-  fraction = config.loss_stage2_step / max(config.num_train_steps, 1)
   # The update count of the second loss's first step (steps count from 1, updates from 0).
-  restart = min(max(round(total_steps * fraction) - 1, 1), total_steps - 1)
+  restart = min(max(second_loss_start(config, total_steps) - 1, 1), total_steps - 1)
   second = optax.cosine_decay_schedule(config.learning_rate * config.restart_peak,
                                        total_steps - restart)
   return optax.join_schedules([_warmup_cosine(config, restart), second], [restart])
+
+
+def second_loss_start(config, total_steps: int) -> int:
+  """The first step (1-based) of loss_stage2 in a `total_steps` run: its configured share of
+  num_train_steps, so a schedule fitted to fewer steps switches at the same fraction."""
+  return round(total_steps * config.loss_stage2_step / max(config.num_train_steps, 1))
 
 
 def _warmup_cosine(config, steps: int) -> optax.Schedule:
